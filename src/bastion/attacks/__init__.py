@@ -1,0 +1,1 @@
+"""Attacks: evasion, extraction, inference and poisoning."""

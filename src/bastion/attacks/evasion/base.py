@@ -1,0 +1,383 @@
+"""The contract every evasion attack follows.
+
+A subclass writes only the algorithm, in :meth:`EvasionAttack._run`, for one batch already on the
+model's device. The public :meth:`EvasionAttack.generate` is final: it validates the inputs,
+checks the model offers what the attack needs, puts the model in evaluation mode (restored even
+when the attack raises), seeds a generator, runs the algorithm batch by batch, and then enforces
+the threat model itself (projection onto the eps-ball, clipping to the bounds) before it measures
+success. No attack can forget to clip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, final
+
+import torch
+
+from bastion.attacks.evasion._common import clip, flat_norm, project
+from bastion.errors import CapabilityError, ConfigurationError, InputError
+from bastion.models.base import Capability, Classifier, check_bounds, check_labels
+from bastion.threat import Norm, parse_norm
+
+__all__ = ["EvasionAttack", "EvasionResult"]
+
+
+@dataclass(frozen=True)
+class EvasionResult:
+    """What an evasion attack produced, per sample and in summary.
+
+    ``success`` is ``adv_pred != y`` for untargeted attacks and ``adv_pred == target`` for
+    targeted ones. ``distances`` are the per-sample norms of ``x_adv - x`` in the attack's norm.
+    """
+
+    attack: str
+    params: dict[str, Any]
+    norm: Norm
+    eps: float | None
+    targeted: bool
+    x_adv: torch.Tensor
+    y: torch.Tensor
+    clean_pred: torch.Tensor
+    adv_pred: torch.Tensor
+    success: torch.Tensor
+    distances: torch.Tensor
+    queries: int
+    seconds: float
+    target: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def clean_correct(self) -> torch.Tensor:
+        return self.clean_pred == self.y
+
+    @property
+    def clean_accuracy(self) -> float:
+        return _mean(self.clean_correct)
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Fraction of samples still classified correctly after the attack."""
+        return _mean(self.adv_pred == self.y)
+
+    @property
+    def success_rate(self) -> float:
+        """Fraction of the correctly classified samples that the attack turned into successes."""
+        mask = self.clean_correct
+        if not bool(mask.any()):
+            return 0.0
+        return _mean(self.success[mask])
+
+    @property
+    def median_norm(self) -> float | None:
+        """Median perturbation norm over successful attacks on correctly classified samples."""
+        mask = self.success & self.clean_correct
+        if not bool(mask.any()):
+            return None
+        return float(self.distances[mask].median())
+
+    def summary(self) -> dict[str, Any]:
+        """The headline metrics as plain JSON-ready values."""
+        return {
+            "attack": self.attack,
+            "norm": self.norm.value,
+            "eps": self.eps,
+            "targeted": self.targeted,
+            "n": self.n,
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "success_rate": self.success_rate,
+            "median_norm": self.median_norm,
+            "queries": self.queries,
+            "queries_per_sample": self.queries / self.n if self.n else 0.0,
+            "seconds": self.seconds,
+        }
+
+    def to_dict(self, *, include_inputs: bool = False) -> dict[str, Any]:
+        """Serialise without loss to JSON-ready values (``x_adv`` only when asked)."""
+        out: dict[str, Any] = {
+            "attack": self.attack,
+            "params": self.params,
+            "norm": self.norm.value,
+            "eps": self.eps,
+            "targeted": self.targeted,
+            "y": self.y.tolist(),
+            "clean_pred": self.clean_pred.tolist(),
+            "adv_pred": self.adv_pred.tolist(),
+            "success": self.success.tolist(),
+            "distances": self.distances.tolist(),
+            "queries": self.queries,
+            "seconds": self.seconds,
+            "target": None if self.target is None else self.target.tolist(),
+            "extra": self.extra,
+            "x_shape": list(self.x_adv.shape),
+        }
+        if include_inputs:
+            out["x_adv"] = self.x_adv.flatten().tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvasionResult:
+        """Inverse of :meth:`to_dict` (``x_adv`` is empty unless it was included)."""
+        shape = tuple(data["x_shape"])
+        if "x_adv" in data:
+            x_adv = torch.tensor(data["x_adv"], dtype=torch.float32).reshape(shape)
+        else:
+            x_adv = torch.empty((0,) + shape[1:])
+        return cls(
+            attack=data["attack"],
+            params=dict(data["params"]),
+            norm=parse_norm(data["norm"]),
+            eps=data["eps"],
+            targeted=bool(data["targeted"]),
+            x_adv=x_adv,
+            y=torch.tensor(data["y"], dtype=torch.long),
+            clean_pred=torch.tensor(data["clean_pred"], dtype=torch.long),
+            adv_pred=torch.tensor(data["adv_pred"], dtype=torch.long),
+            success=torch.tensor(data["success"], dtype=torch.bool),
+            distances=torch.tensor(data["distances"], dtype=torch.float32),
+            queries=int(data["queries"]),
+            seconds=float(data["seconds"]),
+            target=None if data["target"] is None else torch.tensor(data["target"]),
+            extra=dict(data.get("extra", {})),
+        )
+
+
+def _mean(mask: torch.Tensor) -> float:
+    return float(mask.float().mean()) if mask.numel() else 0.0
+
+
+@contextlib.contextmanager
+def _unmetered(classifier: Classifier) -> Iterator[None]:
+    cm = getattr(classifier, "unmetered", None)
+    if cm is None:
+        yield
+    else:
+        with cm():
+            yield
+
+
+class EvasionAttack(ABC):
+    """Base class of evasion attacks (see the module docstring).
+
+    Subclasses set the class attributes and implement :meth:`_run`; their constructors are
+    keyword-only, call ``super().__init__`` and validate their own parameters eagerly.
+    """
+
+    #: short name used by the CLI and in reports
+    name: ClassVar[str] = "attack"
+    #: what the model must offer
+    requires: ClassVar[Capability] = Capability.GRADIENTS
+    #: norms the algorithm supports
+    norms: ClassVar[tuple[Norm, ...]] = (Norm.LINF, Norm.L2)
+    #: True for minimum-norm attacks, whose ``eps`` is optional
+    minimum_norm: ClassVar[bool] = False
+    #: whether a targeted variant exists
+    supports_targeted: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        norm: str | Norm = "linf",
+        eps: float | None = None,
+        targeted: bool = False,
+        batch_size: int = 256,
+        seed: int | None = 0,
+    ) -> None:
+        self.norm = parse_norm(norm)
+        if self.norm not in self.norms:
+            raise ConfigurationError(
+                f"{type(self).__name__} supports norm "
+                f"{' or '.join(repr(n.value) for n in self.norms)}, not {self.norm.value!r}"
+            )
+        if eps is None:
+            if not self.minimum_norm:
+                raise ConfigurationError(f"{type(self).__name__} needs eps, the perturbation budget")
+        else:
+            eps = float(eps)
+            if not (math.isfinite(eps) and eps >= 0):
+                raise ConfigurationError(f"eps must be a finite number >= 0, got {eps!r}")
+        self.eps = eps
+        if targeted and not self.supports_targeted:
+            raise ConfigurationError(f"{type(self).__name__} has no targeted variant")
+        self.targeted = bool(targeted)
+        _check_positive_int(batch_size, "batch_size")
+        self.batch_size = int(batch_size)
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise ConfigurationError(f"seed must be an int or None, got {seed!r}")
+        self.seed = seed
+
+    # -- the public call --------------------------------------------------------------------
+    @final
+    def generate(
+        self,
+        classifier: Classifier,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        target: torch.Tensor | None = None,
+    ) -> EvasionResult:
+        """Attack ``classifier`` on inputs ``x`` with true labels ``y``.
+
+        ``y`` defaults to the model's own predictions. ``target`` (the classes to reach) is
+        required by targeted attacks and refused by untargeted ones. Returns an
+        :class:`EvasionResult` whose ``x_adv`` lies inside the bounds and the eps-ball.
+        """
+        x, y, target = self._validate(classifier, x, y, target)
+        n = x.shape[0]
+        device = classifier.device
+        generator = torch.Generator(device=device)
+        if self.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.seed)
+        lo, hi = classifier.bounds
+        start = time.perf_counter()
+        queries_before = classifier.queries
+        chunks: list[torch.Tensor] = []
+        with classifier.evaluation():
+            for i in range(0, n, self.batch_size):
+                xb = x[i : i + self.batch_size].to(device)
+                yb = y[i : i + self.batch_size].to(device)
+                tb = None if target is None else target[i : i + self.batch_size].to(device)
+                x_adv = self._run(classifier, xb, yb, tb, generator)
+                if not isinstance(x_adv, torch.Tensor) or x_adv.shape != xb.shape:
+                    raise RuntimeError(
+                        f"{type(self).__name__}._run returned {getattr(x_adv, 'shape', x_adv)!r}"
+                        f" for a batch of shape {tuple(xb.shape)}"
+                    )
+                x_adv = x_adv.detach().to(xb.dtype)
+                x_adv = torch.where(torch.isfinite(x_adv), x_adv, xb)
+                if self.eps is not None:
+                    x_adv = xb + project(x_adv - xb, self.norm, self.eps)
+                chunks.append(clip(x_adv, (lo, hi)))
+            queries = classifier.queries - queries_before
+            x_adv_all = torch.cat(chunks)
+            with torch.no_grad(), _unmetered(classifier):
+                clean_pred = self._predict(classifier, x.to(device))
+                adv_pred = self._predict(classifier, x_adv_all)
+        seconds = time.perf_counter() - start
+        y_dev = y.to(device)
+        if self.targeted and target is not None:
+            success = adv_pred == target.to(device)
+        else:
+            success = adv_pred != y_dev
+        distances = flat_norm(x_adv_all - x.to(device), self.norm)
+        return EvasionResult(
+            attack=self.name,
+            params=self.get_params(),
+            norm=self.norm,
+            eps=self.eps,
+            targeted=self.targeted,
+            x_adv=x_adv_all.cpu(),
+            y=y.cpu(),
+            clean_pred=clean_pred.cpu(),
+            adv_pred=adv_pred.cpu(),
+            success=success.cpu(),
+            distances=distances.cpu(),
+            queries=queries,
+            seconds=seconds,
+            target=None if target is None else target.cpu(),
+        )
+
+    # -- for subclasses ---------------------------------------------------------------------
+    @abstractmethod
+    def _run(
+        self,
+        classifier: Classifier,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """Return adversarial examples for one batch (on the model's device).
+
+        ``target`` is set exactly when ``self.targeted``. Use ``generator`` for all randomness.
+        The base class projects and clips the result; the algorithm may rely on that.
+        """
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters, as JSON-ready values."""
+        out: dict[str, Any] = {}
+        for key, value in vars(self).items():
+            if key.startswith("_"):
+                continue
+            out[key] = value.value if isinstance(value, Norm) else value
+        return out
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in sorted(self.get_params().items()))
+        return f"{type(self).__name__}({params})"
+
+    # -- helpers ----------------------------------------------------------------------------
+    @staticmethod
+    def _predict(classifier: Classifier, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        return torch.cat(
+            [classifier.predict(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        ) if x.shape[0] else torch.empty(0, dtype=torch.long, device=x.device)
+
+    def _validate(
+        self,
+        classifier: Classifier,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        target: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        missing = self.requires & ~classifier.capabilities
+        if missing:
+            need = "gradients" if Capability.GRADIENTS in missing else "scores"
+            raise CapabilityError(
+                f"{type(self).__name__} needs {need}, which {type(classifier).__name__} does "
+                f"not offer; choose a score-based (square) or decision-based (hopskipjump) attack"
+            )
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if tuple(x.shape[1:]) != tuple(classifier.input_shape) or x.dim() < 2:
+            raise InputError(
+                f"x has shape {tuple(x.shape)}; the model expects (n, "
+                f"{', '.join(map(str, classifier.input_shape))})"
+            )
+        if x.shape[0] == 0:
+            raise InputError("x is empty: give at least one input")
+        x = x.detach().float() if x.dtype == torch.float64 else x.detach()
+        check_bounds(x, classifier.bounds)
+        if y is None:
+            with torch.no_grad(), _unmetered(classifier):
+                y = self._predict(classifier, x.to(classifier.device)).cpu()
+        if not isinstance(y, torch.Tensor):
+            raise InputError(f"y must be a torch.Tensor of labels, got {type(y).__name__}")
+        check_labels(y, classifier.num_classes, x.shape[0])
+        y = y.long()
+        if self.targeted:
+            if target is None:
+                raise InputError(f"{type(self).__name__}(targeted=True) needs target= labels")
+            check_labels(target, classifier.num_classes, x.shape[0], name="target")
+            target = target.long()
+        elif target is not None:
+            raise InputError("target= was given to an untargeted attack; pass targeted=True")
+        return x, y, target
+
+
+def _check_positive_int(value: object, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_positive(value: object, name: str, *, integer: bool = False) -> None:
+    """Raise :class:`ConfigurationError` unless ``value`` is a positive (integer) number."""
+    if integer:
+        _check_positive_int(value, name)
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        math.isfinite(value) and value > 0
+    ):
+        raise ConfigurationError(f"{name} must be a positive number, got {value!r}")

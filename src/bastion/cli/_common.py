@@ -1,0 +1,61 @@
+"""Helpers shared by the CLI modules: console, error handling, safe writes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from bastion.errors import BastionError
+
+__all__ = ["EXIT_ERROR", "console", "err_console", "fail", "handle_errors"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: exit code for bad input, a bad option or a failed operation
+EXIT_ERROR = 2
+
+console = Console()
+err_console = Console(stderr=True)
+log = logging.getLogger("bastion.cli")
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    """Print ``message`` as an error and return the Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn bastion's errors (and unreadable files) into one-line messages and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except BastionError as exc:
+            raise fail(str(exc)) from None
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            raise fail(f"{exc.strerror}: {exc.filename}") from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+
+    return wrapper
+
+
+def parse_kv(values: list[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` options."""
+    out: dict[str, Any] = {}
+    for item in values or []:
+        if "=" not in item:
+            raise BastionError(f"expected key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out

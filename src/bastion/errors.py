@@ -1,0 +1,99 @@
+"""The one exception tree of bastion.
+
+Every error bastion raises on purpose derives from :class:`BastionError`, so a caller can
+catch everything with one clause, and the CLI turns each into a one-line message and a
+non-zero exit code instead of a traceback. Errors raised by third-party code are translated
+at the boundary (``raise ... from exc``) so the original stays attached as ``__cause__``.
+
+::
+
+    BastionError
+    ├── ConfigurationError      a parameter or option is invalid (also a ValueError)
+    ├── InputError              data has the wrong shape, dtype, range or labels (also a ValueError)
+    ├── ModelError              a model could not be used
+    │   ├── ModelLoadError      a model file could not be read or is of an unknown format
+    │   └── CapabilityError     the model does not offer what is asked (gradients, scores)
+    ├── QueryBudgetExceeded     a query budget on a model would be exceeded
+    ├── ArtifactError           a model or data artifact is unsafe, tampered with or unreadable
+    │   ├── UnsafeArtifactError a scan found code that would run on load
+    │   ├── SignatureError      a signature or digest does not verify
+    │   └── DecryptionError     an encrypted object cannot be decrypted or was altered
+    ├── RegistryError           a registry operation was refused (unknown name, failed gate)
+    ├── AccessDenied            an identity lacks the permission for an action
+    └── DataContractError       data violates a data contract
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDenied",
+    "ArtifactError",
+    "BastionError",
+    "CapabilityError",
+    "ConfigurationError",
+    "DataContractError",
+    "DecryptionError",
+    "InputError",
+    "ModelError",
+    "ModelLoadError",
+    "QueryBudgetExceeded",
+    "RegistryError",
+    "SignatureError",
+    "UnsafeArtifactError",
+]
+
+
+class BastionError(Exception):
+    """Base class of every error bastion raises on purpose."""
+
+
+class ConfigurationError(BastionError, ValueError):
+    """A parameter or option is invalid; the message names it and the accepted values."""
+
+
+class InputError(BastionError, ValueError):
+    """Input data has the wrong shape, dtype, value range or labels."""
+
+
+class ModelError(BastionError):
+    """A model could not be used."""
+
+
+class ModelLoadError(ModelError):
+    """A model file could not be read, or its format is unknown."""
+
+
+class CapabilityError(ModelError):
+    """The model does not offer what an operation needs (gradients, scores)."""
+
+
+class QueryBudgetExceeded(BastionError):
+    """A query budget would be exceeded; no query past the budget was made."""
+
+
+class ArtifactError(BastionError):
+    """A model or data artifact is unsafe, tampered with or unreadable."""
+
+
+class UnsafeArtifactError(ArtifactError):
+    """A scan found, or could not rule out, code that would run when the file is loaded."""
+
+
+class SignatureError(ArtifactError):
+    """A signature or digest does not verify."""
+
+
+class DecryptionError(ArtifactError):
+    """An encrypted object cannot be decrypted with the key given, or was altered."""
+
+
+class RegistryError(BastionError):
+    """A registry operation was refused."""
+
+
+class AccessDenied(BastionError):
+    """An identity lacks the permission for the action it attempted."""
+
+
+class DataContractError(BastionError):
+    """Data violates a data contract."""
