@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from bastion.errors import ConfigurationError
 
 __all__ = ["ATLAS", "OWASP", "Access", "Norm", "ThreatModel", "parse_norm"]
 
 
-class Norm(str, Enum):
+class Norm(StrEnum):
     """The norm that measures a perturbation."""
 
     LINF = "linf"
@@ -36,7 +36,7 @@ def parse_norm(value: str | Norm) -> Norm:
         ) from None
 
 
-class Access(str, Enum):
+class Access(StrEnum):
     """What an adversary can observe of a model."""
 
     WHITE_BOX = "white-box"  # gradients

@@ -89,7 +89,7 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def load_mnist(directory: str | Path | None = None, *, prefix: str = "t10k") -> Dataset:
-    """MNIST from idx files (``{prefix}-images-idx3-ubyte.gz`` and labels), shape ``(n, 1, 28, 28)``."""
+    """MNIST from ``{prefix}-images-idx3-ubyte.gz`` and its labels, shape ``(n, 1, 28, 28)``."""
     d = Path(directory) if directory is not None else shared_mnist_dir()
     if d is None:
         raise InputError(
@@ -98,7 +98,9 @@ def load_mnist(directory: str | Path | None = None, *, prefix: str = "t10k") -> 
     images = _read_idx(d / f"{prefix}-images-idx3-ubyte.gz")
     labels = _read_idx(d / f"{prefix}-labels-idx1-ubyte.gz")
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise InputError(f"MNIST files in {d} disagree: {images.shape} images, {labels.shape} labels")
+        raise InputError(
+            f"MNIST files in {d} disagree: {images.shape} images, {labels.shape} labels"
+        )
     x = torch.tensor(images, dtype=torch.float32).div_(255.0).unsqueeze(1)
     y = torch.tensor(labels, dtype=torch.long)
     return Dataset(x, y, 10)

@@ -217,7 +217,9 @@ def check_bounds(x: torch.Tensor, bounds: tuple[float, float], *, name: str = "x
 def check_labels(y: torch.Tensor, num_classes: int, n: int, *, name: str = "y") -> None:
     """Raise :class:`InputError` unless ``y`` holds ``n`` integer labels in [0, num_classes)."""
     if y.dtype.is_floating_point or y.dtype == torch.bool or y.dim() != 1:
-        raise InputError(f"{name} must be a 1-d integer tensor of labels, got {y.dtype} {tuple(y.shape)}")
+        raise InputError(
+            f"{name} must be a 1-d integer tensor of labels, got {y.dtype} {tuple(y.shape)}"
+        )
     if y.shape[0] != n:
         raise InputError(f"{name} has {y.shape[0]} labels for {n} inputs")
     if n and (int(y.min()) < 0 or int(y.max()) >= num_classes):

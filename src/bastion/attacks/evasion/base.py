@@ -132,7 +132,7 @@ class EvasionResult:
         if "x_adv" in data:
             x_adv = torch.tensor(data["x_adv"], dtype=torch.float32).reshape(shape)
         else:
-            x_adv = torch.empty((0,) + shape[1:])
+            x_adv = torch.empty((0, *shape[1:]))
         return cls(
             attack=data["attack"],
             params=dict(data["params"]),
@@ -201,7 +201,9 @@ class EvasionAttack(ABC):
             )
         if eps is None:
             if not self.minimum_norm:
-                raise ConfigurationError(f"{type(self).__name__} needs eps, the perturbation budget")
+                raise ConfigurationError(
+                    f"{type(self).__name__} needs eps, the perturbation budget"
+                )
         else:
             eps = float(eps)
             if not (math.isfinite(eps) and eps >= 0):

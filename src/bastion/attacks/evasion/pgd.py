@@ -8,7 +8,7 @@ gradient for L2), each followed by projection onto the ``eps``-ball and the inpu
 Optional uniform random start inside the ball and ``restarts``: each sample keeps the first
 restart that fools the model (else the last).
 
-Defaults: ``steps=40``, ``step_size=eps/4`` (L∞: 2.5·eps/steps is also common), ``random_start=True``.
+Defaults: ``steps=40``, ``step_size=eps/4``, ``random_start=True``.
 
 Example
 -------
