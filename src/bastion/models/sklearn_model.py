@@ -78,6 +78,9 @@ _ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
 class _Affine(nn.Module):
     """``(x - shift) * scale`` per feature, float64 (a fitted StandardScaler/MinMaxScaler)."""
 
+    shift: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, shift: np.ndarray, scale: np.ndarray) -> None:
         super().__init__()
         self.register_buffer("shift", torch.tensor(shift, dtype=torch.float64))
@@ -204,9 +207,7 @@ def to_torch_module(estimator: Any) -> nn.Module | None:
             return None
         coefs = [np.asarray(e.coef_, dtype=np.float64).reshape(-1) for e in parts]
         icpts = [float(np.asarray(e.intercept_, dtype=np.float64).reshape(-1)[0]) for e in parts]
-        return SklearnModule(
-            [(np.stack(coefs, axis=1), np.asarray(icpts))], binary=len(parts) == 1
-        )
+        return SklearnModule([(np.stack(coefs, axis=1), np.asarray(icpts))], binary=len(parts) == 1)
     if isinstance(estimator, MLPClassifier):
         out_act = getattr(estimator, "out_activation_", None)
         n_out = int(estimator.n_outputs_)
