@@ -1,0 +1,478 @@
+"""Sign and verify model files and folders (OpenSSF model-signing v1.0 layout).
+
+A model -- one file or a folder -- is described by a *manifest*: the SHA-256 digest of every
+file, keyed by its POSIX path relative to the folder (a single file is named ``"."``). The
+manifest becomes an in-toto Statement v1 whose predicate (type
+``https://model_signing/signature/v1.0``) lists the resources ``{name, algorithm, digest}`` and
+whose one subject is the model's name with the SHA-256 of the concatenated file digests. The
+statement is signed with DSSE (pre-authentication encoding) and stored in a Sigstore bundle
+(media type ``application/vnd.dev.sigstore.bundle.v0.3+json``) whose
+``verificationMaterial.publicKey.hint`` is the SHA-256 of the PEM public key. This is the
+layout of the OpenSSF ``model-signing`` package, so an ECDSA signature made here verifies there
+and the other way round (``model-signing`` does not support Ed25519 keys; bastion does).
+
+Format reference: https://github.com/sigstore/model-transparency (v1.0 predicate),
+DSSE https://github.com/secure-systems-lab/dsse/blob/v1.0.0/protocol.md.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "model").mkdir(), (d / "model" / "w.bin").write_bytes(b"weights")
+    >>> priv, pub = generate_keypair("ed25519", d / "k.pem", d / "k.pub")
+    >>> sig = sign(d / "model", priv)
+    >>> sig.name
+    'model.sig'
+    >>> verify(d / "model", pub).ok
+    True
+    >>> _ = (d / "model" / "w.bin").write_bytes(b"weightz")
+    >>> verify(d / "model", pub, strict=False).changed
+    ('w.bin',)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from bastion.errors import ConfigurationError, InputError, SignatureError
+
+__all__ = [
+    "BUNDLE_MEDIA_TYPE",
+    "DEFAULT_IGNORE",
+    "PAYLOAD_TYPE",
+    "PREDICATE_TYPE",
+    "SIGNATURE_NAME",
+    "STATEMENT_TYPE",
+    "KeyKind",
+    "VerifyResult",
+    "compare_manifests",
+    "generate_keypair",
+    "hash_file",
+    "load_private_key",
+    "load_public_key",
+    "manifest_of",
+    "public_key_hint",
+    "root_digest",
+    "sign",
+    "sign_manifest",
+    "verify",
+    "verify_bundle",
+]
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://model_signing/signature/v1.0"
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+#: default file name of the signature bundle of a folder
+SIGNATURE_NAME = "model.sig"
+#: paths never part of a folder's manifest (as in model-signing)
+DEFAULT_IGNORE = (".git", ".gitattributes", ".github", ".gitignore")
+
+KeyKind = Literal["ed25519", "ecdsa-p256"]
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of :func:`verify`: ``ok`` only if the signature is valid and no file differs.
+
+    ``extra`` are files present but not signed, ``missing`` signed but absent, ``changed``
+    present with another digest; ``reason`` says in words why ``ok`` is false.
+    """
+
+    ok: bool
+    extra: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    reason: str = ""
+    model_name: str = ""
+    files: Mapping[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line naming what failed, or ``"verified"``."""
+        if self.ok:
+            return f"verified: {len(self.files)} file(s) of {self.model_name!r}"
+        parts = [self.reason] if self.reason else []
+        for label, names in (("changed", self.changed), ("missing", self.missing),
+                             ("extra", self.extra)):
+            if names:
+                parts.append(f"{label}: {', '.join(names)}")
+        return "; ".join(parts) or "verification failed"
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def generate_keypair(
+    kind: KeyKind, private_out: str | os.PathLike[str], public_out: str | os.PathLike[str],
+    *, password: bytes | None = None,
+) -> tuple[Path, Path]:
+    """Create a new key pair, write the private key (PKCS#8 PEM, mode 0600) and the public key.
+
+    ``kind`` is ``"ed25519"`` or ``"ecdsa-p256"``; pass ``password`` to encrypt the private key.
+    Returns ``(private_path, public_path)``.
+    """
+    key: PrivateKey
+    if kind == "ed25519":
+        key = ed25519.Ed25519PrivateKey.generate()
+    elif kind == "ecdsa-p256":
+        key = ec.generate_private_key(ec.SECP256R1())
+    else:
+        raise ConfigurationError(f"kind must be 'ed25519' or 'ecdsa-p256', got {kind!r}")
+    enc: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password) if password
+        else serialization.NoEncryption()
+    )
+    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    private_path, public_path = Path(private_out), Path(public_out)
+    _atomic_write(private_path, priv, mode=0o600)
+    _atomic_write(public_path, pub, mode=0o644)
+    return private_path, public_path
+
+
+def load_private_key(
+    key: PrivateKey | str | os.PathLike[str], *, password: bytes | None = None
+) -> PrivateKey:
+    """Load a PEM private key (Ed25519 or ECDSA P-256/384/521) from a path, or pass one through."""
+    if isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+        return key
+    data = Path(key).read_bytes()
+    try:
+        loaded = serialization.load_pem_private_key(data, password)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ConfigurationError(
+            f"cannot read private key {key}: {exc}; expected a PEM (PKCS#8) Ed25519 or ECDSA key"
+        ) from exc
+    if not isinstance(loaded, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+        raise ConfigurationError(
+            f"private key {key} is a {type(loaded).__name__}; use an Ed25519 or ECDSA key"
+        )
+    return loaded
+
+
+def load_public_key(key: PublicKey | PrivateKey | str | os.PathLike[str]) -> PublicKey:
+    """Load a PEM public key from a path (a private key yields its public half)."""
+    if isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
+        return key
+    if isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+        return key.public_key()
+    data = Path(key).read_bytes()
+    try:
+        loaded = serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise ConfigurationError(
+            f"cannot read public key {key}: {exc}; expected a PEM SubjectPublicKeyInfo key"
+        ) from exc
+    if not isinstance(loaded, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
+        raise ConfigurationError(
+            f"public key {key} is a {type(loaded).__name__}; use an Ed25519 or ECDSA key"
+        )
+    return loaded
+
+
+def public_key_hint(key: PublicKey) -> str:
+    """SHA-256 (hex) of the PEM encoding of ``key``: the bundle's key identifier."""
+    pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(pem).hexdigest()
+
+
+def _ec_hash(key: ec.EllipticCurvePublicKey) -> hashes.HashAlgorithm:
+    size = key.curve.key_size
+    if size == 256:
+        return hashes.SHA256()
+    if size == 384:
+        return hashes.SHA384()
+    if size == 521:
+        return hashes.SHA512()
+    raise ConfigurationError(f"unsupported ECDSA curve {key.curve.name}; use P-256")
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest_of(
+    path: str | os.PathLike[str], *, ignore: Iterable[str] = ()
+) -> dict[str, str]:
+    """``{relative POSIX name: sha256 hex}`` of a file (named ``"."``) or of a folder's files.
+
+    Entries of ``ignore`` (relative names, files or folders) and :data:`DEFAULT_IGNORE` are
+    skipped. Symbolic links are refused, as in model-signing's default.
+    """
+    root = Path(path)
+    if root.is_symlink():
+        raise InputError(f"{root} is a symbolic link; sign the file it points to")
+    if root.is_file():
+        return {".": hash_file(root)}
+    if not root.is_dir():
+        raise FileNotFoundError(2, "No such file or directory", str(root))
+    skip = set(DEFAULT_IGNORE) | {str(i).strip("/") for i in ignore}
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        for d in list(dirnames):
+            rel = (rel_dir / d).as_posix()
+            if rel in skip:
+                dirnames.remove(d)
+            elif (Path(dirpath) / d).is_symlink():
+                raise InputError(
+                    f"{Path(dirpath) / d} is a symbolic link; models may not hold links"
+                )
+        for f in filenames:
+            rel = (rel_dir / f).as_posix()
+            if rel in skip:
+                continue
+            full = Path(dirpath) / f
+            if full.is_symlink():
+                raise InputError(f"{full} is a symbolic link; models may not hold links")
+            out[rel] = hash_file(full)
+    return dict(sorted(out.items()))
+
+
+def root_digest(files: Mapping[str, str]) -> str:
+    """SHA-256 over the raw file digests in name order: the statement subject's digest."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(bytes.fromhex(files[name]))
+    return h.hexdigest()
+
+
+def _statement(model_name: str, files: Mapping[str, str], ignore: Iterable[str]) -> bytes:
+    statement = {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": model_name, "digest": {"sha256": root_digest(files)}}],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "serialization": {
+                "method": "files",
+                "hash_type": "sha256",
+                "allow_symlinks": False,
+                "ignore_paths": sorted(set(DEFAULT_IGNORE) | set(ignore)),
+            },
+            "resources": [
+                {"name": n, "algorithm": "sha256", "digest": files[n]} for n in sorted(files)
+            ],
+        },
+    }
+    return json.dumps(statement, indent=2, sort_keys=True).encode()
+
+
+def _pae(payload: bytes) -> bytes:
+    """DSSE v1 pre-authentication encoding of an in-toto payload."""
+    head = f"DSSEv1 {len(PAYLOAD_TYPE)} {PAYLOAD_TYPE} {len(payload)} ".encode()
+    return head + payload
+
+
+def sign_manifest(
+    model_name: str, files: Mapping[str, str], key: PrivateKey, *, ignore: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Sign a manifest and return the Sigstore bundle as a JSON-ready dict."""
+    payload = _statement(model_name, files, ignore)
+    pub = key.public_key()
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        raw = key.sign(_pae(payload))
+    else:
+        if not isinstance(pub, ec.EllipticCurvePublicKey):  # pragma: no cover - typing
+            raise ConfigurationError("unsupported key")
+        raw = key.sign(_pae(payload), ec.ECDSA(_ec_hash(pub)))
+    return {
+        "mediaType": BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": {"publicKey": {"hint": public_key_hint(pub)}, "tlogEntries": []},
+        "dsseEnvelope": {
+            "payload": base64.b64encode(payload).decode(),
+            "payloadType": PAYLOAD_TYPE,
+            "signatures": [{"sig": base64.b64encode(raw).decode(), "keyid": ""}],
+        },
+    }
+
+
+def _default_signature_path(model: Path) -> Path:
+    return model / SIGNATURE_NAME if model.is_dir() else model.with_name(model.name + ".sig")
+
+
+def sign(
+    path: str | os.PathLike[str], key: PrivateKey | str | os.PathLike[str], *,
+    out: str | os.PathLike[str] | None = None, password: bytes | None = None,
+) -> Path:
+    """Sign a model file or folder; write the bundle and return its path.
+
+    The bundle goes to ``out``, else to ``<folder>/model.sig`` for a folder (which is left out
+    of the manifest) or ``<file>.sig`` beside a file. ``key`` is a private key or a PEM path.
+    """
+    model = Path(path)
+    private = load_private_key(key, password=password)
+    sig_path = Path(out) if out is not None else _default_signature_path(model)
+    ignore: list[str] = []
+    if model.is_dir():
+        try:
+            ignore.append(sig_path.resolve().relative_to(model.resolve()).as_posix())
+        except ValueError:
+            pass
+    files = manifest_of(model, ignore=ignore)
+    bundle = sign_manifest(model.resolve().name, files, private, ignore=ignore)
+    _atomic_write(sig_path, json.dumps(bundle, indent=2).encode(), mode=0o644)
+    return sig_path
+
+
+def _decode_bundle(bundle: Mapping[str, Any]) -> tuple[bytes, bytes, str]:
+    try:
+        if bundle["mediaType"] != BUNDLE_MEDIA_TYPE:
+            raise SignatureError(
+                f"unsupported bundle media type {bundle['mediaType']!r};"
+                f" expected {BUNDLE_MEDIA_TYPE}"
+            )
+        env = bundle["dsseEnvelope"]
+        if env["payloadType"] != PAYLOAD_TYPE:
+            raise SignatureError(f"unexpected DSSE payload type {env['payloadType']!r}")
+        payload = base64.b64decode(env["payload"], validate=True)
+        sig = base64.b64decode(env["signatures"][0]["sig"], validate=True)
+        material = bundle.get("verificationMaterial") or {}
+        hint = str((material.get("publicKey") or {}).get("hint") or "")
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        if isinstance(exc, SignatureError):
+            raise
+        raise SignatureError(f"malformed signature bundle: {exc!r}") from exc
+    return payload, sig, hint
+
+
+def verify_bundle(
+    bundle: Mapping[str, Any], public_key: PublicKey | str | os.PathLike[str]
+) -> tuple[str, dict[str, str], list[str]]:
+    """Check the bundle's signature and return ``(model_name, signed files, ignore_paths)``.
+
+    Raises :class:`SignatureError` if the key does not match, the signature is invalid or the
+    statement is inconsistent.
+    """
+    pub = load_public_key(public_key)
+    payload, sig, hint = _decode_bundle(bundle)
+    if hint and hint != public_key_hint(pub):
+        raise SignatureError("the signature was made with another key than the public key given")
+    try:
+        if isinstance(pub, ed25519.Ed25519PublicKey):
+            pub.verify(sig, _pae(payload))
+        else:
+            pub.verify(sig, _pae(payload), ec.ECDSA(_ec_hash(pub)))
+    except InvalidSignature as exc:
+        raise SignatureError(
+            "the signature does not verify: the statement or the signature was altered"
+        ) from exc
+    try:
+        statement = json.loads(payload)
+        if statement["_type"] != STATEMENT_TYPE or statement["predicateType"] != PREDICATE_TYPE:
+            raise SignatureError(
+                f"unsupported statement {statement['_type']!r} / {statement['predicateType']!r}"
+            )
+        (subject,) = statement["subject"]
+        pred = statement["predicate"]
+        files = {}
+        for r in pred["resources"]:
+            if r.get("algorithm", "sha256") != "sha256":
+                raise SignatureError(f"unsupported digest algorithm {r['algorithm']!r}")
+            files[str(r["name"])] = str(r["digest"]).lower()
+        ignore = [str(p) for p in pred.get("serialization", {}).get("ignore_paths", [])]
+        name = str(subject["name"])
+        expected = subject["digest"]["sha256"]
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, SignatureError):
+            raise
+        raise SignatureError(f"malformed signed statement: {exc!r}") from exc
+    # model-signing's subject digest runs over the resources in listed order
+    h = hashlib.sha256()
+    for r in pred["resources"]:
+        h.update(bytes.fromhex(r["digest"]))
+    if h.hexdigest() != expected:
+        raise SignatureError("the statement's subject digest does not match its resources")
+    return name, files, ignore
+
+
+def compare_manifests(signed: Mapping[str, str], actual: Mapping[str, str]) -> VerifyResult:
+    """Name the extra, missing and changed files between a signed and an actual manifest."""
+    extra = tuple(sorted(set(actual) - set(signed)))
+    missing = tuple(sorted(set(signed) - set(actual)))
+    changed = tuple(sorted(n for n in set(signed) & set(actual) if signed[n] != actual[n]))
+    ok = not (extra or missing or changed)
+    return VerifyResult(
+        ok=ok, extra=extra, missing=missing, changed=changed,
+        reason="" if ok else "the model differs from what was signed", files=dict(signed),
+    )
+
+
+def verify(
+    path: str | os.PathLike[str], public_key: PublicKey | str | os.PathLike[str], *,
+    signature: str | os.PathLike[str] | None = None, strict: bool = True,
+) -> VerifyResult:
+    """Verify a model file or folder against its signature bundle and a public key.
+
+    The files are hashed again and compared with the signed manifest. In ``strict`` mode
+    (the default) any failure raises :class:`SignatureError` naming the changed, missing and
+    extra files; otherwise the :class:`VerifyResult` says what failed.
+    """
+    model = Path(path)
+    sig_path = Path(signature) if signature is not None else _default_signature_path(model)
+    try:
+        bundle = json.loads(sig_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise SignatureError(f"cannot read signature {sig_path}: {exc}") from exc
+    try:
+        name, signed, ignore = verify_bundle(bundle, public_key)
+    except SignatureError as exc:
+        if strict:
+            raise
+        return VerifyResult(ok=False, reason=str(exc))
+    if model.is_dir():
+        try:
+            ignore.append(sig_path.resolve().relative_to(model.resolve()).as_posix())
+        except ValueError:
+            pass
+    result = compare_manifests(signed, manifest_of(model, ignore=ignore))
+    result = VerifyResult(
+        ok=result.ok, extra=result.extra, missing=result.missing, changed=result.changed,
+        reason=result.reason, model_name=name, files=result.files,
+    )
+    if strict and not result.ok:
+        raise SignatureError(f"{model}: {result.describe()}")
+    return result
+
+
+def _atomic_write(path: Path, data: bytes, *, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
