@@ -201,7 +201,7 @@ def test_bad_estimators_and_shapes_are_rejected(digits):
         from_sklearn(LogisticRegression())
     with pytest.raises(ConfigurationError, match=r"classes_ must be the integers 0\.\.9"):
         from_sklearn(_fit(LogisticRegression(max_iter=300), x, y + 1))
-    with pytest.raises(ConfigurationError, match="0..1"):
+    with pytest.raises(ConfigurationError, match=r"0\.\.1"):
         from_sklearn(_fit(LogisticRegression(max_iter=300), x, np.where(y == 3, "a", "b")))
     lr = _fit(LogisticRegression(max_iter=300), x, y)
     with pytest.raises(ConfigurationError, match="63 features"):
