@@ -27,7 +27,14 @@ import torch
 
 from bastion.errors import ConfigurationError, InputError, QueryBudgetExceeded
 
-__all__ = ["BaseClassifier", "Capability", "Classifier", "check_bounds", "check_labels"]
+__all__ = [
+    "BaseClassifier",
+    "Capability",
+    "Classifier",
+    "check_bounds",
+    "check_labels",
+    "unmetered",
+]
 
 
 class Capability(Flag):
@@ -227,3 +234,14 @@ def check_labels(y: torch.Tensor, num_classes: int, n: int, *, name: str = "y") 
             f"{name} has labels in [{int(y.min())}, {int(y.max())}], "
             f"outside [0, {num_classes - 1}] for a {num_classes}-class model"
         )
+
+
+@contextlib.contextmanager
+def unmetered(classifier: Classifier) -> Iterator[None]:
+    """Suspend ``classifier``'s query counting where it supports that (bookkeeping queries)."""
+    cm = getattr(classifier, "unmetered", None)
+    if cm is None:
+        yield
+    else:
+        with cm():
+            yield

@@ -10,11 +10,9 @@ success. No attack can forget to clip.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
@@ -23,6 +21,7 @@ import torch
 from bastion.attacks.evasion._common import clip, flat_norm, project
 from bastion.errors import CapabilityError, ConfigurationError, InputError
 from bastion.models.base import Capability, Classifier, check_bounds, check_labels
+from bastion.models.base import unmetered as _unmetered
 from bastion.threat import Norm, parse_norm
 
 __all__ = ["EvasionAttack", "EvasionResult"]
@@ -154,16 +153,6 @@ class EvasionResult:
 
 def _mean(mask: torch.Tensor) -> float:
     return float(mask.float().mean()) if mask.numel() else 0.0
-
-
-@contextlib.contextmanager
-def _unmetered(classifier: Classifier) -> Iterator[None]:
-    cm = getattr(classifier, "unmetered", None)
-    if cm is None:
-        yield
-    else:
-        with cm():
-            yield
 
 
 class EvasionAttack(ABC):
@@ -323,9 +312,16 @@ class EvasionAttack(ABC):
     # -- helpers ----------------------------------------------------------------------------
     @staticmethod
     def _predict(classifier: Classifier, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        return torch.cat(
-            [classifier.predict(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
-        ) if x.shape[0] else torch.empty(0, dtype=torch.long, device=x.device)
+        return (
+            torch.cat(
+                [
+                    classifier.predict(x[i : i + batch_size])
+                    for i in range(0, x.shape[0], batch_size)
+                ]
+            )
+            if x.shape[0]
+            else torch.empty(0, dtype=torch.long, device=x.device)
+        )
 
     def _validate(
         self,
@@ -379,7 +375,9 @@ def check_positive(value: object, name: str, *, integer: bool = False) -> None:
     if integer:
         _check_positive_int(value, name)
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-        math.isfinite(value) and value > 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and value > 0)
     ):
         raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
