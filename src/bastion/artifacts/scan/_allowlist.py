@@ -1,0 +1,237 @@
+"""Which globals a benign model file needs, and why each is safe to import.
+
+The scanner judges every callable or object a pickle would import against this allowlist.
+Each entry carries the reason it is safe: it only rebuilds data (a tensor, an array, a
+container) or it is a class whose construction and ``__setstate__`` only store attributes.
+Anything not listed is a finding. The denylist at the end does not decide anything; it only
+grades how severe a finding is (a known way to run code is critical, anything else unknown is
+high).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bastion.artifacts.scan._types import Severity
+
+__all__ = ["Allowed", "grade", "lookup"]
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """An allowlist entry: the framework that writes the global and why importing it is safe."""
+
+    framework: str
+    reason: str
+
+
+_REBUILD = "rebuilds a tensor from a storage, shape and strides; runs no code from the file"
+_STORAGE = "a typed storage class torch uses as a persistent-id tag; only names an element type"
+_DTYPE = "a torch dtype/layout/memory-format constant; plain data"
+_CONTAINER = "a builtin container or value type; constructing it runs no code from the file"
+_NP_REBUILD = "rebuilds a numpy array or scalar from its dtype, shape and bytes"
+
+_EXACT: dict[tuple[str, str], Allowed] = {}
+
+
+def _add(framework: str, reason: str, module: str, *names: str) -> None:
+    for name in names:
+        _EXACT[(module, name)] = Allowed(framework, reason)
+
+
+# --- Python builtins and the standard library ----------------------------------------------
+_add(
+    "python", _CONTAINER, "builtins",
+    "set", "frozenset", "dict", "list", "tuple", "slice", "range", "complex", "bytearray",
+    "bytes", "int", "float", "bool", "str", "object",
+)
+_add("python", "an ordered mapping; torch state_dicts and module attributes use it",
+     "collections", "OrderedDict")
+_add("python", "a dict subclass; its default factory must itself be allowlisted",
+     "collections", "defaultdict")
+_add("python", _CONTAINER, "collections", "Counter", "deque")
+_add(
+    "python",
+    "protocol 0/1 object creation: instantiates a class passed as an argument, which is "
+    "itself checked against this allowlist",
+    "copyreg", "_reconstructor",
+)
+_add("python", "cls.__new__(cls, *args) for a class that is itself checked",
+     "copyreg", "__newobj__", "__newobj_ex__")
+_add("python", "protocol 2 writes bytes as _codecs.encode(text, 'latin1'); the scanner checks "
+     "that the codec argument is latin-1", "_codecs", "encode")
+_add("python", "plain value type", "datetime", "datetime", "date", "time", "timedelta",
+     "timezone")
+_add("python", "plain value type", "decimal", "Decimal")
+_add("python", "plain value type", "fractions", "Fraction")
+
+# --- torch -----------------------------------------------------------------------------------
+_add(
+    "torch", _REBUILD, "torch._utils",
+    "_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+    "_rebuild_parameter_with_state", "_rebuild_sparse_tensor", "_rebuild_nested_tensor",
+    "_rebuild_qtensor", "_rebuild_meta_tensor_no_storage", "_rebuild_wrapper_subclass",
+    "_rebuild_device_tensor_from_numpy", "_rebuild_device_tensor_from_cpu_tensor",
+)
+_add("torch", "re-applies a tensor subclass whose type is itself checked",
+     "torch._tensor", "_rebuild_from_type_v2", "_rebuild_from_type")
+_add("torch", _STORAGE, "torch",
+     "FloatStorage", "DoubleStorage", "HalfStorage", "BFloat16Storage", "LongStorage",
+     "IntStorage", "ShortStorage", "CharStorage", "ByteStorage", "BoolStorage",
+     "ComplexFloatStorage", "ComplexDoubleStorage", "QUInt8Storage", "QInt8Storage",
+     "QInt32Storage", "QUInt4x2Storage", "QUInt2x4Storage", "UntypedStorage")
+_add("torch", _STORAGE, "torch.storage", "TypedStorage", "UntypedStorage", "_LegacyStorage")
+_add("torch", _DTYPE, "torch",
+     "float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8",
+     "bool", "complex64", "complex128", "float", "double", "half", "long", "int", "short",
+     "float8_e4m3fn", "float8_e5m2", "strided", "sparse_coo", "sparse_csr", "sparse_csc",
+     "sparse_bsr", "sparse_bsc", "_mkldnn", "contiguous_format", "channels_last",
+     "channels_last_3d", "preserve_format", "per_tensor_affine", "per_channel_affine",
+     "per_tensor_symmetric", "per_channel_symmetric", "per_channel_affine_float_qparams")
+_add("torch", "a plain value type (shape or device name)", "torch", "Size", "device")
+_add("torch", "the Parameter class; rebuilt around an already rebuilt tensor",
+     "torch.nn.parameter", "Parameter", "Buffer")
+_add("torch", "the Tensor class, used as a type tag when rebuilding", "torch", "Tensor")
+_add("torch", "the Tensor class, used as a type tag when rebuilding", "torch._tensor", "Tensor")
+_add("torch", "TorchScript pickles use these to rebuild lists and tensors",
+     "torch.jit._pickle",
+     "build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
+     "build_tensor_from_id", "restore_type_tag")
+
+# --- numpy -----------------------------------------------------------------------------------
+for _np in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    _add("numpy", _NP_REBUILD, _np, "_reconstruct", "scalar")
+for _np in ("numpy.core.numeric", "numpy._core.numeric"):
+    _add("numpy", "rebuilds an array from an out-of-band buffer (pickle protocol 5)", _np,
+         "_frombuffer")
+_add("numpy", "the ndarray and dtype classes, used as type tags", "numpy", "ndarray", "dtype")
+_add("numpy", "a random generator's state; rebuilt from plain integers",
+     "numpy.random._pickle",
+     "__randomstate_ctor", "__bit_generator_ctor", "__generator_ctor")
+_add("numpy", "a random generator's state; rebuilt from plain integers",
+     "numpy.random.bit_generator", "SeedSequence", "__pyx_unpickle_SeedSequence")
+for _bg, _cls in (("_mt19937", "MT19937"), ("_pcg64", "PCG64"), ("_pcg64", "PCG64DXSM"),
+                  ("_philox", "Philox"), ("_sfc64", "SFC64"), ("mtrand", "RandomState"),
+                  ("_generator", "Generator")):
+    _add("numpy", "a random generator class; its state is plain integers",
+         f"numpy.random.{_bg}", _cls)
+
+# --- joblib ----------------------------------------------------------------------------------
+_add("joblib", "joblib's placeholder for an array whose bytes follow the pickle opcode stream "
+     "(the scanner skips them by the declared dtype and shape)",
+     "joblib.numpy_pickle", "NumpyArrayWrapper")
+
+# --- scipy -----------------------------------------------------------------------------------
+for _fmt in ("csr", "csc", "coo", "bsr", "dia", "dok", "lil"):
+    _add("scipy", "a sparse matrix class; its state is index and value arrays",
+         f"scipy.sparse._{_fmt}", f"{_fmt}_matrix", f"{_fmt}_array")
+
+
+@dataclass(frozen=True)
+class _Rule:
+    module: re.Pattern[str]
+    name: re.Pattern[str]
+    allowed: Allowed
+
+
+_CLASS_NAME = r"_?[A-Z][A-Za-z0-9_]*"
+_RULES: tuple[_Rule, ...] = (
+    _Rule(
+        re.compile(r"torch\.nn\.modules\.[a-z_0-9]+"),
+        re.compile(r"[A-Z][A-Za-z0-9_]*"),
+        Allowed("torch", "a standard torch.nn layer class; constructing it with __new__ and "
+                "restoring its __dict__ runs no code from the file"),
+    ),
+    _Rule(
+        # sklearn estimators, transformers, trees and losses, but never test helpers,
+        # dataset downloaders or vendored code
+        re.compile(r"sklearn(\.(?!tests\b|_testing\b|datasets\b|externals\b|utils\._testing\b)"
+                   r"[A-Za-z0-9_]+)*"),
+        re.compile(rf"{_CLASS_NAME}|newObj|__pyx_unpickle_[A-Za-z0-9_]+"),
+        Allowed("sklearn", "a scikit-learn class (or its Cython unpickling helper); estimators "
+                "restore their attributes with BaseEstimator.__setstate__"),
+    ),
+)
+
+_TORCHSCRIPT_RULE = Allowed(
+    "torchscript",
+    "a TorchScript class compiled from the archive's code/ (only inside TorchScript archives)",
+)
+
+
+def lookup(module: str, name: str, *, torchscript: bool = False) -> Allowed | None:
+    """Return the allowlist entry for ``module.name``, or None when it is not allowlisted.
+
+    >>> lookup("collections", "OrderedDict").framework
+    'python'
+    >>> lookup("os", "system") is None
+    True
+    """
+    entry = _EXACT.get((module, name))
+    if entry is not None:
+        return entry
+    if "." in name or not name:
+        # dotted names walk attributes (``torch.serialization.os.system``): never allowlisted
+        return None
+    for rule in _RULES:
+        if rule.module.fullmatch(module) and rule.name.fullmatch(name):
+            return rule.allowed
+    if torchscript and (module == "__torch__" or module.startswith("__torch__.")):
+        return _TORCHSCRIPT_RULE
+    return None
+
+
+# --- denylist: grades severity only ----------------------------------------------------------
+_CRITICAL_MODULES = frozenset({
+    "os", "posix", "nt", "subprocess", "sys", "runpy", "importlib", "pickle", "_pickle",
+    "cPickle", "dill", "cloudpickle", "marshal", "shutil", "socket", "pty", "code", "codeop",
+    "commands", "webbrowser", "ctypes", "_ctypes", "multiprocessing", "asyncio", "pdb", "bdb",
+    "timeit", "cProfile", "profile", "trace", "doctest", "idlelib", "pydoc", "pip",
+    "setuptools", "distutils", "venv", "ensurepip", "http", "urllib", "urllib2", "httplib",
+    "requests", "aiohttp", "ftplib", "smtplib", "telnetlib", "zipimport", "pkgutil",
+    "linecache", "tempfile", "glob", "io", "_io", "pathlib", "types",
+    "_posixsubprocess", "signal", "threading", "_thread", "gc", "inspect", "ast", "compileall",
+    "py_compile", "sqlite3", "uuid", "platform", "site", "sysconfig", "operator", "functools",
+    "torch.hub", "torch.jit", "torch.serialization", "torch.utils.cpp_extension",
+    "torch._dynamo", "torch._inductor", "torch.fx", "torch.package", "numpy.testing",
+    "numpy.lib.format", "numpy.f2py", "joblib.numpy_pickle_compat", "yaml", "IPython",
+})
+_CRITICAL_NAMES = frozenset({
+    "eval", "exec", "execfile", "compile", "__import__", "open", "getattr", "setattr",
+    "delattr", "globals", "locals", "vars", "breakpoint", "input", "system", "popen", "spawn",
+    "spawnl", "spawnv", "execv", "execve", "execl", "fork", "call", "check_call",
+    "check_output", "run", "Popen", "load", "loads", "load_module", "import_module",
+    "attrgetter", "methodcaller", "partial", "reduce", "apply", "runstring", "run_path",
+    "run_module", "getoutput", "getstatusoutput", "remove", "unlink", "rmtree", "write",
+    "_load_from_bytes", "__reduce__", "__reduce_ex__", "__getattribute__", "__subclasses__",
+    "__globals__", "__builtins__", "__code__",
+})
+
+
+def grade(module: str, name: str) -> Severity:
+    """Severity of importing a global that is not allowlisted.
+
+    >>> grade("os", "system").label
+    'critical'
+    >>> grade("mypackage.layers", "Custom").label
+    'high'
+    """
+    parts = module.split(".")
+    for i in range(1, len(parts) + 1):
+        if ".".join(parts[:i]) in _CRITICAL_MODULES:
+            return Severity.CRITICAL
+    if module in ("builtins", "__builtin__") and name not in {n for (m, n) in _EXACT
+                                                             if m == "builtins"}:
+        return Severity.CRITICAL
+    if any(part in _CRITICAL_NAMES or part.startswith("__") for part in name.split(".")):
+        return Severity.CRITICAL
+    return Severity.HIGH
+
+
+#: callables that unpickle (or otherwise load) a bytes argument; their argument is scanned too
+NESTED_LOADERS = frozenset({
+    ("pickle", "loads"), ("_pickle", "loads"), ("pickle", "_loads"), ("cPickle", "loads"),
+    ("dill", "loads"), ("cloudpickle", "loads"), ("torch.storage", "_load_from_bytes"),
+    ("numpy", "loads"), ("joblib", "load"), ("marshal", "loads"),
+})

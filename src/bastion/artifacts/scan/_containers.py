@@ -1,0 +1,347 @@
+"""Containers: zip (read leniently, the way torch reads it), tar, compressed streams and 7z.
+
+Zip archives are parsed here rather than with :mod:`zipfile`: ``zipfile`` refuses archives
+that torch loads (a wrong CRC, general-purpose flag bits, a local header name that differs
+from the central directory), and a scanner that gives up on them lets a payload through. The
+reader takes member offsets from the central directory like torch does, and also walks the
+local headers, so an entry present in only one of them is scanned too. Members are exposed
+as seekable windows over the file when stored and decompressed (within the byte budget) when
+deflated, so tensor storages are never read.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import os
+import struct
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from bastion.artifacts.scan._stream import Budget, ScanLimitError, Window, stream_size
+
+__all__ = ["ZipEntry", "decompress", "iter_7z", "iter_tar", "list_zip", "open_zip_entry"]
+
+_EOCD = b"PK\x05\x06"
+_EOCD64_LOCATOR = b"PK\x06\x07"
+_CENTRAL = b"PK\x01\x02"
+_LOCAL = b"PK\x03\x04"
+_CHUNK = 1 << 20
+_SPOOL = 64 << 20
+
+
+class ContainerError(Exception):
+    """A container is malformed past what the lenient reader can recover."""
+
+
+@dataclass(frozen=True)
+class ZipEntry:
+    """One zip member, as named by the central directory and by its local header."""
+
+    name: str
+    local_name: str
+    method: int
+    flags: int
+    compressed_size: int
+    size: int
+    header_offset: int
+    data_offset: int
+    in_central: bool
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name,) if self.name == self.local_name else (self.name, self.local_name)
+
+
+def _decode_name(raw: bytes, flags: int) -> str:
+    if flags & 0x800:
+        return raw.decode("utf-8", "replace")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp437")
+
+
+def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
+    i = 0
+    while i + 4 <= len(extra):
+        tag, ln = struct.unpack_from("<HH", extra, i)
+        body = extra[i + 4 : i + 4 + ln]
+        if tag == 0x0001:
+            vals = [v for (v,) in struct.iter_unpack("<Q", body[: len(body) // 8 * 8])]
+            if usize == 0xFFFFFFFF and vals:
+                usize = vals.pop(0)
+            if csize == 0xFFFFFFFF and vals:
+                csize = vals.pop(0)
+            if offset == 0xFFFFFFFF and vals:
+                offset = vals.pop(0)
+        i += 4 + ln
+    return usize, csize, offset
+
+
+def _read_at(f: IO[bytes], offset: int, n: int) -> bytes:
+    f.seek(offset)
+    return f.read(n)
+
+
+def _central_directory(f: IO[bytes], size: int) -> tuple[int, int] | None:
+    """(offset, size) of the central directory, or None when there is no end record."""
+    tail_len = min(size, 65535 + 22)
+    tail = _read_at(f, size - tail_len, tail_len)
+    idx = tail.rfind(_EOCD)
+    if idx < 0 or idx + 22 > len(tail):
+        return None
+    (_, _, _, _, count, cd_size, cd_offset, _) = struct.unpack_from("<4sHHHHIIH", tail, idx)
+    eocd_pos = size - tail_len + idx
+    if cd_offset == 0xFFFFFFFF or count == 0xFFFF or cd_size == 0xFFFFFFFF:
+        loc = _read_at(f, eocd_pos - 20, 20)
+        if len(loc) == 20 and loc[:4] == _EOCD64_LOCATOR:
+            (rec_off,) = struct.unpack_from("<Q", loc, 8)
+            rec = _read_at(f, rec_off, 56)
+            if len(rec) == 56 and rec[:4] == b"PK\x06\x06":
+                cd_size, cd_offset = struct.unpack_from("<QQ", rec, 40)
+    if cd_offset + cd_size > size:
+        # a prefix before the archive (self-extracting zips): offsets are relative to it
+        shift = eocd_pos - cd_size - cd_offset
+        if shift < 0:
+            return None
+        cd_offset += shift
+    return cd_offset, cd_size
+
+
+def _local_header(f: IO[bytes], offset: int) -> tuple[str, int, int, int, int, int] | None:
+    head = _read_at(f, offset, 30)
+    if len(head) != 30 or head[:4] != _LOCAL:
+        return None
+    (_, _, flags, method, _, _, _, csize, usize, nlen, xlen) = struct.unpack(
+        "<4sHHHHHIIIHH", head
+    )
+    raw = f.read(nlen)
+    extra = f.read(xlen)
+    usize, csize, _ = _zip64_extra(extra, usize, csize, 0)
+    return _decode_name(raw, flags), flags, method, csize, usize, offset + 30 + nlen + xlen
+
+
+def list_zip(f: IO[bytes]) -> list[ZipEntry]:
+    """Every member named by the central directory or by a local header."""
+    size = stream_size(f)
+    if size is None:
+        raise ContainerError("a zip archive needs a seekable stream")
+    entries: dict[int, ZipEntry] = {}
+    cd = _central_directory(f, size)
+    if cd is not None:
+        cd_offset, cd_size = cd
+        data = _read_at(f, cd_offset, cd_size)
+        i = 0
+        while i + 46 <= len(data) and data[i : i + 4] == _CENTRAL:
+            fields = struct.unpack_from("<4sHHHHHHIIIHHHHHII", data, i)
+            flags, method = fields[3], fields[4]
+            csize, usize = fields[8], fields[9]
+            nlen, xlen, clen = fields[10], fields[11], fields[12]
+            offset = fields[16]
+            name = _decode_name(data[i + 46 : i + 46 + nlen], flags)
+            extra = data[i + 46 + nlen : i + 46 + nlen + xlen]
+            usize, csize, offset = _zip64_extra(extra, usize, csize, offset)
+            i += 46 + nlen + xlen + clen
+            local = _local_header(f, offset)
+            if local is None:
+                raise ContainerError(f"central directory points to no local header for {name!r}")
+            entries[offset] = ZipEntry(name, local[0], method, flags, csize, usize, offset,
+                                       local[5], True)
+    for entry in _walk_local_headers(f, size):
+        entries.setdefault(entry.header_offset, entry)
+    if not entries and cd is None:
+        raise ContainerError("no zip end record and no local headers")
+    return [entries[k] for k in sorted(entries)]
+
+
+def _walk_local_headers(f: IO[bytes], size: int) -> Iterator[ZipEntry]:
+    offset = 0
+    while offset + 30 <= size:
+        local = _local_header(f, offset)
+        if local is None:
+            return
+        name, flags, method, csize, usize, data_offset = local
+        if flags & 0x08 and csize == 0:
+            end = _find_descriptor_end(f, data_offset, method, size)
+            if end is None:
+                return
+            csize = end - data_offset
+            yield ZipEntry(name, name, method, flags, csize, usize, offset, data_offset, False)
+            offset = _skip_descriptor(f, end)
+            continue
+        yield ZipEntry(name, name, method, flags, csize, usize, offset, data_offset, False)
+        offset = data_offset + csize
+        if flags & 0x08:
+            offset = _skip_descriptor(f, offset)
+
+
+def _skip_descriptor(f: IO[bytes], offset: int) -> int:
+    sig = _read_at(f, offset, 4)
+    if sig == b"PK\x07\x08":
+        return offset + 16
+    if sig[:2] == b"PK":
+        return offset
+    return offset + 12
+
+
+def _find_descriptor_end(f: IO[bytes], start: int, method: int, size: int) -> int | None:
+    if method == 8:
+        d = zlib.decompressobj(-15)
+        f.seek(start)
+        fed = 0
+        while not d.eof:
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                return None
+            fed += len(chunk)
+            d.decompress(chunk, _CHUNK)
+            while d.unconsumed_tail and not d.eof:
+                d.decompress(d.unconsumed_tail, _CHUNK)
+        return start + fed - len(d.unused_data)
+    f.seek(start)
+    pos = start
+    while pos < size:
+        chunk = f.read(_CHUNK + 3)
+        idx = chunk.find(b"PK\x07\x08")
+        if idx >= 0:
+            return pos + idx
+        pos += _CHUNK
+        f.seek(pos)
+    return None
+
+
+def open_zip_entry(f: IO[bytes], entry: ZipEntry, budget: Budget) -> IO[bytes]:
+    """A seekable stream of the member's bytes (CRC and flag bits are not checked)."""
+    raw = io.BufferedReader(Window(f, entry.data_offset, entry.compressed_size))
+    if entry.method == 0 or (entry.method not in (8, 12) and entry.compressed_size == entry.size):
+        return raw
+    if entry.method == 8:
+        return _spool(_inflate(raw), budget)
+    if entry.method == 12:
+        return _spool(_stream_decompress(raw, bz2.BZ2Decompressor()), budget)
+    raise ContainerError(f"member {entry.name!r} uses compression method {entry.method}, "
+                         "which the scanner cannot read")
+
+
+def _inflate(raw: IO[bytes]) -> Iterator[bytes]:
+    d = zlib.decompressobj(-15)
+    while True:
+        chunk = raw.read(_CHUNK)
+        if not chunk:
+            break
+        yield d.decompress(chunk)
+        if d.eof:
+            break
+    yield d.flush()
+
+
+def _stream_decompress(raw: IO[bytes], d: bz2.BZ2Decompressor | lzma.LZMADecompressor
+                       ) -> Iterator[bytes]:
+    while not d.eof:
+        chunk = raw.read(_CHUNK)
+        if not chunk:
+            break
+        yield d.decompress(chunk)
+
+
+def _spool(chunks: Iterator[bytes], budget: Budget) -> IO[bytes]:
+    out = tempfile.SpooledTemporaryFile(max_size=_SPOOL)
+    try:
+        for chunk in chunks:
+            budget.take(len(chunk))
+            out.write(chunk)
+    except (zlib.error, OSError, EOFError, lzma.LZMAError) as exc:
+        out.close()
+        raise ContainerError(f"cannot decompress: {exc}") from exc
+    except ScanLimitError:
+        out.close()
+        raise
+    out.seek(0)
+    return out
+
+
+def decompress(f: IO[bytes], kind: str, budget: Budget) -> IO[bytes]:
+    """Decompress a gzip, bz2, xz, lzma or zlib stream into a seekable spool."""
+    opener: Any
+    if kind == "gzip":
+        opener = gzip.GzipFile(fileobj=f, mode="rb")
+    elif kind == "bz2":
+        opener = bz2.BZ2File(f, mode="rb")
+    elif kind in ("xz", "lzma"):
+        opener = lzma.LZMAFile(f, mode="rb")
+    elif kind == "zlib":
+        return _spool(_zlib_chunks(f), budget)
+    else:
+        raise ContainerError(f"unknown compression {kind}")
+
+    def chunks() -> Iterator[bytes]:
+        while True:
+            chunk = opener.read(_CHUNK)
+            if not chunk:
+                return
+            yield chunk
+
+    return _spool(chunks(), budget)
+
+
+def _zlib_chunks(f: IO[bytes]) -> Iterator[bytes]:
+    d = zlib.decompressobj()
+    while not d.eof:
+        chunk = f.read(_CHUNK)
+        if not chunk:
+            raise zlib.error("truncated zlib stream")
+        yield d.decompress(chunk)
+    yield d.flush()
+
+
+def iter_tar(f: IO[bytes], budget: Budget) -> Iterator[tuple[str, IO[bytes] | None, str]]:
+    """(name, stream or None, note) for every member of an uncompressed tar."""
+    try:
+        tf = tarfile.open(fileobj=f, mode="r:")
+    except tarfile.TarError as exc:
+        raise ContainerError(f"cannot read tar: {exc}") from exc
+    with tf:
+        try:
+            for info in tf:
+                if info.isfile():
+                    stream = tf.extractfile(info)
+                    if stream is not None:
+                        yield info.name, stream, ""
+                elif info.issym() or info.islnk():
+                    yield info.name, None, f"link to {info.linkname}"
+        except tarfile.TarError as exc:
+            raise ContainerError(f"corrupt tar: {exc}") from exc
+
+
+def iter_7z(f: IO[bytes], budget: Budget) -> Iterator[tuple[str, IO[bytes]]]:
+    """(name, stream) for every file in a 7z archive (needs py7zr)."""
+    try:
+        import py7zr
+        from py7zr.io import BytesIOFactory
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ContainerError("7z archives need py7zr: pip install py7zr") from exc
+    try:
+        with py7zr.SevenZipFile(f, mode="r") as archive:
+            infos = [i for i in archive.list() if not i.is_directory]
+            total = sum(int(i.uncompressed or 0) for i in infos)
+            budget.take(total)
+            limit = max([int(i.uncompressed or 0) for i in infos] + [0]) + 1
+            factory = BytesIOFactory(limit)
+            archive.extractall(factory=factory)  # noqa: S202 - into memory, not to disk
+    except (py7zr.exceptions.Bad7zFile, py7zr.exceptions.PasswordRequired,
+            py7zr.exceptions.UnsupportedCompressionMethodError, lzma.LZMAError, EOFError,
+            OSError, KeyError, ValueError) as exc:
+        raise ContainerError(f"cannot read 7z: {exc}") from exc
+    for info in infos:
+        product = factory.products.get(info.filename)
+        if product is None:
+            continue
+        product.seek(0, os.SEEK_SET)
+        yield info.filename, product  # type: ignore[misc]
