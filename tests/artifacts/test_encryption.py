@@ -127,7 +127,7 @@ def test_metadata_is_authenticated(plain: Path, kek: bytes, tmp_path: Path) -> N
 
 def test_wrong_key(plain: Path, kek: bytes, tmp_path: Path) -> None:
     enc = _enc(plain, kek)
-    with pytest.raises(DecryptionError, match="wrong key-encryption key.*key id"):
+    with pytest.raises(DecryptionError, match=r"wrong key-encryption key.*key id"):
         decrypt_file(enc, tmp_path / "out.bin", bytes(32))
     with pytest.raises(ConfigurationError, match="32 bytes"):
         decrypt_file(enc, tmp_path / "out.bin", b"short")

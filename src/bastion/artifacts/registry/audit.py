@@ -1,0 +1,133 @@
+"""The registry's tamper-evident audit log: a hash chain in the metadata database.
+
+Entry *n* stores ``prev_hash`` (the hash of entry *n - 1*, or 64 zeros for the first) and
+``hash = SHA-256(prev_hash || canonical JSON of its own fields)``. The ``audit_head`` row holds
+the newest sequence number and hash. :func:`verify_chain` recomputes every hash, so an edited
+entry, a removed entry (in the middle or at the end), an inserted or reordered entry are all
+detected -- unless the attacker can also rewrite every later hash and the head, which is why
+the head hash should also be copied somewhere else (a ticket, a log shipper) from time to time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bastion.artifacts.registry.db import AuditEntry, AuditHead, utcnow
+
+__all__ = [
+    "GENESIS",
+    "AuditRecord",
+    "AuditVerification",
+    "append",
+    "entry_hash",
+    "lock_head",
+    "verify_chain",
+]
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audit entry as returned by :meth:`Registry.audit_log`."""
+
+    seq: int
+    at: str
+    actor: str
+    action: str
+    model: str | None
+    version: int | None
+    outcome: str
+    details: dict[str, Any]
+    hash: str
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    """Outcome of verifying the chain: ``ok``, how many entries, and the first bad one."""
+
+    ok: bool
+    entries: int
+    head_hash: str
+    first_bad_seq: int | None = None
+    reason: str = ""
+
+
+def _content(seq: int, at: str, actor: str, action: str, model: str | None,
+             version: int | None, outcome: str, details: str) -> bytes:
+    return json.dumps(
+        {"seq": seq, "at": at, "actor": actor, "action": action, "model": model,
+         "version": version, "outcome": outcome, "details": details},
+        sort_keys=True, separators=(",", ":"),
+    ).encode()
+
+
+def entry_hash(prev_hash: str, seq: int, at: str, actor: str, action: str,
+               model: str | None, version: int | None, outcome: str, details: str) -> str:
+    """The hash of one entry given the previous entry's hash."""
+    h = hashlib.sha256(prev_hash.encode())
+    h.update(_content(seq, at, actor, action, model, version, outcome, details))
+    return h.hexdigest()
+
+
+def lock_head(session: Session) -> AuditHead:
+    """Lock and return the head row; every write transaction calls this first."""
+    head = session.execute(
+        select(AuditHead).where(AuditHead.id == 1).with_for_update()
+    ).scalar_one_or_none()
+    if head is None:
+        head = AuditHead(id=1, seq=0, hash=GENESIS)
+        session.add(head)
+        session.flush()
+    return head
+
+
+def append(session: Session, *, actor: str, action: str, model: str | None = None,
+           version: int | None = None, outcome: str = "ok",
+           details: dict[str, Any] | None = None) -> AuditEntry:
+    """Append one entry in the caller's transaction (which must hold the head lock)."""
+    head = lock_head(session)
+    seq = head.seq + 1
+    at = utcnow().isoformat()
+    text = json.dumps(details or {}, sort_keys=True, separators=(",", ":"), default=str)
+    digest = entry_hash(head.hash, seq, at, actor, action, model, version, outcome, text)
+    entry = AuditEntry(seq=seq, at=at, actor=actor, action=action, model=model,
+                       version=version, outcome=outcome, details=text,
+                       prev_hash=head.hash, hash=digest)
+    session.add(entry)
+    head.seq, head.hash = seq, digest
+    session.flush()
+    return entry
+
+
+def verify_chain(session: Session) -> AuditVerification:
+    """Recompute the chain and compare it with the stored hashes and the head."""
+    prev, expected_seq, count = GENESIS, 1, 0
+    rows = session.execute(select(AuditEntry).order_by(AuditEntry.seq)).scalars()
+    for e in rows:
+        if e.seq != expected_seq:
+            return AuditVerification(False, count, prev, expected_seq,
+                                     f"entry {expected_seq} is missing (next is {e.seq})")
+        if e.prev_hash != prev:
+            return AuditVerification(False, count, prev, e.seq,
+                                     f"entry {e.seq} does not follow entry {e.seq - 1}"
+                                     " (removed, inserted or reordered entries)")
+        recomputed = entry_hash(prev, e.seq, e.at, e.actor, e.action, e.model, e.version,
+                                e.outcome, e.details)
+        if recomputed != e.hash:
+            return AuditVerification(False, count, prev, e.seq,
+                                     f"entry {e.seq} was edited (its hash does not match)")
+        prev, expected_seq, count = e.hash, expected_seq + 1, count + 1
+    head = session.get(AuditHead, 1)
+    head_seq, head_hash = (head.seq, head.hash) if head is not None else (0, GENESIS)
+    if head_seq != count or head_hash != prev:
+        return AuditVerification(False, count, prev, count + 1,
+                                 f"the log ends at entry {count} but the head records entry"
+                                 f" {head_seq}: entries were removed from the end")
+    return AuditVerification(True, count, prev)

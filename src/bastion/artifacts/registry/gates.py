@@ -1,0 +1,102 @@
+"""Promotion gates: clean scan, valid signature from a trusted key, assessment thresholds."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bastion.artifacts.signing import PublicKey, compare_manifests, load_public_key, verify_bundle
+from bastion.errors import ConfigurationError, SignatureError
+
+__all__ = ["GateConfig", "GateResult", "check_signature", "lookup_metric"]
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """What a version must show before an alias may point at it.
+
+    ``minimums`` maps a report metric to its lowest acceptable value, e.g.
+    ``{"robust_accuracy": 0.5}`` or ``{"attacks.pgd.robust_accuracy": 0.4}`` (dotted paths
+    reach into the ``report.json`` of ``bastion evaluate evasion``); ``maximums`` the same for
+    metrics that must stay low. ``trusted_keys`` are public keys (paths or key objects) of
+    which one must have made a valid signature; when empty, the registry's trusted keys apply.
+    """
+
+    require_clean_scan: bool = True
+    require_signature: bool = True
+    minimums: Mapping[str, float] = field(default_factory=dict)
+    maximums: Mapping[str, float] = field(default_factory=dict)
+    trusted_keys: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        for label, bounds in (("minimums", self.minimums), ("maximums", self.maximums)):
+            for k, v in bounds.items():
+                if not isinstance(k, str) or not k:
+                    raise ConfigurationError(f"{label}: metric names must be non-empty strings")
+                if not isinstance(v, int | float) or not math.isfinite(float(v)):
+                    raise ConfigurationError(f"{label}[{k!r}] must be a finite number, got {v!r}")
+        object.__setattr__(self, "minimums", {k: float(v) for k, v in self.minimums.items()})
+        object.__setattr__(self, "maximums", {k: float(v) for k, v in self.maximums.items()})
+        object.__setattr__(self, "trusted_keys", tuple(self.trusted_keys))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "require_clean_scan": self.require_clean_scan,
+            "require_signature": self.require_signature,
+            "minimums": dict(self.minimums),
+            "maximums": dict(self.maximums),
+            "trusted_keys": [os.fspath(k) if isinstance(k, str | os.PathLike) else "<key>"
+                             for k in self.trusted_keys],
+        }
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """``passed`` if every gate held; ``reasons`` names each failed gate in words."""
+
+    passed: bool
+    reasons: tuple[str, ...]
+    checks: Mapping[str, Any]
+
+
+def lookup_metric(report: Mapping[str, Any], path: str) -> float | None:
+    """Read a dotted ``path`` from a report; ``None`` when absent or not a number."""
+    node: Any = report
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    if isinstance(node, bool) or not isinstance(node, int | float):
+        return None
+    return float(node)
+
+
+def check_signature(
+    bundle: Mapping[str, Any] | None, files: Mapping[str, str], keys: tuple[PublicKey, ...]
+) -> tuple[bool, str, str | None]:
+    """Verify ``bundle`` against a manifest with any of ``keys``: ``(ok, why, key hint)``."""
+    if bundle is None:
+        return False, "the version is not signed", None
+    if not keys:
+        return False, "no trusted public key is configured to check the signature", None
+    last = "no key matched"
+    for key in keys:
+        try:
+            _, signed, _ = verify_bundle(bundle, key)
+        except SignatureError as exc:
+            last = str(exc)
+            continue
+        diff = compare_manifests(signed, files)
+        if diff.ok:
+            from bastion.artifacts.signing import public_key_hint
+
+            return True, "valid signature", public_key_hint(key)
+        return False, f"the signature does not cover the stored files: {diff.describe()}", None
+    return False, f"the signature does not verify with any trusted key ({last})", None
+
+
+def load_keys(keys: tuple[Any, ...]) -> tuple[PublicKey, ...]:
+    return tuple(load_public_key(k) for k in keys)
