@@ -209,3 +209,24 @@ def test_bad_estimators_and_shapes_are_rejected(digits):
     clf = from_sklearn(lr, input_shape=(1, 8, 8))
     with pytest.raises(InputError):
         clf.logits(torch.zeros(2, 64))
+
+
+def test_calibrated_svc_is_score_only(digits):
+    from sklearn.calibration import CalibratedClassifierCV
+
+    x, y, x_test = digits
+    est = CalibratedClassifierCV(SVC(), ensemble=False).fit(x, y)
+    clf = from_sklearn(est)
+    assert isinstance(clf, SklearnScoreClassifier)
+    xt = torch.tensor(x_test, dtype=torch.float32)
+    x64 = xt.double().numpy()
+    np.testing.assert_array_equal(clf.predict(xt).numpy(), est.predict(x64))
+    np.testing.assert_allclose(clf.logits(xt).exp().numpy(), est.predict_proba(x64), atol=1e-6)
+
+
+def test_multilabel_mlp_is_rejected(digits):
+    x, y, _ = digits
+    targets = np.stack([y % 2, (y > 4).astype(int)], axis=1)
+    est = _fit(MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0), x, targets)
+    with pytest.raises(ConfigurationError, match="multi-label"):
+        from_sklearn(est)

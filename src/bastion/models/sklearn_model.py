@@ -50,6 +50,7 @@ True
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -307,6 +308,16 @@ class _SklearnBlackBox(BaseClassifier):
     def _to_numpy(x: torch.Tensor) -> np.ndarray:
         return x.detach().reshape(x.shape[0], -1).to("cpu", torch.float64).numpy()
 
+    def _call(self, method: str, x: torch.Tensor) -> np.ndarray:
+        with warnings.catch_warnings():
+            # an estimator fitted on a DataFrame warns on arrays; columns are in order here
+            warnings.filterwarnings("ignore", message="X does not have valid feature names")
+            return np.asarray(getattr(self.estimator, method)(self._to_numpy(x)))
+
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        labels = self._call("predict", x)
+        return torch.from_numpy(labels.astype(np.int64)).to(x.device)
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({type(self.estimator).__name__}, "
@@ -319,7 +330,9 @@ class SklearnScoreClassifier(_SklearnBlackBox):
     """Score-only adapter over any fitted classifier with ``predict_proba``.
 
     ``logits(x)`` returns ``log(predict_proba(x))`` clamped at ``log(1e-12)`` (float32, on
-    ``x``'s device); it carries no gradient. ``predict`` is its argmax.
+    ``x``'s device); it carries no gradient. ``predict`` is the estimator's own ``predict``
+    (for most estimators the argmax of ``predict_proba``; where the two differ, ``predict`` is
+    what the deployed model answers).
     """
 
     def __init__(
@@ -332,8 +345,8 @@ class SklearnScoreClassifier(_SklearnBlackBox):
     ) -> None:
         if not hasattr(estimator, "predict_proba"):
             raise CapabilityError(
-                f"{type(estimator).__name__} has no predict_proba (e.g. SVC needs "
-                "probability=True); wrap it label-only with access='labels'"
+                f"{type(estimator).__name__} has no predict_proba (for SVC, wrap it in "
+                "CalibratedClassifierCV to get scores); wrap it label-only with access='labels'"
             )
         super().__init__(
             estimator,
@@ -344,7 +357,7 @@ class SklearnScoreClassifier(_SklearnBlackBox):
         )
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        proba = np.asarray(self.estimator.predict_proba(self._to_numpy(x)), dtype=np.float64)
+        proba = self._call("predict_proba", x).astype(np.float64)
         out = torch.from_numpy(np.log(np.clip(proba, _LOG_EPS, None)))
         return out.to(x.device, torch.float32)
 
@@ -382,10 +395,6 @@ class SklearnLabelClassifier(_SklearnBlackBox):
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - unreachable
         raise CapabilityError("label-only classifier has no logits")
-
-    def _predict(self, x: torch.Tensor) -> torch.Tensor:
-        labels = np.asarray(self.estimator.predict(self._to_numpy(x)))
-        return torch.from_numpy(labels.astype(np.int64)).to(x.device)
 
 
 # -- entry point --------------------------------------------------------------------------
