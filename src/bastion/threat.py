@@ -31,9 +31,7 @@ def parse_norm(value: str | Norm) -> Norm:
     try:
         return aliases[text]
     except KeyError:
-        raise ConfigurationError(
-            f"unknown norm {value!r}: use 'linf' or 'l2'"
-        ) from None
+        raise ConfigurationError(f"unknown norm {value!r}: use 'linf' or 'l2'") from None
 
 
 class Access(StrEnum):
