@@ -108,7 +108,7 @@ class OnnxClassifier(BaseClassifier):
                 f"ONNX model {self._source} takes {inp.type} input; only float tensors are "
                 "supported"
             )
-        out_index, out = self._pick_output(session)
+        out = self._pick_output(session)
         graph_in = list(inp.shape or [])
         if len(graph_in) < 2:
             raise ModelLoadError(
@@ -131,7 +131,6 @@ class OnnxClassifier(BaseClassifier):
         self._feed_shape = fixed_in if fixed_in is not None else shape
         batch = graph_in[0]
         self._fixed_batch = int(batch) if isinstance(batch, int) and batch > 0 else None
-        self._output_index = out_index
         self._output_name = out.name
         self.output = self._resolve_kind(output, out.name, src)
 
@@ -157,10 +156,10 @@ class OnnxClassifier(BaseClassifier):
                 "the file is a complete, valid ONNX model (onnx.checker.check_model)"
             ) from exc
 
-    def _pick_output(self, session: Any) -> tuple[int, Any]:
-        for i, out in enumerate(session.get_outputs()):
+    def _pick_output(self, session: Any) -> Any:
+        for out in session.get_outputs():
             if out.type in _NP_TYPES and len(out.shape or []) == 2:
-                return i, out
+                return out
         names = [f"{o.name}: {o.type} {o.shape}" for o in session.get_outputs()]
         raise ModelLoadError(
             f"ONNX model {self._source} has no (batch, classes) float output (outputs: "
