@@ -1,0 +1,343 @@
+"""CLI: ``bastion registry ...``, ``sign``/``verify``, ``encrypt``/``decrypt`` and ``keygen``.
+
+The registry commands read their backends from options or the environment:
+``--metadata-url`` / ``BASTION_REGISTRY_METADATA_URL`` (default SQLite under
+``~/.bastion/registry``), ``--storage-url`` / ``BASTION_REGISTRY_STORAGE_URL`` (default a local
+folder), ``--actor`` / ``BASTION_ACTOR`` (default the login name), trusted public keys
+``--trusted-key`` / ``BASTION_TRUSTED_KEYS`` (comma-separated paths) and admin identities
+``BASTION_REGISTRY_ADMINS`` (comma-separated).
+
+Exit codes: 0 success, 1 a signature or audit log that does not verify, 2 an error or a refused
+operation (failed gate, permission denied, unknown model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from bastion.cli._common import console, fail, handle_errors, parse_kv
+from bastion.errors import ConfigurationError
+
+__all__ = ["register"]
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _numbers(values: list[str] | None, what: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in parse_kv(values).items():
+        try:
+            out[k] = float(v)
+        except ValueError as exc:
+            raise ConfigurationError(f"{what} {k}={v!r}: the value must be a number") from exc
+    return out
+
+
+def _params(values: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in parse_kv(values).items():
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------------- signing
+
+
+@handle_errors
+def sign_cmd(
+    path: Path = typer.Argument(..., help="Model file or folder to sign."),
+    key: Path = typer.Option(..., "--key", "-k", help="Private key (PEM, Ed25519 or ECDSA)."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Signature path (default model.sig / FILE.sig)."),
+    password_env: str | None = typer.Option(
+        None, help="Environment variable holding the private key's password."),
+) -> None:
+    """Sign a model as an OpenSSF model-signing bundle (in-toto statement in DSSE)."""
+    from bastion.artifacts.signing import sign
+
+    password = os.environ.get(password_env, "").encode() if password_env else None
+    sig = sign(path, key, out=out, password=password or None)
+    typer.echo(f"signed {path} -> {sig}")
+
+
+@handle_errors
+def verify_cmd(
+    path: Path = typer.Argument(..., help="Model file or folder to verify."),
+    key: Path = typer.Option(..., "--key", "-k", help="Public key (PEM)."),
+    signature: Path | None = typer.Option(None, "--signature", "-s",
+                                          help="Signature bundle (default beside the model)."),
+) -> None:
+    """Verify a model against its signature; exit 1 naming changed, missing and extra files."""
+    from bastion.artifacts.signing import verify
+
+    result = verify(path, key, signature=signature, strict=False)
+    if not result.ok:
+        raise fail(f"{path}: {result.describe()}", code=1)
+    typer.echo(result.describe())
+
+
+@handle_errors
+def keygen_cmd(
+    out: Path = typer.Argument(..., help="Private key (or KEK) file to create."),
+    public_out: Path | None = typer.Argument(None, help="Public key file (default OUT.pub)."),
+    kind: str = typer.Option("ed25519", help="ed25519, ecdsa-p256, or aes-256 (a KEK)."),
+) -> None:
+    """Create a signing key pair, or a key-encryption key for ``bastion encrypt``."""
+    if out.exists():
+        raise ConfigurationError(f"{out} already exists; choose a new path")
+    if kind == "aes-256":
+        from bastion.artifacts.encryption import generate_kek
+
+        typer.echo(f"wrote key-encryption key {generate_kek(out)}")
+        return
+    from bastion.artifacts.signing import generate_keypair
+
+    pub = public_out or out.with_name(out.name + ".pub")
+    priv, pub = generate_keypair(kind, out, pub)  # type: ignore[arg-type]
+    typer.echo(f"wrote private key {priv} and public key {pub}")
+
+
+# ---------------------------------------------------------------------- encryption
+
+
+@handle_errors
+def encrypt_cmd(
+    src: Path = typer.Argument(..., help="File to encrypt."),
+    dst: Path = typer.Argument(..., help="Encrypted output."),
+    key_file: Path | None = typer.Option(None, help="KEK file (default: $BASTION_KEK)."),
+    meta: list[str] | None = typer.Option(None, "--meta", help="Authenticated key=value."),
+    chunk_size: int = typer.Option(1 << 20, help="Plaintext bytes per sealed chunk."),
+) -> None:
+    """Encrypt a file (AES-256-GCM envelope, streaming) under a key-encryption key."""
+    from bastion.artifacts.encryption import encrypt_file, load_kek
+
+    kek = load_kek(key_file)
+    encrypt_file(src, dst, kek, metadata=parse_kv(meta), chunk_size=chunk_size)
+    typer.echo(f"encrypted {src} -> {dst}")
+
+
+@handle_errors
+def decrypt_cmd(
+    src: Path = typer.Argument(..., help="Encrypted file."),
+    dst: Path = typer.Argument(..., help="Plaintext output (written only if it authenticates)."),
+    key_file: Path | None = typer.Option(None, help="KEK file (default: $BASTION_KEK)."),
+) -> None:
+    """Decrypt a file; print its authenticated metadata as JSON."""
+    from bastion.artifacts.encryption import decrypt_file, load_kek
+
+    metadata = decrypt_file(src, dst, load_kek(key_file))
+    typer.echo(json.dumps(metadata, sort_keys=True))
+
+
+# ---------------------------------------------------------------------- registry
+
+registry_app = typer.Typer(help="The versioned, signed model registry.", no_args_is_help=True)
+audit_app = typer.Typer(help="The registry's tamper-evident audit log.", no_args_is_help=True)
+registry_app.add_typer(audit_app, name="audit-log")
+
+
+@registry_app.callback()
+def _registry_options(
+    ctx: typer.Context,
+    metadata_url: str | None = typer.Option(None, envvar="BASTION_REGISTRY_METADATA_URL",
+                                            help="sqlite:///PATH or postgresql+psycopg://..."),
+    storage_url: str | None = typer.Option(None, envvar="BASTION_REGISTRY_STORAGE_URL",
+                                           help="file:///PATH or s3://BUCKET/PREFIX?endpoint_url=..."),
+    actor: str | None = typer.Option(None, envvar="BASTION_ACTOR", help="Acting identity."),
+    trusted_key: list[Path] | None = typer.Option(
+        None, "--trusted-key", help="Public key whose signatures count as valid (repeatable)."),
+) -> None:
+    keys: list[Any] = list(trusted_key or []) + _split(os.environ.get("BASTION_TRUSTED_KEYS"))
+    ctx.obj = {"metadata_url": metadata_url, "storage_url": storage_url, "actor": actor,
+               "trusted_keys": keys,
+               "admins": _split(os.environ.get("BASTION_REGISTRY_ADMINS"))}
+
+
+def _open(ctx: typer.Context, **extra: Any) -> Any:
+    from bastion.artifacts.registry import Registry
+
+    o = ctx.obj or {}
+    return Registry(o.get("metadata_url"), o.get("storage_url"), actor=o.get("actor"),
+                    admins=o.get("admins", ()), trusted_keys=o.get("trusted_keys", ()), **extra)
+
+
+def _row(v: Any) -> list[str]:
+    return [v.name, str(v.version), ",".join(v.aliases) or "-", v.digest[:12],
+            v.signature_status, v.scan_verdict, v.created_by, v.created_at[:19]]
+
+
+@registry_app.command("push")
+@handle_errors
+def push_cmd(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Model name."),
+    path: Path = typer.Argument(..., help="Model file or folder."),
+    sign_key: Path | None = typer.Option(None, "--sign-key", help="Private key to sign with."),
+    signature: Path | None = typer.Option(None, help="An existing signature bundle to check."),
+    lineage: Path | None = typer.Option(None, help="Lineage JSON file."),
+    training_data_digest: str | None = typer.Option(None, help="SHA-256 of the training data."),
+    code_version: str | None = typer.Option(None, help="Code version (e.g. a git commit)."),
+    param: list[str] | None = typer.Option(None, "--param", help="Training parameter k=v."),
+    metric: list[str] | None = typer.Option(None, "--metric", help="Metric k=v (a number)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the new version as JSON."),
+) -> None:
+    """Push a new immutable version of NAME."""
+    data: dict[str, Any] = json.loads(lineage.read_text()) if lineage else {}
+    if training_data_digest:
+        data["training_data_digest"] = training_data_digest
+    if code_version:
+        data["code_version"] = code_version
+    if param:
+        data["parameters"] = {**data.get("parameters", {}), **_params(param)}
+    if metric:
+        data["metrics"] = {**data.get("metrics", {}), **_numbers(metric, "--metric")}
+    with _open(ctx) as reg:
+        v = reg.push(name, path, signer_key=sign_key, signature=signature, lineage=data)
+    if as_json:
+        typer.echo(json.dumps(v.to_dict(), indent=2))
+    else:
+        typer.echo(f"pushed {v.name} v{v.version} digest {v.digest} "
+                   f"signature={v.signature_status} scan={v.scan_verdict}")
+
+
+@registry_app.command("list")
+@handle_errors
+def list_cmd(
+    ctx: typer.Context,
+    name: str | None = typer.Argument(None, help="Only this model."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List versions (of NAME, or of every model you may read)."""
+    with _open(ctx) as reg:
+        versions = reg.list(name)
+    if as_json:
+        typer.echo(json.dumps([v.to_dict() for v in versions], indent=2))
+        return
+    table = Table("name", "version", "aliases", "digest", "signature", "scan", "by", "created")
+    for v in versions:
+        table.add_row(*_row(v))
+    console.print(table)
+
+
+@registry_app.command("show")
+@handle_errors
+def show_cmd(
+    ctx: typer.Context,
+    name: str = typer.Argument(...),
+    ref: str = typer.Argument("latest", help="Version number, vN, alias or 'latest'."),
+) -> None:
+    """Show one version as JSON (digest, files, signature, scan, lineage, aliases)."""
+    with _open(ctx) as reg:
+        typer.echo(json.dumps(reg.get(name, ref).to_dict(), indent=2))
+
+
+@registry_app.command("promote")
+@handle_errors
+def promote_cmd(
+    ctx: typer.Context,
+    name: str = typer.Argument(...),
+    ref: str = typer.Argument(..., help="Version to promote."),
+    alias: str = typer.Argument(..., help="Alias, e.g. champion or staging."),
+    report: Path | None = typer.Option(None, help="Assessment report JSON to attach first."),
+    minimum: list[str] | None = typer.Option(
+        None, "--min", help="Gate metric>=value, e.g. robust_accuracy=0.5 (repeatable)."),
+    maximum: list[str] | None = typer.Option(None, "--max", help="Gate metric<=value."),
+    require_scan: bool = typer.Option(True, "--require-scan/--no-require-scan"),
+    require_signature: bool = typer.Option(True, "--require-signature/--no-require-signature"),
+) -> None:
+    """Point ALIAS at a version that passes the gates (clean scan, signature, thresholds)."""
+    from bastion.artifacts.registry import GateConfig
+
+    gates = GateConfig(require_clean_scan=require_scan, require_signature=require_signature,
+                       minimums=_numbers(minimum, "--min"), maximums=_numbers(maximum, "--max"))
+    with _open(ctx) as reg:
+        v = reg.promote(name, ref, alias, gates=gates, report=report)
+    typer.echo(f"{alias} -> {v.name} v{v.version}")
+
+
+@registry_app.command("rollback")
+@handle_errors
+def rollback_cmd(ctx: typer.Context, name: str = typer.Argument(...),
+                 alias: str = typer.Argument(...)) -> None:
+    """Point ALIAS back at the version it named before its last promotion."""
+    with _open(ctx) as reg:
+        v = reg.rollback(name, alias)
+    typer.echo(f"{alias} -> {v.name} v{v.version}")
+
+
+@registry_app.command("pull")
+@handle_errors
+def pull_cmd(ctx: typer.Context, name: str = typer.Argument(...),
+             ref: str = typer.Argument(..., help="Version number, vN, alias or 'latest'."),
+             dest: Path = typer.Argument(..., help="Where to write the model.")) -> None:
+    """Download a version, checking every file's digest."""
+    with _open(ctx) as reg:
+        out = reg.pull(name, ref, dest)
+    typer.echo(f"pulled {name}@{ref} -> {out}")
+
+
+@registry_app.command("grant")
+@handle_errors
+def grant_cmd(ctx: typer.Context, name: str = typer.Argument(..., help="Model name or '*'."),
+              identity: str = typer.Argument(...),
+              level: str = typer.Argument(..., help="read, use, edit or manage.")) -> None:
+    """Grant IDENTITY a permission LEVEL on model NAME."""
+    with _open(ctx) as reg:
+        reg.grant(name, identity, level)
+    typer.echo(f"granted {level} on {name} to {identity}")
+
+
+@registry_app.command("revoke")
+@handle_errors
+def revoke_cmd(ctx: typer.Context, name: str = typer.Argument(...),
+               identity: str = typer.Argument(...)) -> None:
+    """Remove IDENTITY's permissions on model NAME."""
+    with _open(ctx) as reg:
+        reg.revoke(name, identity)
+    typer.echo(f"revoked {identity} on {name}")
+
+
+@audit_app.command("verify")
+@handle_errors
+def audit_verify_cmd(ctx: typer.Context) -> None:
+    """Recompute the audit hash chain; exit 1 naming the first bad entry."""
+    with _open(ctx) as reg:
+        result = reg.verify_audit_log()
+    if not result.ok:
+        raise fail(f"audit log does not verify at entry {result.first_bad_seq}: {result.reason}",
+                   code=1)
+    typer.echo(f"audit log verified: {result.entries} entries, head {result.head_hash}")
+
+
+@audit_app.command("show")
+@handle_errors
+def audit_show_cmd(ctx: typer.Context,
+                   limit: int = typer.Option(50, help="Newest entries to show.")) -> None:
+    """Print the newest audit entries as JSON lines."""
+    with _open(ctx) as reg:
+        for e in reg.audit_log(limit=limit):
+            typer.echo(json.dumps({"seq": e.seq, "at": e.at, "actor": e.actor,
+                                   "action": e.action, "model": e.model, "version": e.version,
+                                   "outcome": e.outcome, "details": e.details}, sort_keys=True))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``registry``, ``sign``, ``verify``, ``keygen``, ``encrypt`` and ``decrypt``."""
+    app.add_typer(registry_app, name="registry")
+    app.command("sign")(sign_cmd)
+    app.command("verify")(verify_cmd)
+    app.command("keygen")(keygen_cmd)
+    app.command("encrypt")(encrypt_cmd)
+    app.command("decrypt")(decrypt_cmd)
+
