@@ -320,7 +320,7 @@ def iter_tar(f: IO[bytes], budget: Budget) -> Iterator[tuple[str, IO[bytes] | No
             raise ContainerError(f"corrupt tar: {exc}") from exc
 
 
-def iter_7z(f: IO[bytes], budget: Budget) -> Iterator[tuple[str, IO[bytes]]]:
+def iter_7z(f: IO[bytes], budget: Budget) -> Iterator[tuple[str, io.BytesIO]]:
     """(name, stream) for every file in a 7z archive (needs py7zr)."""
     try:
         import py7zr
@@ -344,4 +344,4 @@ def iter_7z(f: IO[bytes], budget: Budget) -> Iterator[tuple[str, IO[bytes]]]:
         if product is None:
             continue
         product.seek(0, os.SEEK_SET)
-        yield info.filename, product  # type: ignore[misc]
+        yield info.filename, io.BytesIO(product.read())

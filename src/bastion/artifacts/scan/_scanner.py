@@ -149,7 +149,7 @@ def _dispatch(fmt: str, f: IO[bytes], path: str, ctx: _Context, depth: int,
         _, has_object = formats.npy_header(f)
         if not has_object:
             return combine(path, "numpy", [])
-        res = scan_pickles(Reader(f, size=_size(f)), max_pickles=1, legacy_torch=False)
+        res = scan_pickles(Reader(f, size=_size(f)), legacy_torch=False)
         return combine(path, "numpy", res.findings, error=res.error)
     if fmt == "safetensors":
         size = _size(f)

@@ -1,0 +1,77 @@
+"""``bastion scan PATH...``: scan model files statically and exit with what was found.
+
+Exit codes: 0 every file clean, 1 something unsafe, 2 a file could not be scanned (or a bad
+path or option), 3 nothing scanned.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from bastion.cli._common import console, fail, handle_errors
+
+__all__ = ["register"]
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+    sarif = "sarif"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("scan")
+    @handle_errors
+    def scan(
+        paths: list[Path] = typer.Argument(..., help="Model files or folders to scan."),
+        output_format: OutputFormat = typer.Option(
+            OutputFormat.table, "--format", "-f", help="table, json or sarif."
+        ),
+        out: Path | None = typer.Option(None, "--out", "-o", help="Write the report here."),
+        max_depth: int = typer.Option(5, "--max-depth", min=0,
+                                      help="How deeply containers may nest."),
+        max_bytes: int = typer.Option(1 << 30, "--max-bytes", min=1,
+                                      help="Bytes that may be decompressed per file."),
+    ) -> None:
+        """Scan model files without loading them; report code that would run on load."""
+        from bastion.artifacts.scan import render_json, render_sarif, render_table, scan_paths
+
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise fail(f"no such file or folder: {', '.join(missing)}")
+        report = scan_paths(paths, max_depth=max_depth, max_bytes=max_bytes)
+        if output_format is OutputFormat.table:
+            if out is not None:
+                from rich.console import Console
+
+                buf = io.StringIO()
+                render_table(report, Console(file=buf, width=200, no_color=True))
+                _write_atomic(out, buf.getvalue())
+            else:
+                render_table(report, console)
+        else:
+            text = render_json(report) if output_format is OutputFormat.json else render_sarif(
+                report)
+            if out is not None:
+                _write_atomic(out, text + "\n")
+            else:
+                typer.echo(text)
+        raise typer.Exit(report.exit_code)
