@@ -40,6 +40,7 @@ __all__ = [
     "RegistryError",
     "SignatureError",
     "UnsafeArtifactError",
+    "brief",
 ]
 
 
@@ -97,3 +98,14 @@ class AccessDenied(BastionError):
 
 class DataContractError(BastionError):
     """Data violates a data contract."""
+
+
+def brief(exc: BaseException, limit: int = 300) -> str:
+    """A one-line description of a third-party exception for an error message.
+
+    Some libraries (TorchScript, onnxruntime) put a whole interpreter traceback in the message;
+    the useful part is its last line.
+    """
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[-1] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

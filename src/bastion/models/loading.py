@@ -59,7 +59,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bastion.errors import BastionError, ModelLoadError
+from bastion.errors import BastionError, ModelLoadError, brief
 from bastion.models.base import Classifier
 from bastion.models.torch_model import TorchClassifier
 
@@ -220,7 +220,7 @@ def _torch_classifier(
             out = module(torch.full((2, *shape), (lo + hi) / 2.0, device=device))
         except Exception as exc:
             raise ModelLoadError(
-                f"the model in {path} fails on a probe batch of shape {(2, *shape)} ({exc}); "
+                f"the model in {path} fails on a probe batch of shape {(2, *shape)} ({brief(exc)}); "
                 "check input_shape"
             ) from exc
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2:
@@ -287,7 +287,7 @@ def _load_torchscript(path: Path, device: torch.device) -> nn.Module:
             return torch.jit.load(str(path), map_location=device)
     except Exception as exc:
         raise ModelLoadError(
-            f"cannot load TorchScript model {path}: {exc}; re-save it with torch.jit.save"
+            f"cannot load TorchScript model {path}: {brief(exc)}; re-save it with torch.jit.save"
         ) from exc
 
 
@@ -323,7 +323,7 @@ def _load_torch(
             raise ModelLoadError(f"cannot load torch file {path}: {exc2}") from exc2
     except Exception as exc:
         raise ModelLoadError(
-            f"cannot read torch file {path}: {exc}; the file may be truncated or corrupt"
+            f"cannot read torch file {path}: {brief(exc)}; the file may be truncated or corrupt"
         ) from exc
     state = _state_dict_of(obj)
     if state is None:
@@ -451,7 +451,7 @@ def load_model(
     except ModelLoadError:
         raise
     except BastionError as exc:
-        raise ModelLoadError(f"cannot use the model in {p}: {exc}") from exc
+        raise ModelLoadError(f"cannot use the model in {p}: {brief(exc)}") from exc
     raise ModelLoadError(
         f"{p} is not a model format bastion recognises (TorchScript, torch state dict, ONNX, "
         "skops, pickle/joblib); it may be corrupt or truncated"
