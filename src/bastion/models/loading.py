@@ -220,8 +220,8 @@ def _torch_classifier(
             out = module(torch.full((2, *shape), (lo + hi) / 2.0, device=device))
         except Exception as exc:
             raise ModelLoadError(
-                f"the model in {path} fails on a probe batch of shape {(2, *shape)} ({brief(exc)}); "
-                "check input_shape"
+                f"the model in {path} fails on a probe batch of shape {(2, *shape)} "
+                f"({brief(exc)}); check input_shape"
             ) from exc
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
