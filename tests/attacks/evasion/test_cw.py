@@ -147,7 +147,9 @@ def test_eps_projects_onto_the_l2_ball(
     assert float(res.distances.max()) <= 0.3 + 1e-5
 
 
-def test_deterministic(digits_model: TorchClassifier, digits_split: tuple[torch.Tensor, ...]) -> None:
+def test_deterministic(
+    digits_model: TorchClassifier, digits_split: tuple[torch.Tensor, ...]
+) -> None:
     _, _, x, y = digits_split
     attack = CarliniWagnerL2(steps=30, binary_search_steps=3)
     a = attack.generate(digits_model, x[:16], y[:16])

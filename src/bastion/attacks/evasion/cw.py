@@ -101,8 +101,10 @@ class CarliniWagnerL2(EvasionAttack):
         seed: int | None = 0,
     ) -> None:
         super().__init__(norm=Norm.L2, eps=eps, targeted=targeted, batch_size=batch_size, seed=seed)
-        if isinstance(confidence, bool) or not isinstance(confidence, int | float) or not (
-            math.isfinite(confidence) and confidence >= 0
+        if (
+            isinstance(confidence, bool)
+            or not isinstance(confidence, int | float)
+            or not (math.isfinite(confidence) and confidence >= 0)
         ):
             raise ConfigurationError(f"confidence must be a finite number >= 0, got {confidence!r}")
         check_positive(c, "c")

@@ -13,9 +13,13 @@ that reaches it is
     L∞:  r = |f_k*| / ||w_k*||_1 * sign(w_k*)
 
 Steps accumulate into ``r_total``; the candidate is ``x + (1 + overshoot) * r_total``, clipped
-to the bounds. Each sample stops as soon as it is misclassified (or after ``steps`` steps); a
-sample already misclassified is returned unchanged. Samples that have stopped are no longer
-sent to the model.
+to the bounds (and ``r_total`` is cut back to what the clipping left). Components of ``w`` that
+would push an input already at a bound further out are dropped before the step is computed,
+so that the linear step is not wasted on what clipping removes.
+
+Each sample stops as soon as it is misclassified (or after ``steps`` steps); a sample already
+misclassified is returned unchanged. Samples that have stopped are no longer sent to the
+model.
 
 Per step: one forward pass and ``candidates`` backward passes over the still-active samples.
 No randomness.
@@ -53,8 +57,10 @@ from bastion.threat import Norm
 
 __all__ = ["DeepFool"]
 
-# added to |f| so that a step lands just past the linearised boundary, not on it
-_PUSH = 1e-4
+# |f| is stretched by this much (relative, then absolute, in logit units) so that a step
+# lands just past the linearised boundary rather than on it
+_PUSH_REL = 1e-4
+_PUSH_ABS = 1e-6
 _TINY = 1e-12
 
 
@@ -87,8 +93,10 @@ class DeepFool(EvasionAttack):
     ) -> None:
         super().__init__(norm=norm, eps=eps, targeted=False, batch_size=batch_size, seed=seed)
         check_positive(steps, "steps", integer=True)
-        if isinstance(overshoot, bool) or not isinstance(overshoot, int | float) or not (
-            math.isfinite(overshoot) and overshoot >= 0
+        if (
+            isinstance(overshoot, bool)
+            or not isinstance(overshoot, int | float)
+            or not (math.isfinite(overshoot) and overshoot >= 0)
         ):
             raise ConfigurationError(f"overshoot must be a finite number >= 0, got {overshoot!r}")
         if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 2:
@@ -131,21 +139,26 @@ class DeepFool(EvasionAttack):
             pred, f, w = self._linearise(classifier, xi, ci)
             with torch.no_grad():
                 fooled = pred != y[idx]
+                # a step moves along +w; drop the components the bounds would clip away
+                blocked = ((xi <= lo).unsqueeze(1) & (w < 0)) | ((xi >= hi).unsqueeze(1) & (w > 0))
+                w = w.masked_fill(blocked, 0.0)
                 # distance to each linearised boundary, in the attack's norm
                 flat_w = w.flatten(2)
                 dual = flat_w.abs().sum(2) if self.norm is Norm.LINF else flat_w.norm(dim=2)
                 dual = dual.clamp_min(_TINY)
                 best = (f.abs() / dual).argmin(dim=1)
                 w_best = w[torch.arange(idx.numel(), device=x.device), best]
-                f_best = f.gather(1, best[:, None]).squeeze(1).abs() + _PUSH
+                f_best = f.gather(1, best[:, None]).squeeze(1).abs() * (1 + _PUSH_REL) + _PUSH_ABS
                 d_best = dual.gather(1, best[:, None]).squeeze(1)
                 if self.norm is Norm.LINF:
                     r = (f_best / d_best).view(view) * w_best.sign()
                 else:
                     r = (f_best / d_best.square()).view(view) * w_best
-                keep = ~fooled
-                r_total[idx[keep]] += r[keep]
-                x_adv[idx[keep]] = (x[idx[keep]] + scale * r_total[idx[keep]]).clamp(lo, hi)
+                move = idx[~fooled]
+                x_new = (x[move] + scale * (r_total[move] + r[~fooled])).clamp(lo, hi)
+                # keep r_total equal to the perturbation actually applied (after clipping)
+                r_total[move] = (x_new - x[move]) / scale
+                x_adv[move] = x_new
                 active[idx[fooled]] = False
         return x_adv
 
@@ -164,9 +177,7 @@ class DeepFool(EvasionAttack):
             z = logits.gather(1, classes)
             grads = []
             for j in range(classes.shape[1]):
-                (g,) = torch.autograd.grad(
-                    z[:, j].sum(), xg, retain_graph=j + 1 < classes.shape[1]
-                )
+                (g,) = torch.autograd.grad(z[:, j].sum(), xg, retain_graph=j + 1 < classes.shape[1])
                 grads.append(g)
         z = z.detach()
         g = torch.stack(grads, dim=1)
