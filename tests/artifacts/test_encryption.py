@@ -166,3 +166,53 @@ def test_header_is_json_with_expected_fields(plain: Path, kek: bytes) -> None:
     assert len(base64.b64decode(header["wrapped_key"])) == 40
     assert len(digest) == 32
     assert json.loads(json.dumps(header)) == header
+
+
+class _Zeros:
+    """A readable stream of ``n`` bytes that never exists in memory as a whole."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        self.left -= size
+        return bytes(size)
+
+
+class _Sink:
+    """A writable stream that only counts bytes (and keeps the last few)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.tail = b""
+
+    def write(self, data: bytes) -> int:
+        self.n += len(data)
+        self.tail = (self.tail + bytes(data))[-64:]
+        return len(data)
+
+
+def test_streaming_memory_stays_bounded(kek: bytes) -> None:
+    import io
+    import tracemalloc
+
+    from bastion.artifacts.encryption import decrypt_stream, encrypt_stream
+
+    total, chunk = 48 << 20, 1 << 20
+    tracemalloc.start()
+    try:
+        sink = _Sink()
+        encrypt_stream(_Zeros(total), sink, kek, chunk_size=chunk)  # type: ignore[arg-type]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sink.n > total
+    assert peak < 8 * chunk, f"peak {peak} bytes: the whole object was buffered"
+    # and a small object decrypts through the same streaming path
+    buf = io.BytesIO()
+    encrypt_stream(io.BytesIO(b"abc" * 100), buf, kek, chunk_size=7)
+    out = io.BytesIO()
+    buf.seek(0)
+    decrypt_stream(buf, out, kek)
+    assert out.getvalue() == b"abc" * 100

@@ -39,7 +39,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,13 @@ from bastion.artifacts.registry.db import (
     make_engine,
     utcnow,
 )
-from bastion.artifacts.registry.gates import GateConfig, GateResult, check_signature, load_keys
-from bastion.artifacts.registry.gates import lookup_metric as _metric
+from bastion.artifacts.registry.gates import (
+    GateConfig,
+    GateResult,
+    check_signature,
+    evaluate_gates,
+    load_keys,
+)
 from bastion.artifacts.registry.models import (
     Lineage,
     ModelVersion,
@@ -70,6 +75,7 @@ from bastion.artifacts.registry.models import (
     check_name,
     level_rank,
 )
+from bastion.artifacts.registry.scanning import Scanner, default_scanner
 from bastion.artifacts.registry.storage import blob_key, open_storage
 from bastion.artifacts.signing import (
     SIGNATURE_NAME,
@@ -90,44 +96,6 @@ from bastion.errors import (
 __all__ = ["Registry", "Scanner", "default_scanner"]
 
 log = logging.getLogger(__name__)
-
-Scanner = Callable[[Path], tuple[str, dict[str, Any]]]
-_VERDICT_ORDER = ("unsafe", "error", "clean", "skipped")
-
-
-def _scan(path: Path) -> tuple[str, dict[str, Any]]:
-    """Scan one file with :func:`bastion.artifacts.scan.scan_path` (imported lazily)."""
-    try:
-        from bastion.artifacts.scan import (  # type: ignore[attr-defined,unused-ignore]
-            scan_path,
-        )
-    except ImportError:
-        return "skipped", {"reason": "the scanner bastion.artifacts.scan is not available"}
-    try:
-        result = scan_path(path)
-    except Exception as exc:  # a scanner crash must not pass as clean
-        return "error", {"error": repr(exc)}
-    verdict = str(getattr(result, "verdict", "error"))
-    findings = []
-    for f in getattr(result, "findings", ()) or ():
-        to_dict = getattr(f, "to_dict", None)
-        findings.append(to_dict() if callable(to_dict) else str(f))
-    return verdict, {"findings": findings}
-
-
-def default_scanner(path: Path) -> tuple[str, dict[str, Any]]:
-    """Scan a file or every file of a folder; the worst verdict wins (unsafe > error > clean)."""
-    if path.is_file():
-        verdict, details = _scan(path)
-        return verdict, {path.name: {"verdict": verdict, **details}}
-    per_file: dict[str, Any] = {}
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        v, d = _scan(f)
-        per_file[f.relative_to(path).as_posix()] = {"verdict": v, **d}
-    verdicts = {v["verdict"] for v in per_file.values()}
-    overall = next((v for v in _VERDICT_ORDER if v in verdicts), "skipped")
-    return overall, per_file
-
 
 def _default_home() -> Path:
     return Path(os.environ.get("BASTION_HOME", Path.home() / ".bastion")) / "registry"
@@ -523,40 +491,14 @@ class Registry:
             return self._gates(s, self._resolve(s, model, ref), gates or self.gates)
 
     def _gates(self, s: Session, row: VersionRow, gates: GateConfig) -> GateResult:
-        reasons: list[str] = []
-        checks: dict[str, Any] = {}
-        if gates.require_clean_scan:
-            checks["scan"] = row.scan_verdict
-            if row.scan_verdict != "clean":
-                reasons.append(f"scan: the verdict is {row.scan_verdict!r}, not 'clean'")
-        if gates.require_signature:
-            keys = load_keys(gates.trusted_keys) if gates.trusted_keys else self.trusted_keys
-            manifest = {n: str(f["sha256"]) for n, f in row.files.items()}
-            ok, why, _ = check_signature(row.signature, manifest, keys)
-            checks["signature"] = why
-            if not ok:
-                reasons.append(f"signature: {why}")
+        report = None
         if gates.minimums or gates.maximums:
             report = s.execute(select(Assessment.report).where(Assessment.version_id == row.id)
                                .order_by(Assessment.id.desc()).limit(1)).scalar_one_or_none()
-            if report is None:
-                reasons.append("assessment: no report is attached to this version")
-            else:
-                for metric, bound in gates.minimums.items():
-                    value = _metric(report, metric)
-                    checks[metric] = value
-                    if value is None:
-                        reasons.append(f"assessment: the report has no number at {metric!r}")
-                    elif value < bound:
-                        reasons.append(f"assessment: {metric} = {value:.4g} is below {bound:.4g}")
-                for metric, bound in gates.maximums.items():
-                    value = _metric(report, metric)
-                    checks[metric] = value
-                    if value is None:
-                        reasons.append(f"assessment: the report has no number at {metric!r}")
-                    elif value > bound:
-                        reasons.append(f"assessment: {metric} = {value:.4g} is above {bound:.4g}")
-        return GateResult(passed=not reasons, reasons=tuple(reasons), checks=checks)
+        keys = load_keys(gates.trusted_keys) if gates.trusted_keys else self.trusted_keys
+        manifest = {n: str(f["sha256"]) for n, f in row.files.items()}
+        return evaluate_gates(gates, scan_verdict=row.scan_verdict, signature=row.signature,
+                              manifest=manifest, report=report, keys=keys)
 
     def promote(self, name: str, ref: int | str, alias: str, *,
                 gates: GateConfig | None = None,

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Engine,
     ForeignKey,
@@ -71,7 +72,7 @@ class VersionRow(Base):
     kind: Mapped[str] = mapped_column(String(8), nullable=False)  # "file" | "dir"
     source_name: Mapped[str] = mapped_column(String(500), nullable=False)
     files: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)  # name -> {sha256,size}
-    size: Mapped[int] = mapped_column(Integer, nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
     signature: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     signature_status: Mapped[str] = mapped_column(String(16), nullable=False)
     signer_hint: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -8,10 +8,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bastion.artifacts.signing import PublicKey, compare_manifests, load_public_key, verify_bundle
+from bastion.artifacts.signing import (
+    PublicKey,
+    compare_manifests,
+    load_public_key,
+    public_key_hint,
+    verify_bundle,
+)
 from bastion.errors import ConfigurationError, SignatureError
 
-__all__ = ["GateConfig", "GateResult", "check_signature", "lookup_metric"]
+__all__ = [
+    "GateConfig",
+    "GateResult",
+    "check_signature",
+    "evaluate_gates",
+    "load_keys",
+    "lookup_metric",
+]
 
 
 @dataclass(frozen=True)
@@ -91,8 +104,6 @@ def check_signature(
             continue
         diff = compare_manifests(signed, files)
         if diff.ok:
-            from bastion.artifacts.signing import public_key_hint
-
             return True, "valid signature", public_key_hint(key)
         return False, f"the signature does not cover the stored files: {diff.describe()}", None
     return False, f"the signature does not verify with any trusted key ({last})", None
@@ -100,3 +111,36 @@ def check_signature(
 
 def load_keys(keys: tuple[Any, ...]) -> tuple[PublicKey, ...]:
     return tuple(load_public_key(k) for k in keys)
+
+
+def evaluate_gates(
+    gates: GateConfig, *, scan_verdict: str, signature: Mapping[str, Any] | None,
+    manifest: Mapping[str, str], report: Mapping[str, Any] | None, keys: tuple[PublicKey, ...],
+) -> GateResult:
+    """Check one version against ``gates``; every failed gate is named in ``reasons``."""
+    reasons: list[str] = []
+    checks: dict[str, Any] = {}
+    if gates.require_clean_scan:
+        checks["scan"] = scan_verdict
+        if scan_verdict != "clean":
+            reasons.append(f"scan: the verdict is {scan_verdict!r}, not 'clean'")
+    if gates.require_signature:
+        ok, why, _ = check_signature(signature, manifest, keys)
+        checks["signature"] = why
+        if not ok:
+            reasons.append(f"signature: {why}")
+    if gates.minimums or gates.maximums:
+        if report is None:
+            reasons.append("assessment: no report is attached to this version")
+        else:
+            for metric, bound, low in [*((m, b, True) for m, b in gates.minimums.items()),
+                                       *((m, b, False) for m, b in gates.maximums.items())]:
+                value = lookup_metric(report, metric)
+                checks[metric] = value
+                if value is None:
+                    reasons.append(f"assessment: the report has no number at {metric!r}")
+                elif low and value < bound:
+                    reasons.append(f"assessment: {metric} = {value:.4g} is below {bound:.4g}")
+                elif not low and value > bound:
+                    reasons.append(f"assessment: {metric} = {value:.4g} is above {bound:.4g}")
+    return GateResult(passed=not reasons, reasons=tuple(reasons), checks=checks)

@@ -3,7 +3,7 @@
 Blobs are content-addressed (``blobs/sha256/ab/abcdef...``). An upload goes first to a
 staging key (``staging/<uuid>``) while its SHA-256 is computed on the bytes actually sent, then
 moves to its content address; a blob that is never referenced by a committed version is
-invisible (and :meth:`Registry.gc` may delete it later).
+invisible and harmless (there is no garbage collector for such leftovers yet).
 
 S3 URLs take ``endpoint_url`` and ``region`` as query parameters, e.g.
 ``s3://models/prod?endpoint_url=http://127.0.0.1:9000``; credentials come from the usual AWS
