@@ -40,6 +40,7 @@ def _train(x: torch.Tensor, y: torch.Tensor, *, seed: int) -> nn.Module:
             nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
             opt.step()
     net.eval()
+    net.zero_grad(set_to_none=True)
     for p in net.parameters():
         p.requires_grad_(False)
     return net

@@ -1,0 +1,244 @@
+"""HopSkipJump: closed-form distances on a linear model, convergence with queries, label-only
+use and a hard per-sample query budget."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+from bastion.attacks.evasion._hsj import Oracle, binary_search, blend, thresholds
+from bastion.attacks.evasion.hopskipjump import HopSkipJump
+from bastion.attacks.evasion.square import Square
+from bastion.errors import CapabilityError, ConfigurationError, QueryBudgetExceeded
+from bastion.models import BaseClassifier, Capability, TorchClassifier
+from bastion.threat import Norm
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models run fastest single-threaded, above all on a shared, busy CPU."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+class LabelsOnly(BaseClassifier):
+    """Only the predicted label of a torch net; records whether a gradient was ever possible."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        input_shape: tuple[int, ...] = (1, 8, 8),
+        num_classes: int = 10,
+        *,
+        query_budget: int | None = None,
+    ) -> None:
+        super().__init__(
+            input_shape=input_shape,
+            num_classes=num_classes,
+            capabilities=Capability.LABELS,
+            query_budget=query_budget,
+        )
+        self.net = net
+        self.grad_seen = False
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise CapabilityError("this model returns labels only")
+
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.grad_seen |= x.requires_grad
+        return self.net(x).argmax(dim=1)
+
+
+def _linear_binary(d: int = 20, n: int = 20) -> tuple[TorchClassifier, torch.Tensor, torch.Tensor]:
+    """A 2-class linear model, points whose closest boundary point lies inside [0, 1]^d, and
+    their exact minimal L2 distances ``|w.x + b| / ||w||``."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(d, generator=g)
+    b = -(0.5 * w).sum()
+    layer = nn.Linear(d, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.stack([torch.zeros(d), w]))
+        layer.bias.copy_(torch.tensor([0.0, float(b)]))
+        layer.requires_grad_(False)
+    x = 0.3 + 0.4 * torch.rand(10 * n, d, generator=g)
+    score = x @ w + b
+    foot = x - (score / (w @ w))[:, None] * w
+    inside = ((foot >= 0) & (foot <= 1)).all(dim=1)
+    x, score = x[inside][:n], score[inside][:n]
+    clf = TorchClassifier(layer, input_shape=(d,), num_classes=2)
+    return clf, x, score.abs() / w.norm()
+
+
+@pytest.fixture()
+def batch(digits_split: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    _, _, x_test, y_test = digits_split
+    return x_test[:30], y_test[:30]
+
+
+def test_linear_binary_reaches_the_closed_form_distance() -> None:
+    clf, x, exact = _linear_binary()
+    res = HopSkipJump(norm="l2", max_queries=1000).generate(clf, x)
+    assert res.success_rate == 1.0
+    ratio = res.distances / exact
+    assert float(ratio.min()) >= 1 - 1e-3  # no adversarial point is closer than the optimum
+    assert float(ratio.median()) <= 1.05
+    assert float(ratio.max()) <= 1.10
+
+
+def test_median_norm_decreases_with_more_queries(digits_net: nn.Module, batch) -> None:
+    x, y = batch
+    norms = []
+    for budget in (150, 600, 2000):
+        res = HopSkipJump(norm="l2", max_queries=budget).generate(LabelsOnly(digits_net), x, y)
+        assert res.success_rate == 1.0
+        norms.append(res.median_norm)
+    assert norms[0] > norms[1] > norms[2]
+    assert norms[2] < 0.8 * norms[0]
+
+
+def test_linf_on_digits(digits_model: TorchClassifier, batch) -> None:
+    x, y = batch
+    res = HopSkipJump(norm="linf", max_queries=1000).generate(digits_model, x, y)
+    assert res.success_rate == 1.0
+    assert res.median_norm is not None and res.median_norm < 0.2
+    # the L∞ distances reported are those of the returned points
+    assert torch.allclose(res.distances, (res.x_adv - x).abs().flatten(1).amax(1))
+
+
+def test_label_only_classifier_and_no_gradients(digits_net: nn.Module, batch) -> None:
+    x, y = batch
+    clf = LabelsOnly(digits_net)
+    with pytest.raises(CapabilityError):
+        Square(eps=0.3).generate(clf, x, y)  # the wrapper really has no scores
+    res = HopSkipJump(norm="l2", max_queries=400).generate(clf, x, y)
+    assert res.success_rate == 1.0
+    assert not clf.grad_seen
+
+
+def test_queries_never_exceed_the_per_sample_budget(digits_net: nn.Module, batch) -> None:
+    x, y = batch
+    clf = LabelsOnly(digits_net)
+    attack = HopSkipJump(norm="l2", max_queries=333)
+    res = attack.generate(clf, x, y)
+    per_sample = attack.queries_
+    assert per_sample is not None and per_sample.shape == (30,)
+    assert int(per_sample.sum()) == res.queries == clf.queries
+    assert int(per_sample.max()) <= 333
+    assert int(per_sample.min()) >= 333 - 20  # the budget is used, not left idle
+    # one sample at a time against a hard budget of exactly max_queries: never refused
+    for i in range(3):
+        single = LabelsOnly(digits_net, query_budget=333)
+        HopSkipJump(norm="linf", max_queries=333).generate(single, x[i : i + 1], y[i : i + 1])
+        assert single.queries <= 333
+    with pytest.raises(QueryBudgetExceeded):
+        HopSkipJump(norm="l2", max_queries=334).generate(
+            LabelsOnly(digits_net, query_budget=333), x[:1], y[:1]
+        )
+
+
+def test_eps_stops_a_sample_once_within_budget(digits_net: nn.Module, batch) -> None:
+    x, y = batch
+    attack = HopSkipJump(norm="l2", eps=3.0, max_queries=2000)
+    res = attack.generate(LabelsOnly(digits_net), x, y)
+    assert res.success_rate == 1.0
+    assert float(res.distances.max()) <= 3.0 + 1e-5
+    assert float(attack.queries_.float().mean()) < 500
+
+
+def test_steps_cap_the_iterations(digits_net: nn.Module, batch) -> None:
+    x, y = batch
+    one = HopSkipJump(norm="l2", max_queries=None, steps=1)
+    one.generate(LabelsOnly(digits_net), x, y)
+    three = HopSkipJump(norm="l2", max_queries=None, steps=3)
+    three.generate(LabelsOnly(digits_net), x, y)
+    # one iteration: at most 100 starts, 10+10 bisection steps, 100 probes, 25 step checks
+    assert int(one.queries_.max()) <= 100 + 20 + 100 + 25
+    assert bool((three.queries_ > one.queries_ + 100).all())
+
+
+def test_targeted_reaches_the_target(digits_net: nn.Module, digits_split, batch) -> None:
+    x_train, _, _, _ = digits_split
+    x, y = batch
+    target = (y + 3) % 10
+    attack = HopSkipJump(norm="l2", targeted=True, max_queries=800, starting_points=x_train[:300])
+    assert attack.get_params()["starting_points"] == 300
+    res = attack.generate(LabelsOnly(digits_net), x, y, target=target)
+    assert res.success_rate == 1.0
+    assert bool((res.adv_pred == target).all())
+    untargeted = HopSkipJump(norm="l2", max_queries=800).generate(LabelsOnly(digits_net), x, y)
+    assert res.median_norm > untargeted.median_norm  # a given class is farther than the nearest
+
+
+def test_deterministic_under_seed(digits_model: TorchClassifier, batch) -> None:
+    x, y = batch[0][:10], batch[1][:10]
+    a = HopSkipJump(norm="l2", max_queries=300, seed=5).generate(digits_model, x, y)
+    b = HopSkipJump(norm="l2", max_queries=300, seed=5).generate(digits_model, x, y)
+    c = HopSkipJump(norm="l2", max_queries=300, seed=6).generate(digits_model, x, y)
+    assert torch.equal(a.x_adv, b.x_adv)
+    assert not torch.equal(a.x_adv, c.x_adv)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"norm": "l1"},
+        {"max_queries": None, "steps": None},
+        {"max_queries": 0},
+        {"steps": 0},
+        {"max_num_evals": 0},
+        {"init_num_evals": -1},
+        {"init_size": 0},
+        {"gamma": 0.0},
+        {"gamma": float("inf")},
+        {"eps": -1.0},
+        {"starting_points": [[0.0]]},
+        {"starting_points": torch.zeros(0, 4)},
+        {"starting_points": torch.full((2, 4), float("nan"))},
+        {"batch_size": 0},
+    ],
+)
+def test_bad_parameters_raise(kwargs: dict) -> None:
+    with pytest.raises(ConfigurationError):
+        HopSkipJump(**kwargs)
+
+
+def test_starting_points_of_the_wrong_shape_are_refused(
+    digits_model: TorchClassifier, batch
+) -> None:
+    x, y = batch
+    attack = HopSkipJump(max_queries=50, starting_points=torch.rand(5, 64))
+    with pytest.raises(ConfigurationError, match="starting_points"):
+        attack.generate(digits_model, x, y)
+
+
+def test_minimum_norm_contract() -> None:
+    assert HopSkipJump.minimum_norm and HopSkipJump().eps is None
+    assert HopSkipJump.requires == Capability.LABELS
+    assert HopSkipJump().norm is Norm.L2
+
+
+def test_binary_search_finds_a_known_boundary() -> None:
+    """A threshold model on the first feature: class 1 when x0 > 0.6. From x0 = 0.2 towards
+    x0 = 1.0 the boundary is at alpha = 0.5 (L2) or radius 0.4 (L∞)."""
+    layer = nn.Linear(3, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.0, 0, 0], [1.0, 0, 0]]))
+        layer.bias.copy_(torch.tensor([0.0, -0.6]))
+    clf = TorchClassifier(layer, input_shape=(3,), num_classes=2)
+    x = torch.tensor([[0.2, 0.5, 0.5]])
+    x_adv = torch.tensor([[1.0, 0.5, 0.5]])
+    for norm in (Norm.L2, Norm.LINF):
+        oracle = Oracle(clf, torch.zeros(1, dtype=torch.long), targeted=False, budget=None)
+        theta = thresholds(3, 0.01, norm)  # a tight tolerance
+        before = clf.queries
+        out = binary_search(oracle, torch.arange(1), x, x_adv, norm, theta)
+        assert float(out[0, 0]) == pytest.approx(0.6, abs=0.01)
+        assert float(out[0, 0]) > 0.6  # the adversarial side
+        assert int(oracle.spent[0]) == clf.queries - before > 0
+    assert torch.equal(blend(x, x_adv, torch.tensor([0.0]), Norm.L2), x)
+    assert torch.equal(blend(x, x_adv, torch.tensor([0.8]), Norm.LINF), x_adv)
