@@ -146,6 +146,12 @@ def test_interoperates_with_model_signing(model: Path, tmp_path: Path) -> None:
     assert verify(model, pub).ok
     (model / "config.json").write_text('{"layers": 3}')
     assert verify(model, pub, strict=False).changed == ("config.json",)
+    # single files too, both ways
+    f = model / "weights.bin"
+    sign(f, priv, out=tmp_path / "w.sig")
+    ms.verifying.Config().use_elliptic_key_verifier(public_key=pub).verify(f, tmp_path / "w.sig")
+    ms.signing.Config().use_elliptic_key_signer(private_key=priv).sign(f, tmp_path / "w2.sig")
+    assert verify(f, pub, signature=tmp_path / "w2.sig").files == {".": manifest_of(f)["."]}
     # and a tampered bastion signature is rejected by model-signing
     sign(model, priv)
     (model / "config.json").write_text('{"layers": 4}')

@@ -59,6 +59,7 @@ __all__ = [
     "compare_manifests",
     "generate_keypair",
     "hash_file",
+    "list_files",
     "load_private_key",
     "load_public_key",
     "manifest_of",
@@ -218,23 +219,24 @@ def hash_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def manifest_of(
+def list_files(
     path: str | os.PathLike[str], *, ignore: Iterable[str] = ()
-) -> dict[str, str]:
-    """``{relative POSIX name: sha256 hex}`` of a file (named ``"."``) or of a folder's files.
+) -> list[tuple[str, Path]]:
+    """``[(relative POSIX name, path)]`` of the files a manifest covers, sorted by name.
 
-    Entries of ``ignore`` (relative names, files or folders) and :data:`DEFAULT_IGNORE` are
-    skipped. Symbolic links are refused, as in model-signing's default.
+    A single file is named ``"."``. Entries of ``ignore`` (relative names, files or folders)
+    and :data:`DEFAULT_IGNORE` are skipped. Symbolic links are refused, as in model-signing's
+    default.
     """
     root = Path(path)
     if root.is_symlink():
         raise InputError(f"{root} is a symbolic link; sign the file it points to")
     if root.is_file():
-        return {".": hash_file(root)}
+        return [(".", root)]
     if not root.is_dir():
         raise FileNotFoundError(2, "No such file or directory", str(root))
     skip = set(DEFAULT_IGNORE) | {str(i).strip("/") for i in ignore}
-    out: dict[str, str] = {}
+    out: list[tuple[str, Path]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = Path(dirpath).relative_to(root)
         for d in list(dirnames):
@@ -252,8 +254,15 @@ def manifest_of(
             full = Path(dirpath) / f
             if full.is_symlink():
                 raise InputError(f"{full} is a symbolic link; models may not hold links")
-            out[rel] = hash_file(full)
-    return dict(sorted(out.items()))
+            out.append((rel, full))
+    return sorted(out)
+
+
+def manifest_of(
+    path: str | os.PathLike[str], *, ignore: Iterable[str] = ()
+) -> dict[str, str]:
+    """``{relative POSIX name: sha256 hex}`` of the files :func:`list_files` returns."""
+    return {rel: hash_file(full) for rel, full in list_files(path, ignore=ignore)}
 
 
 def root_digest(files: Mapping[str, str]) -> str:

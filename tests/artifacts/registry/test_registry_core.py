@@ -193,9 +193,12 @@ def test_signature_checked_at_push(make_registry: Make, model_dir: Path, tmp_pat
                                    keys: tuple[Path, Path]) -> None:
     reg = make_registry(trusted_keys=[keys[1]])
     # a folder carrying its own model.sig made by a trusted key is accepted as valid
+    (model_dir / ".gitignore").write_text("*.tmp")  # left out of signatures and of pushes
     sign(model_dir, keys[0])
     v = reg.push("m", model_dir)
-    assert v.signature_status == "valid" and "model.sig" not in v.files
+    assert v.signature_status == "valid"
+    assert "model.sig" not in v.files and ".gitignore" not in v.files
+    assert set(v.files) == {"weights.bin", "config.json", "sub/labels.txt"}
     # a signature by an untrusted key, or over other bytes, is refused
     rogue_priv, _ = generate_keypair("ed25519", tmp_path / "r.pem", tmp_path / "r.pub")
     sign(model_dir, rogue_priv)
@@ -204,6 +207,9 @@ def test_signature_checked_at_push(make_registry: Make, model_dir: Path, tmp_pat
     sign(model_dir, keys[0])
     (model_dir / "config.json").write_text("{}")
     with pytest.raises(SignatureError, match=r"changed: config\.json"):
+        reg.push("m", model_dir)
+    (model_dir / "link").symlink_to(model_dir / "weights.bin")
+    with pytest.raises(ArtifactError, match="symbolic link"):
         reg.push("m", model_dir)
     assert [x.version for x in reg.list("m")] == [1]
 

@@ -80,6 +80,7 @@ from bastion.artifacts.registry.storage import blob_key, open_storage
 from bastion.artifacts.signing import (
     SIGNATURE_NAME,
     PublicKey,
+    list_files,
     load_private_key,
     public_key_hint,
     root_digest,
@@ -89,6 +90,7 @@ from bastion.errors import (
     AccessDenied,
     ArtifactError,
     ConfigurationError,
+    InputError,
     RegistryError,
     SignatureError,
 )
@@ -292,16 +294,14 @@ class Registry:
                 bundle = json.loads(sig_path.read_text(encoding="utf-8"))
             except ValueError as exc:
                 raise ArtifactError(f"signature {sig_path} is not JSON: {exc}") from exc
-        if src.is_dir():
-            entries = sorted(
-                (p.relative_to(src).as_posix(), p) for p in src.rglob("*")
-                if p.is_file() and p != sig_path and not p.is_symlink()
-                and p.relative_to(src).parts[0] not in (".git",)
-            )
-            if any(p.is_symlink() for p in src.rglob("*")):
-                raise ArtifactError(f"{src} holds symbolic links; registries store plain files")
-        else:
-            entries = [(".", src)]
+        ignore: list[str] = []
+        if src.is_dir() and sig_path is not None:
+            with contextlib.suppress(ValueError):
+                ignore.append(sig_path.resolve().relative_to(src.resolve()).as_posix())
+        try:
+            entries = list_files(src, ignore=ignore)
+        except InputError as exc:
+            raise ArtifactError(f"cannot push {src}: {exc}") from exc
         if not entries:
             raise ArtifactError(f"{src} holds no files to push")
         verdict, details = self.scanner(src)
