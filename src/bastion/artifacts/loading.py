@@ -117,14 +117,16 @@ def _load_clean(p: Path, fmt: str, data: bytes | None, map_location: str) -> Any
             return torch.load(source, map_location=map_location, weights_only=True)
         except Exception as exc:  # torch raises many types here; report them as one
             raise ModelLoadError(f"torch could not load {p} with weights_only=True: {exc}") from exc
-    if fmt == "numpy":
+    if fmt in ("numpy", "npz"):
         import numpy as np
 
-        return np.load(p, allow_pickle=False)
-    if fmt == "npz":
-        import numpy as np
-
-        return np.load(p, allow_pickle=False)
+        try:
+            return np.load(p, allow_pickle=False)
+        except ValueError as exc:
+            raise ModelLoadError(
+                f"numpy refused {p} with allow_pickle=False ({exc}); it scanned clean, so if "
+                "you trust it, load it with numpy.load(..., allow_pickle=True)"
+            ) from exc
     if fmt == "safetensors":
         try:
             from safetensors.torch import load_file

@@ -154,16 +154,24 @@ def list_zip(f: IO[bytes]) -> list[ZipEntry]:
                 raise ContainerError(f"central directory points to no local header for {name!r}")
             entries[offset] = ZipEntry(name, local[0], method, flags, csize, usize, offset,
                                        local[5], True)
-    for entry in _walk_local_headers(f, size):
+    for entry in _walk_local_headers(f, size, entries):
         entries.setdefault(entry.header_offset, entry)
     if not entries and cd is None:
         raise ContainerError("no zip end record and no local headers")
     return [entries[k] for k in sorted(entries)]
 
 
-def _walk_local_headers(f: IO[bytes], size: int) -> Iterator[ZipEntry]:
+def _walk_local_headers(f: IO[bytes], size: int, known: dict[int, ZipEntry]
+                        ) -> Iterator[ZipEntry]:
     offset = 0
     while offset + 30 <= size:
+        if offset in known:
+            # sizes from the central directory: skip the data without reading it
+            entry = known[offset]
+            offset = entry.data_offset + entry.compressed_size
+            if entry.flags & 0x08:
+                offset = _skip_descriptor(f, offset)
+            continue
         local = _local_header(f, offset)
         if local is None:
             return
@@ -185,6 +193,9 @@ def _walk_local_headers(f: IO[bytes], size: int) -> Iterator[ZipEntry]:
 def _skip_descriptor(f: IO[bytes], offset: int) -> int:
     sig = _read_at(f, offset, 4)
     if sig == b"PK\x07\x08":
+        # 16 bytes, or 24 with zip64 sizes: take the one followed by another record
+        if _read_at(f, offset + 16, 2) != b"PK" and _read_at(f, offset + 24, 2) == b"PK":
+            return offset + 24
         return offset + 16
     if sig[:2] == b"PK":
         return offset

@@ -1,0 +1,86 @@
+"""The generated corpus: every malicious file is unsafe, every benign file is clean."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from bastion.artifacts.scan import Severity, Verdict, scan_path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _corpus_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("scan_corpus", ROOT / "benchmarks" /
+                                                  "scan_corpus.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scan_corpus"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+corpus = _corpus_module()
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory: pytest.TempPathFactory) -> list:
+    return corpus.build_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.mark.parametrize("container", sorted(corpus.CONTAINERS))
+def test_every_opcode_form_is_detected_in_container(samples: list, container: str) -> None:
+    chosen = [s for s in samples if s.malicious and s.container == container]
+    assert len(chosen) == len(corpus.PAYLOADS)
+    missed = {}
+    for s in chosen:
+        result = scan_path(s.path)
+        if result.verdict is not Verdict.UNSAFE or result.severity < Severity.HIGH:
+            missed[s.payload] = (result.verdict.value, result.error)
+    assert missed == {}
+
+
+def test_format_level_malicious_files_are_unsafe(samples: list) -> None:
+    chosen = [s for s in samples if s.malicious and s.container not in corpus.CONTAINERS]
+    assert {s.container for s in chosen} >= {"keras", "keras_h5", "onnx", "safetensors"}
+    verdicts = {s.path.name: scan_path(s.path).verdict for s in chosen}
+    assert all(v is Verdict.UNSAFE for v in verdicts.values()), verdicts
+
+
+def test_benign_files_scan_clean(samples: list) -> None:
+    benign = [s for s in samples if not s.malicious]
+    assert len(benign) >= 20
+    results = {s.path.name: scan_path(s.path) for s in benign}
+    bad = {name: (r.verdict.value, r.error, [(f.operator, f.target) for _, f in r.all_findings()])
+           for name, r in results.items() if r.verdict is not Verdict.CLEAN}
+    assert bad == {}
+    formats = {r.format for r in results.values()}
+    assert {"pytorch", "pytorch-legacy", "torchscript", "joblib", "numpy", "npz",
+            "safetensors", "onnx", "keras", "keras-h5"} <= formats
+
+
+def test_payload_findings_name_the_callable(samples: list) -> None:
+    by_name = {(s.payload, s.container): s for s in samples if s.malicious}
+    expected = {
+        "stack_global_memo": ("STACK_GLOBAL", "os", "getcwd"),
+        "stack_global_string": ("STACK_GLOBAL", "os", "getcwd"),
+        "inst": ("INST", "builtins", "eval"),
+        "builtin_py2_name": ("GLOBAL", "builtins", "eval"),
+        "dotted_name": ("STACK_GLOBAL", "torch", "serialization.os.getcwd"),
+    }
+    for payload, (op, module, name) in expected.items():
+        for container in ("raw", "torch_zip_bad_crc", "nested"):
+            found = scan_path(by_name[(payload, container)].path).all_findings()
+            assert any((f.operator, f.module, f.name) == (op, module, name) for _, f in found), (
+                payload, container, found)
+
+
+def test_nested_payload_is_reported_from_inside(samples: list) -> None:
+    s = next(s for s in samples if s.payload == "nested_codecs" and s.container == "raw")
+    found = [f for _, f in scan_path(s.path).all_findings()]
+    inner = [f for f in found if f.name == "getcwd"]
+    assert inner and "pickle.loads" in inner[0].why
