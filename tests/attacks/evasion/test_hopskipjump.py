@@ -141,13 +141,26 @@ def test_queries_never_exceed_the_per_sample_budget(digits_net: nn.Module, batch
         )
 
 
-def test_eps_stops_a_sample_once_within_budget(digits_net: nn.Module, batch) -> None:
+def test_early_stop_within_eps_saves_queries(digits_net: nn.Module, batch) -> None:
     x, y = batch
-    attack = HopSkipJump(norm="l2", eps=3.0, max_queries=2000)
+    attack = HopSkipJump(norm="l2", eps=3.0, early_stop=True, max_queries=2000)
     res = attack.generate(LabelsOnly(digits_net), x, y)
     assert res.success_rate == 1.0
     assert float(res.distances.max()) <= 3.0 + 1e-5
     assert float(attack.queries_.float().mean()) < 500
+    # without early stopping eps only projects: the distances keep shrinking below it
+    full = HopSkipJump(norm="l2", eps=3.0, max_queries=2000)
+    res_full = full.generate(LabelsOnly(digits_net), x, y)
+    assert int(full.queries_.min()) > 1900
+    assert res_full.median_norm < res.median_norm
+
+
+def test_eps_projects_and_counts_failures(digits_net: nn.Module, batch) -> None:
+    """At a tiny eps the projected points are no longer adversarial: failures, not successes."""
+    x, y = batch
+    res = HopSkipJump(norm="l2", eps=0.05, max_queries=300).generate(LabelsOnly(digits_net), x, y)
+    assert float(res.distances.max()) <= 0.05 + 1e-6
+    assert res.success_rate < 0.2
 
 
 def test_steps_cap_the_iterations(digits_net: nn.Module, batch) -> None:
@@ -166,7 +179,7 @@ def test_targeted_reaches_the_target(digits_net: nn.Module, digits_split, batch)
     x, y = batch
     target = (y + 3) % 10
     attack = HopSkipJump(norm="l2", targeted=True, max_queries=800, starting_points=x_train[:300])
-    assert attack.get_params()["starting_points"] == 300
+    assert attack.get_params()["n_starting_points"] == 300
     res = attack.generate(LabelsOnly(digits_net), x, y, target=target)
     assert res.success_rate == 1.0
     assert bool((res.adv_pred == target).all())
@@ -242,3 +255,12 @@ def test_binary_search_finds_a_known_boundary() -> None:
         assert int(oracle.spent[0]) == clf.queries - before > 0
     assert torch.equal(blend(x, x_adv, torch.tensor([0.0]), Norm.L2), x)
     assert torch.equal(blend(x, x_adv, torch.tensor([0.8]), Norm.LINF), x_adv)
+
+
+def test_params_rebuild_the_attack() -> None:
+    attack = HopSkipJump(norm="linf", max_queries=77, steps=5, gamma=2.0, eps=0.1, seed=1)
+    params = attack.get_params()
+    assert params["n_starting_points"] == 0
+    params.pop("n_starting_points")
+    assert repr(HopSkipJump(**params)) == repr(attack)
+    assert params["norm"] == "linf" and params["max_queries"] == 77

@@ -204,8 +204,9 @@ def test_feature_vectors_are_refused() -> None:
 
 def test_two_dimensional_inputs_are_one_channel_images() -> None:
     torch.manual_seed(0)
-    clf = TorchClassifier(nn.Sequential(nn.Flatten(), nn.Linear(36, 3)), input_shape=(6, 6),
-                          num_classes=3)
+    clf = TorchClassifier(
+        nn.Sequential(nn.Flatten(), nn.Linear(36, 3)), input_shape=(6, 6), num_classes=3
+    )
     x = torch.rand(10, 6, 6)
     attack = Square(norm="l2", eps=0.5, max_queries=20)
     res = attack.generate(clf, x)
@@ -241,3 +242,11 @@ def test_l2_patterns() -> None:
     x = torch.full((4, 3, 8, 8), 0.5)
     delta = l2_init(x, 2.0, torch.Generator().manual_seed(0))
     assert torch.allclose(delta.reshape(4, -1).norm(dim=1), torch.full((4,), 2.0))
+
+
+def test_params_rebuild_the_attack() -> None:
+    attack = Square(norm="l2", eps=0.7, max_queries=123, loss="ce", seed=9)
+    params = attack.get_params()
+    assert params["norm"] == "l2" and params["max_queries"] == 123 and params["p_init"] == 0.1
+    assert repr(Square(**params)) == repr(attack)
+    assert "queries_" not in params

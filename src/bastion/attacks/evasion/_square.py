@@ -160,9 +160,7 @@ def place_pattern(
     return values[:, None] * mask.to(values.dtype)
 
 
-def l2_init(
-    x: torch.Tensor, eps: float, generator: torch.Generator
-) -> torch.Tensor:
+def l2_init(x: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
     """The L2 starting perturbation: a grid of split centre bumps (tiles of side about h/5),
     each with a random sign per channel, rescaled to L2 norm ``eps``. Shape of ``x``."""
     n, c, h, w = x.shape

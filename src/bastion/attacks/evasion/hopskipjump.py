@@ -18,8 +18,10 @@ Uses only the predicted labels (``classifier.predict``). Per sample:
 
 The probes of all active samples go to the model in one ``predict`` call per iteration, as do
 the bisection and step-size queries. ``max_queries`` is a hard per-sample budget and the main
-knob; ``steps`` optionally caps the iterations. With ``eps`` given, a sample stops as soon as it
-is within ``eps`` (and the result is projected onto the eps-ball, as for every attack).
+knob; ``steps`` optionally caps the iterations. ``eps`` is optional: when given, the result is
+projected onto the eps-ball (as for every attack), and with ``early_stop=True`` a sample stops
+as soon as it is within ``eps``, which saves queries but leaves its distance unminimised below
+``eps`` (keep it off when the distances feed a robust-accuracy curve).
 Per-sample query counts of the last call are in :attr:`HopSkipJump.queries_`.
 
 **Targeted** attacks need a starting point of the target class: uniform noise rarely lands in a
@@ -86,7 +88,8 @@ class HopSkipJump(QueryRecorder, EvasionAttack):
         (nearest to each sample first, one query per try); needed in practice for targeted
         attacks. Keep it small: a sample may try every point of it.
     targeted: reach ``target`` instead of leaving ``y``.
-    eps: optional budget: samples stop once within it, and results are projected onto it.
+    eps: optional radius onto which the result is projected.
+    early_stop: with ``eps``, stop a sample once it is within ``eps``.
     batch_size: samples attacked together.
     seed: seed of the random probes.
 
@@ -113,6 +116,7 @@ class HopSkipJump(QueryRecorder, EvasionAttack):
         starting_points: torch.Tensor | None = None,
         targeted: bool = False,
         eps: float | None = None,
+        early_stop: bool = False,
         batch_size: int = 128,
         seed: int | None = 0,
     ) -> None:
@@ -148,13 +152,15 @@ class HopSkipJump(QueryRecorder, EvasionAttack):
         self.init_num_evals = int(init_num_evals)
         self.init_size = int(init_size)
         self.gamma = float(gamma)
+        self.early_stop = bool(early_stop)
         self._starting_points = starting_points
 
     def get_params(self) -> dict[str, Any]:
-        """The constructor parameters as JSON-ready values (the pool by its size)."""
+        """The constructor parameters as JSON-ready values; the pool of starting points, a
+        tensor, only by its size (``n_starting_points``)."""
         out = super().get_params()
         pool = self._starting_points
-        out["starting_points"] = None if pool is None else int(pool.shape[0])
+        out["n_starting_points"] = 0 if pool is None else int(pool.shape[0])
         return out
 
     # -- the algorithm ----------------------------------------------------------------------
@@ -186,7 +192,7 @@ class HopSkipJump(QueryRecorder, EvasionAttack):
             while self.steps is None or t < self.steps:
                 t += 1
                 active = found & oracle.can(everyone, reserve + 1) & (best_dist > 0)
-                if self.eps is not None:
+                if self.eps is not None and self.early_stop:
                     active &= best_dist > self.eps
                 if not bool(active.any()):
                     break

@@ -235,8 +235,9 @@ class Square(QueryRecorder, EvasionAttack):
         norm_image = delta.reshape(m, -1).norm(dim=1).reshape(m, 1, 1, 1)
         norm_w1 = (delta * m1).pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
         norm_union = (delta * union).pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
-        bump = place_pattern(split_pattern(size, device=x.device).to(x.dtype), rel_r, rel_c,
-                             mask1, generator)
+        bump = place_pattern(
+            split_pattern(size, device=x.device).to(x.dtype), rel_r, rel_c, mask1, generator
+        )
         new = bump * random_signs((m, c, 1, 1), generator, x) + delta * m1 / (norm_w1 + 1e-10)
         new_norm = new.pow(2).sum(dim=(2, 3), keepdim=True).sqrt().clamp_min(1e-12)
         mass = ((eps**2 - norm_image**2).clamp_min(0) / c + norm_union**2).sqrt()
