@@ -99,7 +99,9 @@ def test_digits_untargeted_success_and_norms(
 ) -> None:
     _, _, x, y = digits_split
     x, y = x[:64], y[:64]
-    res = CarliniWagnerL2(steps=100, binary_search_steps=5).generate(digits_model, x, y)
+    # a short run: c starts high enough and a larger lr lets 50 steps travel far enough
+    attack = CarliniWagnerL2(steps=50, binary_search_steps=4, c=1.0, lr=0.05)
+    res = attack.generate(digits_model, x, y)
     assert res.success_rate >= 0.95
     median = res.median_norm
     assert median is not None and math.isfinite(median)
@@ -114,7 +116,7 @@ def test_digits_targeted_reaches_the_target(
     digits_model: TorchClassifier, digits_split: tuple[torch.Tensor, ...]
 ) -> None:
     _, _, x, y = digits_split
-    x, y = x[:48], y[:48]
+    x, y = x[:32], y[:32]
     target = (y + 3) % 10
     # saturated background pixels move slowly in tanh space: a larger lr lets 100 steps travel
     attack = CarliniWagnerL2(targeted=True, steps=100, binary_search_steps=5, c=1.0, lr=0.05)

@@ -167,7 +167,7 @@ class CarliniWagnerL2(EvasionAttack):
                 with torch.no_grad():
                     x_adv = x_adv.detach()
                     l2sq = l2sq.detach()
-                    won = gap.detach() < -kappa if kappa > 0 else gap.detach() < 0
+                    won = gap.detach() < -kappa
                     succeeded |= won
                     better = won & (l2sq < best_l2)
                     best_l2 = torch.where(better, l2sq, best_l2)
