@@ -97,6 +97,33 @@ def test_l2_two_class_linear_aligns_with_the_weight_difference() -> None:
     assert float(nn.functional.cosine_similarity(delta, u).min()) > 0.99
 
 
+class _Bowl(nn.Module):
+    """Two classes, logits ``(0, -||x - c||^2)``: the loss peaks at ``c`` and never flips."""
+
+    def __init__(self, c: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("c", c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = -((x - self.c) ** 2).sum(1)
+        return torch.stack([torch.zeros_like(g), g], 1)
+
+
+@pytest.mark.parametrize(("norm", "eps", "tol"), [("linf", 1.0, 0.15), ("l2", 2.0, 0.1)])
+def test_step_schedule_settles_on_an_interior_maximum(norm: str, eps: float, tol: float) -> None:
+    # fixed steps of 2*eps would oscillate around c forever; halving and restarting from the
+    # best point bring the iterate onto it
+    gen = torch.Generator().manual_seed(0)
+    c = (torch.rand(8, generator=gen) * 2 - 1) * 0.5
+    clf = TorchClassifier(_Bowl(c), input_shape=(8,), num_classes=2, bounds=(-10, 10))
+    x = torch.zeros(16, 8)
+    res = APGD(norm=norm, eps=eps, steps=20).generate(clf, x, torch.zeros(16, dtype=torch.long))
+    assert not bool(res.success.any())
+    assert float((res.x_adv - c).abs().amax()) < tol
+    longer = APGD(norm=norm, eps=eps, steps=100).generate(clf, x, torch.zeros(16, dtype=torch.long))
+    assert float((longer.x_adv - c).abs().amax()) < tol / 5
+
+
 def test_one_forward_backward_per_step() -> None:
     clf, _ = _linear(4)
     x = torch.rand(16, 6)
@@ -108,6 +135,10 @@ def test_one_forward_backward_per_step() -> None:
     # APGD-T: one ranking forward, then one full run per target class (capped at 3 for 4 classes)
     res_t = APGDT(norm="linf", eps=1e-6, steps=30).generate(clf, x, y)
     assert res_t.queries == 16 + 3 * 16 * 31
+    # a fooled sample leaves the run: with a budget that fools everything quickly, far fewer
+    big = APGD(norm="linf", eps=5.0, steps=30).generate(clf, x, y)
+    assert bool(big.success.all())
+    assert big.queries < 16 * 31 / 4
 
 
 # -- digits MLP -------------------------------------------------------------------------------
@@ -145,6 +176,35 @@ def test_apgd_t_breaks_the_model(
     assert res.attack == "apgd-t"
     assert float(res.distances.max()) <= 0.08 + 1e-6
     assert res.robust_accuracy < res.clean_accuracy - 0.25
+
+
+class _Scale(nn.Module):
+    """Multiplies the logits: same predictions, a saturated softmax (vanishing CE gradients)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.factor
+
+
+def test_dlr_loss_is_immune_to_logit_scaling(
+    digits_net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = batch
+    plain = TorchClassifier(digits_net, input_shape=(1, 8, 8), num_classes=10)
+    scaled = TorchClassifier(
+        nn.Sequential(digits_net, _Scale(1000.0)), input_shape=(1, 8, 8), num_classes=10
+    )
+    dlr_plain = APGD(eps=0.08, steps=25, loss="dlr").generate(plain, x, y)
+    dlr_scaled = APGD(eps=0.08, steps=25, loss="dlr").generate(scaled, x, y)
+    ce_scaled = APGD(eps=0.08, steps=25, loss="ce").generate(scaled, x, y)
+    assert dlr_scaled.clean_accuracy == dlr_plain.clean_accuracy
+    assert abs(dlr_scaled.robust_accuracy - dlr_plain.robust_accuracy) <= 0.03
+    assert dlr_scaled.robust_accuracy < dlr_scaled.clean_accuracy - 0.25
+    # cross-entropy gradients vanish on the saturated model: CE-based attacks are fooled
+    assert ce_scaled.robust_accuracy > dlr_scaled.robust_accuracy + 0.2
 
 
 @pytest.mark.parametrize("loss", ["ce", "dlr"])

@@ -63,6 +63,32 @@ def test_fast_ensemble_is_the_per_sample_worst_case(
     assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
 
 
+class _Scale(torch.nn.Module):
+    """Multiplies the logits: same predictions, vanishing cross-entropy gradients."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.factor
+
+
+def test_ensemble_sees_through_saturated_logits(
+    digits_net: torch.nn.Module, correct_batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = correct_batch
+    masked = TorchClassifier(
+        torch.nn.Sequential(digits_net, _Scale(1000.0)), input_shape=(1, 8, 8), num_classes=10
+    )
+    aa = AutoAttack(eps=0.08, version="fast", steps=STEPS)
+    res = aa.generate(masked, x, y)
+    ce = APGD(eps=0.08, steps=STEPS).generate(masked, x, y)
+    assert ce.robust_accuracy > 0.9  # the CE attack is blinded by the masking
+    assert res.robust_accuracy < ce.robust_accuracy - 0.25  # APGD-T's DLR loss is not
+    assert aa.last_breakdown_["apgd-t"] > aa.last_breakdown_["apgd-ce"]
+
+
 @pytest.mark.parametrize(("norm", "eps"), [("linf", 0.08), ("l2", 0.6)])
 def test_breakdown_accounts_for_every_broken_sample(
     digits_model: TorchClassifier, batch: tuple[torch.Tensor, torch.Tensor], norm: str, eps: float
