@@ -100,6 +100,8 @@ def test_l2_two_class_linear_aligns_with_the_weight_difference() -> None:
 class _Bowl(nn.Module):
     """Two classes, logits ``(0, -||x - c||^2)``: the loss peaks at ``c`` and never flips."""
 
+    c: torch.Tensor
+
     def __init__(self, c: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("c", c)
