@@ -5,7 +5,8 @@ The registry commands read their backends from options or the environment:
 ``~/.bastion/registry``), ``--storage-url`` / ``BASTION_REGISTRY_STORAGE_URL`` (default a local
 folder), ``--actor`` / ``BASTION_ACTOR`` (default the login name), trusted public keys
 ``--trusted-key`` / ``BASTION_TRUSTED_KEYS`` (comma-separated paths) and admin identities
-``BASTION_REGISTRY_ADMINS`` (comma-separated).
+``BASTION_REGISTRY_ADMINS`` (comma-separated); ``--kek-file`` / ``BASTION_REGISTRY_KEK_FILE``
+stores pushed blobs encrypted at rest.
 
 Exit codes: 0 success, 1 a signature or audit log that does not verify, 2 an error or a refused
 operation (failed gate, permission denied, unknown model).
@@ -157,19 +158,28 @@ def _registry_options(
     actor: str | None = typer.Option(None, envvar="BASTION_ACTOR", help="Acting identity."),
     trusted_key: list[Path] | None = typer.Option(
         None, "--trusted-key", help="Public key whose signatures count as valid (repeatable)."),
+    kek_file: Path | None = typer.Option(
+        None, envvar="BASTION_REGISTRY_KEK_FILE",
+        help="Key-encryption key file: store pushed blobs encrypted and decrypt pulls."),
 ) -> None:
     keys: list[Any] = list(trusted_key or []) + _split(os.environ.get("BASTION_TRUSTED_KEYS"))
     ctx.obj = {"metadata_url": metadata_url, "storage_url": storage_url, "actor": actor,
                "trusted_keys": keys,
-               "admins": _split(os.environ.get("BASTION_REGISTRY_ADMINS"))}
+               "admins": _split(os.environ.get("BASTION_REGISTRY_ADMINS")), "kek_file": kek_file}
 
 
 def _open(ctx: typer.Context, **extra: Any) -> Any:
     from bastion.artifacts.registry import Registry
 
     o = ctx.obj or {}
+    kek = None
+    if o.get("kek_file") is not None:
+        from bastion.artifacts.encryption import load_kek
+
+        kek = load_kek(o["kek_file"])
     return Registry(o.get("metadata_url"), o.get("storage_url"), actor=o.get("actor"),
-                    admins=o.get("admins", ()), trusted_keys=o.get("trusted_keys", ()), **extra)
+                    admins=o.get("admins", ()), trusted_keys=o.get("trusted_keys", ()),
+                    kek=kek, **extra)
 
 
 def _row(v: Any) -> list[str]:

@@ -149,3 +149,22 @@ def test_unknown_model_and_bad_url(app: typer.Typer, env: dict[str, str],
     monkeypatch.setenv("BASTION_REGISTRY_STORAGE_URL", "ftp://host/x")
     code, out = _run(app, "registry", "list")
     assert code == 2 and "not supported" in out
+
+
+def test_registry_encrypted_storage(app: typer.Typer, env: dict[str, str], tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from bastion.artifacts.registry import core
+
+    monkeypatch.setattr(core, "default_scanner", lambda p: ("clean", {}))
+    _run(app, "keygen", str(tmp_path / "kek"), "--kind", "aes-256")
+    f = tmp_path / "m.bin"
+    f.write_bytes(b"secret-model")
+    code, out = _run(app, "registry", "--kek-file", str(tmp_path / "kek"), "push", "s", str(f))
+    assert code == 0, out
+    blobs = [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
+    assert blobs and all(b"secret-model" not in p.read_bytes() for p in blobs)
+    code, out = _run(app, "registry", "pull", "s", "1", str(tmp_path / "a.bin"))
+    assert code == 2 and "encrypted at rest" in out
+    code, out = _run(app, "registry", "--kek-file", str(tmp_path / "kek"), "pull", "s", "1",
+                     str(tmp_path / "b.bin"))
+    assert code == 0 and (tmp_path / "b.bin").read_bytes() == b"secret-model"

@@ -234,3 +234,25 @@ def test_real_scanner_blocks_a_malicious_pickle(tmp_path: Path) -> None:
             reg.promote("m", 1, "champion", gates=GateConfig(require_signature=False))
     finally:
         reg.close()
+
+
+def test_encryption_at_rest(make_registry: Make, tmp_path: Path) -> None:
+    from bastion.errors import ConfigurationError, DecryptionError
+
+    kek = os.urandom(32)
+    reg = make_registry(kek=kek)
+    secret = b"TOP-SECRET-WEIGHTS" * 50
+    v = reg.push("enc", _file(tmp_path, "w.bin", secret))
+    keys = reg.storage.list("eblobs")
+    assert keys == [f"eblobs/sha256/{v.manifest['.'][:2]}/{v.manifest['.']}"]
+    assert reg.storage.list("blobs") == []
+    buf = tmp_path / "raw.enc"
+    with open(buf, "wb") as fh:
+        reg.storage.download(keys[0], fh)
+    assert b"TOP-SECRET" not in buf.read_bytes()
+    assert reg.pull("enc", 1, tmp_path / "out.bin").read_bytes() == secret
+    with pytest.raises(ConfigurationError, match="encrypted at rest"):
+        make_registry().pull("enc", 1, tmp_path / "o2.bin")
+    with pytest.raises(DecryptionError, match="wrong key-encryption key"):
+        make_registry(kek=os.urandom(32)).pull("enc", 1, tmp_path / "o3.bin")
+    assert not (tmp_path / "o2.bin").exists() and not (tmp_path / "o3.bin").exists()

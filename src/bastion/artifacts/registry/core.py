@@ -47,6 +47,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
+from bastion.artifacts.encryption import decrypt_stream, encrypt_stream, kek_id
 from bastion.artifacts.registry import audit
 from bastion.artifacts.registry.db import (
     AliasEvent,
@@ -76,7 +77,7 @@ from bastion.artifacts.registry.models import (
     level_rank,
 )
 from bastion.artifacts.registry.scanning import Scanner, default_scanner
-from bastion.artifacts.registry.storage import blob_key, open_storage
+from bastion.artifacts.registry.storage import _HashingReader, blob_key, open_storage
 from bastion.artifacts.signing import (
     SIGNATURE_NAME,
     PublicKey,
@@ -123,13 +124,15 @@ class Registry:
         trusted_keys: public keys (paths or key objects) whose signatures count as valid.
         gates: the default :class:`GateConfig` of :meth:`promote`.
         scanner: ``path -> (verdict, details)``; the default is bastion's artifact scanner.
+        kek: a 32-byte key-encryption key: blobs pushed are then stored AES-256-GCM
+            envelope-encrypted (see :mod:`bastion.artifacts.encryption`) and pulls decrypt them.
     """
 
     def __init__(
         self, metadata_url: str | None = None, storage_url: str | None = None, *,
         actor: str | None = None, admins: Sequence[str] = (), trusted_keys: Sequence[Any] = (),
         gates: GateConfig | None = None, scanner: Scanner | None = None,
-        max_retries: int = 20,
+        kek: bytes | None = None, max_retries: int = 20,
     ) -> None:
         home = _default_home()
         if metadata_url is None:
@@ -148,6 +151,9 @@ class Registry:
         self.gates = gates or GateConfig()
         self.scanner: Scanner = scanner or default_scanner
         self.max_retries = max_retries
+        if kek is not None and len(kek) != 32:
+            raise ConfigurationError("kek must be 32 bytes (AES-256); see load_kek")
+        self.kek = kek
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._create_schema()
 
@@ -307,13 +313,17 @@ class Registry:
         verdict, details = self.scanner(src)
         if verdict == "unsafe":
             log.warning("pushing %s: the scan found it unsafe; it cannot be promoted", src)
-        staged: list[str] = []
+        staged: list[tuple[str, str]] = []
         try:
             files: dict[str, dict[str, Any]] = {}
             for rel, full in entries:
-                key, digest, size = self.storage.stage(full)
-                staged.append(key)
-                files[rel] = {"sha256": digest, "size": size}
+                if self.kek is None:
+                    key, digest, size = self.storage.stage(full)
+                    files[rel] = {"sha256": digest, "size": size}
+                else:
+                    key, digest, size = self._stage_encrypted(full)
+                    files[rel] = {"sha256": digest, "size": size, "kek_id": kek_id(self.kek)}
+                staged.append((key, blob_key(digest, encrypted=self.kek is not None)))
             manifest = {n: str(f["sha256"]) for n, f in files.items()}
             status, hint = "none", None
             if private is not None:
@@ -328,15 +338,46 @@ class Registry:
                 status = "valid"
             elif bundle is not None:
                 status = "unverified"
-            for key, digest in zip(staged, manifest.values(), strict=True):
-                self.storage.commit(key, digest)
+            for key, final in staged:
+                self.storage.commit(key, final)
             staged = []
             return self._commit_version(
                 name, who, src, files, manifest, bundle, status, hint, verdict, details, lin)
         finally:
-            for key in staged:
+            for key, _ in staged:
                 with contextlib.suppress(Exception):
                     self.storage.discard(key)
+
+    def _stage_encrypted(self, src: Path) -> tuple[str, str, int]:
+        """Encrypt ``src`` to a local temporary file, stage that; return the plaintext digest."""
+        if self.kek is None:  # pragma: no cover - guarded by the caller
+            raise ConfigurationError("no key-encryption key")
+        with tempfile.TemporaryDirectory(prefix="bastion-push-") as td:
+            enc = Path(td) / "blob.enc"
+            with open(src, "rb") as fin, open(enc, "wb") as fout:
+                reader = _HashingReader(fin)
+                encrypt_stream(reader, fout, self.kek,  # type: ignore[arg-type]
+                               metadata={"purpose": "bastion registry blob"})
+            key, _, _ = self.storage.stage(enc)
+        return key, reader.sha.hexdigest(), reader.size
+
+    def _download(self, digest: str, meta: Mapping[str, Any], dest: _HashingWriter,
+                  workdir: Path) -> None:
+        if "kek_id" not in meta:
+            self.storage.download(blob_key(digest), dest)  # type: ignore[arg-type]
+            return
+        if self.kek is None:
+            raise ConfigurationError(
+                "this version is encrypted at rest; open the registry with its key-encryption"
+                f" key (kek id {meta['kek_id']})")
+        enc = workdir / f"{digest}.enc"
+        with open(enc, "wb") as fh:
+            self.storage.download(blob_key(digest, encrypted=True), fh)
+        try:
+            with open(enc, "rb") as fh:
+                decrypt_stream(fh, dest, self.kek)  # type: ignore[arg-type]
+        finally:
+            enc.unlink(missing_ok=True)
 
     def _commit_version(
         self, name: str, who: str, src: Path, files: dict[str, dict[str, Any]],
@@ -446,7 +487,7 @@ class Registry:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 h = _HashingWriter(out)
                 with h:
-                    self.storage.download(blob_key(str(meta["sha256"])), h)  # type: ignore[arg-type]
+                    self._download(str(meta["sha256"]), meta, h, tmp)
                 if h.hexdigest() != meta["sha256"]:
                     raise ArtifactError(
                         f"{name} v{view.version}: {rel} does not match its digest; the stored"

@@ -27,9 +27,9 @@ __all__ = ["BlobStorage", "LocalStorage", "S3Storage", "blob_key", "open_storage
 _CHUNK = 1 << 20
 
 
-def blob_key(digest: str) -> str:
-    """The content address of a blob."""
-    return f"blobs/sha256/{digest[:2]}/{digest}"
+def blob_key(digest: str, *, encrypted: bool = False) -> str:
+    """The content address of a blob (of its plaintext digest; ``eblobs/`` when encrypted)."""
+    return f"{'eblobs' if encrypted else 'blobs'}/sha256/{digest[:2]}/{digest}"
 
 
 class BlobStorage(Protocol):
@@ -41,8 +41,8 @@ class BlobStorage(Protocol):
         """Upload ``src`` under a new staging key; return ``(key, sha256, size)``."""
         ...
 
-    def commit(self, staging_key: str, digest: str) -> str:
-        """Move a staged blob to its content address (idempotent); return that key."""
+    def commit(self, staging_key: str, key: str) -> str:
+        """Move a staged blob to its content address ``key`` (idempotent); return ``key``."""
         ...
 
     def discard(self, key: str) -> None:
@@ -99,8 +99,7 @@ class LocalStorage:
             os.fsync(fout.fileno())
         return key, reader.sha.hexdigest(), reader.size
 
-    def commit(self, staging_key: str, digest: str) -> str:
-        key = blob_key(digest)
+    def commit(self, staging_key: str, key: str) -> str:
         dst = self._path(key)
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self._path(staging_key), dst)
@@ -168,15 +167,14 @@ class S3Storage:
                 raise ArtifactError(f"upload to {self.url} failed: {exc}") from exc
         return key, reader.sha.hexdigest(), reader.size
 
-    def commit(self, staging_key: str, digest: str) -> str:
-        key = blob_key(digest)
+    def commit(self, staging_key: str, key: str) -> str:
         try:
             if not self.exists(key):
                 self._client.copy({"Bucket": self.bucket, "Key": self._key(staging_key)},
                                   self.bucket, self._key(key))
             self._client.delete_object(Bucket=self.bucket, Key=self._key(staging_key))
         except self._errors as exc:
-            raise ArtifactError(f"storing blob {digest} in {self.url} failed: {exc}") from exc
+            raise ArtifactError(f"storing blob {key} in {self.url} failed: {exc}") from exc
         return key
 
     def discard(self, key: str) -> None:
