@@ -155,6 +155,10 @@ class AutoAttack(EvasionAttack):
             "robust_accuracy_after": after,
         }
 
+    def _result_extra(self) -> dict[str, Any]:
+        """What ``generate`` should put in ``EvasionResult.extra`` (the :meth:`breakdown`)."""
+        return self.breakdown()
+
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters only (the ``last_*_`` attributes are results, not parameters)."""
         return {k: v for k, v in super().get_params().items() if not k.endswith("_")}
@@ -229,4 +233,8 @@ class AutoAttack(EvasionAttack):
             x_adv[todo[broke]] = cand[broke]
             robust[todo[broke]] = False
             self.last_breakdown_[name] += int(broke.sum())
+            log.info(
+                "autoattack: %s broke %d of the %d samples still robust",
+                name, int(broke.sum()), int(todo.numel()),
+            )
         return x_adv
