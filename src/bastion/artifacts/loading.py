@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +72,9 @@ def _sniff_needs_memory(p: Path) -> bool:
     with open(p, "rb") as f:
         head = f.read(4096)
     fmt = sniff(head)
-    return fmt in ("pickle", "pickle?", "zip", "zlib", "gzip", "bz2", "xz")
+    # pickles are scanned and loaded from the same bytes; torch zips are loaded with
+    # weights_only=True and skops with allowlisted types only, so they load from the path
+    return fmt in ("pickle", "pickle?", "zlib", "gzip", "bz2", "xz")
 
 
 def _scan_bytes(data: bytes, p: Path, max_bytes: int) -> FileScan:
@@ -162,11 +163,13 @@ def _load_joblib(p: Path, data: bytes | None) -> Any:
 def _load_skops(p: Path, data: bytes | None) -> Any:
     import skops.io as sio
 
-    if data is None:
-        raise ModelLoadError(f"{p} is larger than max_bytes; raise max_bytes to load it")
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / "model.skops"
-        copy.write_bytes(data)
-        trusted = sio.get_untrusted_types(file=copy)
-        # every type left here was judged by the scan's allowlist (the scan is clean)
-        return sio.load(copy, trusted=trusted)
+    from bastion.artifacts.scan._formats import skops_type_allowed
+
+    # trust only the types the allowlist accepts: if the file changed after the scan, a new
+    # type stays untrusted and skops refuses it
+    untrusted = sio.get_untrusted_types(file=p)
+    trusted = [t for t in untrusted if "." in t and skops_type_allowed(*t.rsplit(".", 1))]
+    try:
+        return sio.load(p, trusted=trusted)
+    except Exception as exc:  # skops raises UntrustedTypesFoundException and others
+        raise ModelLoadError(f"skops refused {p}: {exc}") from exc

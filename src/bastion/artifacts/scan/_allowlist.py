@@ -190,7 +190,7 @@ _CRITICAL_MODULES = frozenset({
     "timeit", "cProfile", "profile", "trace", "doctest", "idlelib", "pydoc", "pip",
     "setuptools", "distutils", "venv", "ensurepip", "http", "urllib", "urllib2", "httplib",
     "requests", "aiohttp", "ftplib", "smtplib", "telnetlib", "zipimport", "pkgutil",
-    "linecache", "tempfile", "glob", "io", "_io", "pathlib", "types",
+    "linecache", "tempfile", "glob", "io", "_io", "types",
     "_posixsubprocess", "signal", "threading", "_thread", "gc", "inspect", "ast", "compileall",
     "py_compile", "sqlite3", "uuid", "platform", "site", "sysconfig", "operator", "functools",
     "torch.hub", "torch.jit", "torch.serialization", "torch.utils.cpp_extension",

@@ -395,11 +395,7 @@ def scan_skops_schema(schema: Any) -> list[Finding]:
             if isinstance(mod, str) and isinstance(name, str):
                 refs.append((mod, name))
         for module, name in refs:
-            if (module, name) in seen or lookup(module, name) is not None:
-                continue
-            if module == "builtins" and name in _SKOPS_BUILTINS:
-                continue
-            if module.startswith("numpy") and name in _SKOPS_NUMPY:
+            if (module, name) in seen or skops_type_allowed(module, name):
                 continue
             seen.add((module, name))
             findings.append(Finding(
@@ -407,6 +403,15 @@ def scan_skops_schema(schema: Any) -> list[Finding]:
                 f"the skops schema constructs {module}.{name}, which is not allowlisted",
             ))
     return findings
+
+
+def skops_type_allowed(module: str, name: str) -> bool:
+    """Whether a type named in a skops file is allowlisted."""
+    if lookup(module, name) is not None:
+        return True
+    if module == "builtins" and name in _SKOPS_BUILTINS:
+        return True
+    return module.startswith("numpy") and name in _SKOPS_NUMPY
 
 
 _SKOPS_BUILTINS = frozenset({"NoneType", "type"})
