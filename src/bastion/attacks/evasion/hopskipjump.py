@@ -16,8 +16,9 @@ Uses only the predicted labels (``classifier.predict``). Per sample:
    starting at ``dist / sqrt(t)``, then bisect back to the boundary. The best (closest)
    adversarial point found is kept.
 
-The probes of all active samples go to the model in one ``predict`` call per iteration, as do
-the bisection and step-size queries. ``max_queries`` is a hard per-sample budget and the main
+The probes of all active samples go to the model together (one ``predict`` call per iteration,
+split only when it would exceed 8,192 rows or about 32 MiB of probes), and so do the bisection
+and step-size queries of all samples. ``max_queries`` is a hard per-sample budget and the main
 knob; ``steps`` optionally caps the iterations. ``eps`` is optional: when given, the result is
 projected onto the eps-ball (as for every attack), and with ``early_stop=True`` a sample stops
 as soon as it is within ``eps``, which saves queries but leaves its distance unminimised below
