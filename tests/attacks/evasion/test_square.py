@@ -250,3 +250,11 @@ def test_params_rebuild_the_attack() -> None:
     assert params["norm"] == "l2" and params["max_queries"] == 123 and params["p_init"] == 0.1
     assert repr(Square(**params)) == repr(attack)
     assert "queries_" not in params
+
+
+def test_zero_eps_returns_the_input_without_queries(digits_model: TorchClassifier, batch) -> None:
+    x, y = batch
+    attack = Square(norm="linf", eps=0.0, max_queries=50)
+    res = attack.generate(digits_model, x[:10], y[:10])
+    assert torch.equal(res.x_adv, x[:10])
+    assert res.queries == 0 and int(attack.queries_.sum()) == 0

@@ -50,6 +50,7 @@ Example
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -69,6 +70,8 @@ from bastion.models.base import Capability, Classifier, check_bounds
 from bastion.threat import Norm
 
 __all__ = ["HopSkipJump"]
+
+log = logging.getLogger(__name__)
 
 _MAX_HALVINGS = 25  # of the step size, per iteration
 
@@ -222,6 +225,13 @@ class HopSkipJump(QueryRecorder, EvasionAttack):
                 best[better] = cur[better]
                 best_dist[better] = dist[better]
         self._record_queries(oracle.spent)
+        log.debug(
+            "hopskipjump: %d of %d samples started, %d iterations, median distance %.4g",
+            int(found.sum()),
+            n,
+            t,
+            float(best_dist[found].median()) if bool(found.any()) else math.nan,
+        )
         return best
 
     def _initialise(

@@ -43,6 +43,8 @@ Example
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from bastion.attacks.evasion._common import margin_loss
@@ -64,6 +66,8 @@ from bastion.models.base import Capability, Classifier
 from bastion.threat import Norm
 
 __all__ = ["Square"]
+
+log = logging.getLogger(__name__)
 
 _LOSSES = ("margin", "ce")
 _RESAMPLES = 10  # redraws of an L∞ window whose proposal would not change the image
@@ -161,6 +165,12 @@ class Square(QueryRecorder, EvasionAttack):
                 obj[keep] = obj_new[accept]
                 fooled[keep] = fooled_new[accept]
         self._record_queries(queries)
+        log.debug(
+            "square: %d of %d samples fooled, %.1f queries per sample on average",
+            int(fooled.sum()),
+            n,
+            float(queries.float().mean()),
+        )
         return x_best.reshape(x.shape)
 
     def _evaluate(
