@@ -9,11 +9,12 @@ The malicious part crosses every pickle opcode form (GLOBAL, STACK_GLOBAL with l
 and STRING operands, INST, OBJ, NEWOBJ, NEWOBJ_EX, REDUCE, BUILD with a ``__setstate__``
 trick, nested ``pickle.loads`` payloads, protocols 0-5, several pickles concatenated, payload
 before a corrupt tail, dotted names, getattr chains, universal resolvers, extension codes) with
-every container (raw pickle, PyTorch zip with renamed member / bad CRC / flag bits, legacy
-PyTorch, joblib raw and zlib, npy object array, npz, zip, tar, tar.gz, gzip, 7z and three-level
-nesting), and adds the format-level cases: Keras ``.keras``/``.h5`` with Lambda layers, ONNX
-with external-data path traversal and custom operator domains, safetensors with bad offsets,
-overlaps and a huge header. The benign part holds the files real projects ship.
+every container (raw pickle, PyTorch zip with renamed member / bad CRC / flag bits / a
+duplicate data.pkl, a pickle+zip polyglot, legacy PyTorch, joblib raw and zlib, npy object
+array, npz, zip, tar, tar.gz, gzip, 7z and three-level nesting), and adds the format-level
+cases: Keras ``.keras``/``.h5`` with Lambda layers, ONNX with external-data path traversal and
+custom operator domains, safetensors with bad offsets, overlaps and a huge header. The benign
+part holds the files real projects ship.
 
 Usage: ``build_corpus(folder)`` returns a list of :class:`Sample`.
 """
@@ -178,6 +179,25 @@ def _flags_central(d: bytearray, j: int) -> None:
     struct.pack_into("<H", d, j + 8, struct.unpack_from("<H", d, j + 8)[0] | 0x0802)
 
 
+def _duplicate_member(payload: bytes) -> bytes:
+    """A torch zip naming data.pkl twice: a benign one and the payload."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile warns about the duplicate
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+            zf.writestr("archive/data.pkl", pickle.dumps({"w": 1}, protocol=2))
+            zf.writestr("archive/data.pkl", payload)
+            zf.writestr("archive/version", "3\n")
+    return buf.getvalue()
+
+
+def _polyglot(payload: bytes) -> bytes:
+    """The payload pickle followed by a benign torch zip: zip readers find the zip (its end
+    record is at the end of the file), torch.load sees no zip magic at offset 0 and unpickles
+    the payload."""
+    return payload + _torch_zip(pickle.dumps({"w": 1}, protocol=2))
+
+
 def _legacy_torch(main: bytes) -> bytes:
     sys_info = {"protocol_version": 1001, "little_endian": True,
                 "type_sizes": {"short": 2, "int": 4, "long": 4}}
@@ -229,6 +249,8 @@ CONTAINERS: dict[str, tuple[str, Callable[[bytes], bytes]]] = {
                                                           _bad_crc_local, _bad_crc_central)),
     "torch_zip_flag_bits": (".pt", lambda p: _patch_headers(_torch_zip(p), "data.pkl",
                                                             _flags_local, _flags_central)),
+    "torch_zip_duplicate": (".pt", _duplicate_member),
+    "polyglot_pickle_zip": (".pt", _polyglot),
     "torch_legacy": (".pth", _legacy_torch),
     "joblib": (".joblib", lambda p: p),
     "joblib_zlib": (".joblib", lambda p: zlib.compress(p)),
