@@ -116,6 +116,35 @@ def test_fewer_candidates_cannot_beat_the_exact_answer() -> None:
     assert bool((res.distances >= exact * (1 - 1e-4)).all())
 
 
+@pytest.mark.parametrize(("norm", "dual"), [("l2", 2.0), ("linf", 1.0)])
+def test_inputs_at_a_bound_are_left_out_of_the_linear_step(norm: str, dual: float) -> None:
+    # w·x + b with half the coordinates at 0 where w < 0: those cannot move (the box is
+    # [0, 1]), so the minimal perturbation lives on the free coordinates only, with distance
+    # |f| / ||w_free||_dual; a box-aware step reaches it in one step (3 forward passes per input)
+    gen = torch.Generator().manual_seed(9)
+    d, n = 10, 16
+    w = torch.randn(d, generator=gen).abs()
+    w[::2] *= -1
+    free = w > 0
+    b = -0.42 * float(w[free].sum())
+    lin = nn.Linear(d, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.stack([torch.zeros(d), w]))
+        lin.bias.copy_(torch.tensor([0.0, b]))
+    clf = TorchClassifier(lin, input_shape=(d,), num_classes=2, bounds=(0.0, 1.0))
+    x = torch.zeros(n, d)
+    x[:, free] = 0.2 + 0.2 * torch.rand(n, int(free.sum()), generator=gen)
+    f = x @ w + b
+    assert bool((f < 0).all())
+    exact = f.abs() / w[free].norm(p=dual)
+    res = DeepFool(norm=norm, overshoot=0.0).generate(clf, x)
+    assert bool(res.success.all())
+    ratio = res.distances / exact
+    assert float(ratio.min()) >= 1 - 1e-4 and float(ratio.max()) <= 1.01
+    assert torch.equal(res.x_adv[:, ~free], x[:, ~free])
+    assert res.queries == 3 * n
+
+
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_digits_success_and_norms(
     norm: str,
