@@ -7,7 +7,6 @@ Everything is torch-native and batched over samples; nothing here queries a mode
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
@@ -37,8 +36,8 @@ class QueryRecorder:
 
     :meth:`EvasionAttack.generate` reports only the total; attacks that meter their queries per
     sample append one ``(n_batch,)`` tensor per batch with :meth:`_record_queries`. The record is
-    cleared at the start of every ``generate`` call (in ``_validate``, which ``generate`` calls
-    first) and read back, in input order, from :attr:`queries_`.
+    cleared at the start of every ``generate`` call (``_reset``) and read back, in input order,
+    from :attr:`queries_` and into :attr:`EvasionResult.sample_queries`.
     """
 
     _query_log: list[torch.Tensor]
@@ -56,9 +55,12 @@ class QueryRecorder:
             self._query_log = []
         self._query_log.append(per_sample.detach().to("cpu", torch.long))
 
-    def _validate(self, *args: Any, **kwargs: Any) -> Any:
+    def _reset(self) -> None:
         self._query_log = []
-        return super()._validate(*args, **kwargs)  # type: ignore[misc]
+        super()._reset()  # type: ignore[misc]
+
+    def _sample_queries(self) -> torch.Tensor | None:
+        return self.queries_
 
 
 def as_images(x: torch.Tensor, classifier: Classifier, attack: str) -> torch.Tensor:

@@ -121,7 +121,6 @@ class AutoAttack(EvasionAttack):
         ]
         if version == "standard":
             self._components.append(("square", None))  # built on first use
-        self._generator: torch.Generator | None = None
         self.last_breakdown_: dict[str, int] = {}
         self.last_ran_: list[str] = []
         self.last_skipped_: dict[str, str] = {}
@@ -159,10 +158,6 @@ class AutoAttack(EvasionAttack):
         """What ``generate`` should put in ``EvasionResult.extra`` (the :meth:`breakdown`)."""
         return self.breakdown()
 
-    def get_params(self) -> dict[str, Any]:
-        """Constructor parameters only (the ``last_*_`` attributes are results, not parameters)."""
-        return {k: v for k, v in super().get_params().items() if not k.endswith("_")}
-
     # -- the algorithm ----------------------------------------------------------------------
     def _square(self) -> EvasionAttack | None:
         if importlib.util.find_spec(_SQUARE_MODULE) is None:
@@ -173,17 +168,14 @@ class AutoAttack(EvasionAttack):
             norm=self.norm,
             eps=float(self.eps or 0.0),
             max_queries=self.square_queries,
-            p_init=0.8,
+            p_init=None,  # the paper's default for the norm
             batch_size=self.batch_size,
             seed=self.seed,
         )
         return attack
 
-    def _start(self, generator: torch.Generator) -> None:
-        """Reset the per-run figures when ``generate`` starts (it makes a fresh generator)."""
-        if generator is self._generator:
-            return
-        self._generator = generator
+    def _reset(self) -> None:
+        """Clear the per-run figures; ``generate`` calls this before the first batch."""
         self.last_breakdown_ = {}
         self.last_ran_ = []
         self.last_skipped_ = {}
@@ -198,7 +190,6 @@ class AutoAttack(EvasionAttack):
         target: torch.Tensor | None,
         generator: torch.Generator,
     ) -> torch.Tensor:
-        self._start(generator)
         eps = float(self.eps or 0.0)
         lo, hi = classifier.bounds
         x_adv = x.clone()

@@ -49,6 +49,7 @@ class EvasionResult:
     queries: int
     seconds: float
     target: torch.Tensor | None = None
+    sample_queries: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -98,8 +99,22 @@ class EvasionResult:
             "median_norm": self.median_norm,
             "queries": self.queries,
             "queries_per_sample": self.queries / self.n if self.n else 0.0,
+            "median_queries_successful": self.median_queries,
             "seconds": self.seconds,
         }
+
+    @property
+    def median_queries(self) -> float | None:
+        """Median queries spent on successfully attacked, correctly classified samples.
+
+        Only attacks that meter queries per sample (score- and decision-based) report it.
+        """
+        if self.sample_queries is None:
+            return None
+        mask = self.success & self.clean_correct
+        if not bool(mask.any()):
+            return None
+        return float(self.sample_queries[mask].float().median())
 
     def to_dict(self, *, include_inputs: bool = False) -> dict[str, Any]:
         """Serialise without loss to JSON-ready values (``x_adv`` only when asked)."""
@@ -117,6 +132,7 @@ class EvasionResult:
             "queries": self.queries,
             "seconds": self.seconds,
             "target": None if self.target is None else self.target.tolist(),
+            "sample_queries": None if self.sample_queries is None else self.sample_queries.tolist(),
             "extra": self.extra,
             "x_shape": list(self.x_adv.shape),
         }
@@ -147,6 +163,9 @@ class EvasionResult:
             queries=int(data["queries"]),
             seconds=float(data["seconds"]),
             target=None if data["target"] is None else torch.tensor(data["target"]),
+            sample_queries=None
+            if data.get("sample_queries") is None
+            else torch.tensor(data["sample_queries"], dtype=torch.long),
             extra=dict(data.get("extra", {})),
         )
 
@@ -224,6 +243,7 @@ class EvasionAttack(ABC):
         :class:`EvasionResult` whose ``x_adv`` lies inside the bounds and the eps-ball.
         """
         x, y, target = self._validate(classifier, x, y, target)
+        self._reset()
         n = x.shape[0]
         device = classifier.device
         generator = torch.Generator(device=device)
@@ -278,6 +298,8 @@ class EvasionAttack(ABC):
             queries=queries,
             seconds=seconds,
             target=None if target is None else target.cpu(),
+            sample_queries=self._sample_queries(),
+            extra=self._result_extra(),
         )
 
     # -- for subclasses ---------------------------------------------------------------------
@@ -296,11 +318,23 @@ class EvasionAttack(ABC):
         The base class projects and clips the result; the algorithm may rely on that.
         """
 
+    def _reset(self) -> None:
+        """Called at the start of every :meth:`generate`: clear per-run state (``*_``)."""
+        return None
+
+    def _sample_queries(self) -> torch.Tensor | None:
+        """Per-sample query counts of the run, for attacks that meter them (else ``None``)."""
+        return None
+
+    def _result_extra(self) -> dict[str, Any]:
+        """Attack-specific, JSON-ready figures for :attr:`EvasionResult.extra`."""
+        return {}
+
     def get_params(self) -> dict[str, Any]:
-        """The constructor parameters, as JSON-ready values."""
+        """The constructor parameters, as JSON-ready values (not ``_private`` or ``result_``)."""
         out: dict[str, Any] = {}
         for key, value in vars(self).items():
-            if key.startswith("_"):
+            if key.startswith("_") or key.endswith("_"):
                 continue
             out[key] = value.value if isinstance(value, Norm) else value
         return out
