@@ -142,13 +142,21 @@ def test_registry_workflow(app: typer.Typer, env: dict[str, str], tmp_path: Path
     assert code == 1 and "was edited" in out
 
 
-def test_unknown_model_and_bad_url(app: typer.Typer, env: dict[str, str],
+def test_unknown_model_and_bad_url(app: typer.Typer, env: dict[str, str], tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     code, out = _run(app, "registry", "show", "ghost")
     assert code == 2 and "no model named 'ghost'" in out
     monkeypatch.setenv("BASTION_REGISTRY_STORAGE_URL", "ftp://host/x")
     code, out = _run(app, "registry", "list")
-    assert code == 2 and "not supported" in out
+    assert code == 2 and "scheme 'ftp' is not supported" in out
+    monkeypatch.setenv("BASTION_REGISTRY_METADATA_URL", "mysql://db/x")
+    code, out = _run(app, "registry", "list")
+    assert code == 2 and "metadata URL 'mysql://db/x' is not supported" in out
+    monkeypatch.setenv("BASTION_REGISTRY_STORAGE_URL", (tmp_path / "b2").as_uri())
+    monkeypatch.setenv("BASTION_REGISTRY_METADATA_URL", "postgresql://u:pw@127.0.0.1:1/x")
+    code, out = _run(app, "registry", "list")
+    assert code == 2 and "cannot open the registry metadata database" in out
+    assert "pw" not in out
 
 
 def test_registry_encrypted_storage(app: typer.Typer, env: dict[str, str], tmp_path: Path,

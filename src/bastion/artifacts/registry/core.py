@@ -176,9 +176,12 @@ class Registry:
                 with self._sessions.begin() as s:
                     audit.lock_head(s)
                 return
-            except (IntegrityError, ProgrammingError, OperationalError):
+            except (IntegrityError, ProgrammingError, OperationalError) as exc:
                 if attempt == 2:
-                    raise
+                    where = self.engine.url.render_as_string(hide_password=True)
+                    raise ConfigurationError(
+                        f"cannot open the registry metadata database {where}: {exc.orig or exc}"
+                    ) from exc
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Session]:
