@@ -401,7 +401,19 @@ def _benign(root: Path) -> list[Sample]:
     mark(root / "torchscript.pt", "torchscript")
 
     x, y = load_iris(return_X_y=True)
+    from sklearn.compose import ColumnTransformer
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
+
+    texts = ["good model", "bad model", "good data", "bad data"] * 3
+    tabular = np.array([[0.0, 1.0], [1.0, 2.0], [0.0, 3.0]] * 4)
     models = {
+        "sklearn_text": Pipeline([("tfidf", TfidfVectorizer()),
+                                  ("m", LogisticRegression())]).fit(texts, [1, 0, 1, 0] * 3),
+        "sklearn_columns": Pipeline([
+            ("cols", ColumnTransformer([("cat", OneHotEncoder(), [0]),
+                                        ("num", FunctionTransformer(np.log1p), [1])])),
+            ("m", LogisticRegression())]).fit(tabular, [0, 1, 0] * 4),
         "sklearn_logreg": LogisticRegression(max_iter=200).fit(x, y),
         "sklearn_forest": RandomForestClassifier(n_estimators=5, random_state=0).fit(x, y),
         "sklearn_pipeline": Pipeline([("s", StandardScaler()),

@@ -117,6 +117,22 @@ for _bg, _cls in (("_mt19937", "MT19937"), ("_pcg64", "PCG64"), ("_pcg64", "PCG6
     _add("numpy", "a random generator class; its state is plain integers",
          f"numpy.random.{_bg}", _cls)
 
+_SCALAR = "a numpy scalar type (estimators store dtypes such as numpy.float64 as parameters)"
+_add("numpy", _SCALAR, "numpy",
+     "float16", "float32", "float64", "longdouble", "int8", "int16", "int32", "int64",
+     "uint8", "uint16", "uint32", "uint64", "intp", "uintp", "bool_", "complex64",
+     "complex128", "str_", "bytes_", "object_", "datetime64", "timedelta64", "void",
+     "longlong", "ulonglong", "single", "double", "half", "byte", "ubyte", "short", "ushort",
+     "intc", "uintc", "generic", "number", "integer", "floating", "bool")
+for _dt in ("Float16DType", "Float32DType", "Float64DType", "LongDoubleDType", "Int8DType",
+            "Int16DType", "Int32DType", "Int64DType", "UInt8DType", "UInt16DType",
+            "UInt32DType", "UInt64DType", "BoolDType", "Complex64DType", "Complex128DType",
+            "StrDType", "BytesDType", "ObjectDType", "VoidDType", "DateTime64DType",
+            "TimeDelta64DType", "StringDType", "LongDType", "ULongDType", "LongLongDType",
+            "ULongLongDType", "ByteDType", "UByteDType", "ShortDType", "UShortDType",
+            "IntDType", "UIntDType", "HalfDType", "DoubleDType", "FloatDType", "CLongDoubleDType"):
+    _add("numpy", "a numpy dtype class", "numpy.dtypes", _dt)
+
 # --- joblib ----------------------------------------------------------------------------------
 _add("joblib", "joblib's placeholder for an array whose bytes follow the pickle opcode stream "
      "(the scanner skips them by the declared dtype and shape)",
@@ -160,6 +176,24 @@ _TORCHSCRIPT_RULE = Allowed(
 )
 
 
+_UFUNC = Allowed("numpy", "a numpy ufunc (pure elementwise arithmetic), e.g. the func of a "
+                  "FunctionTransformer")
+_UFUNC_NAMES: frozenset[str] | None = None
+
+
+def _numpy_ufuncs() -> frozenset[str]:
+    global _UFUNC_NAMES
+    if _UFUNC_NAMES is None:
+        try:
+            import numpy as np
+
+            _UFUNC_NAMES = frozenset(n for n in dir(np) if isinstance(getattr(np, n, None),
+                                                                       np.ufunc))
+        except ImportError:  # pragma: no cover - numpy is a dependency
+            _UFUNC_NAMES = frozenset()
+    return _UFUNC_NAMES
+
+
 def lookup(module: str, name: str, *, torchscript: bool = False) -> Allowed | None:
     """Return the allowlist entry for ``module.name``, or None when it is not allowlisted.
 
@@ -174,6 +208,8 @@ def lookup(module: str, name: str, *, torchscript: bool = False) -> Allowed | No
     if "." in name or not name:
         # dotted names walk attributes (``torch.serialization.os.system``): never allowlisted
         return None
+    if module == "numpy" and name in _numpy_ufuncs():
+        return _UFUNC
     for rule in _RULES:
         if rule.module.fullmatch(module) and rule.name.fullmatch(name):
             return rule.allowed

@@ -71,6 +71,8 @@ def scan_path(
                    for c in _files_under(p)]
         return combine(str(p), "directory", [], members=members,
                        skipped=all(m.verdict.value == "skipped" for m in members))
+    if not p.is_file():
+        return combine(str(p), "unknown", [], skipped=True)  # a device, socket or FIFO
     ctx = _Context(max_depth, Budget(max_bytes))
     try:
         with open(p, "rb") as f:
