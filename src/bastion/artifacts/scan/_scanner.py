@@ -170,7 +170,7 @@ def _dispatch(fmt: str, f: IO[bytes], path: str, ctx: _Context, depth: int,
 
 def _scan_pickle(f: IO[bytes], path: str, fmt: str, torchscript: bool) -> FileScan:
     res = scan_pickles(Reader(f, size=_size(f)), torchscript=torchscript)
-    if fmt == "pickle?" and res.first_op_failed:
+    if fmt == "pickle?" and res.not_a_pickle:
         return combine(path, "unknown", [], skipped=True)
     kind = "pickle"
     if res.values and isinstance(res.values[0], int) and res.values[0] == 0x1950A86A20F9469CFC6C:
