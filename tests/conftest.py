@@ -9,6 +9,9 @@ from torch import nn
 from bastion.data import load_digits
 from bastion.models.zoo import small_mlp, train_classifier
 
+# The suite's models are tiny: one thread is faster than two threads contending for 2 cores.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def digits_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

@@ -42,7 +42,11 @@ ATTACKS: dict[str, AttackSpec] = {
     "apgd-dlr": AttackSpec("apgd", "APGD", "white-box", {"steps": 100}, {"loss": "dlr"}),
     "apgd-t": AttackSpec("apgd", "APGDT", "white-box", {"steps": 100}, {}),
     "cw": AttackSpec(
-        "cw", "CarliniWagnerL2", "white-box", {"steps": 100, "binary_search_steps": 5}, {}
+        "cw",
+        "CarliniWagnerL2",
+        "white-box",
+        {"steps": 100, "binary_search_steps": 5, "c": 1.0},
+        {},
     ),
     "deepfool": AttackSpec("deepfool", "DeepFool", "white-box", {}, {}),
     "square": AttackSpec("square", "Square", "score-based", {"max_queries": 1000}, {}),
