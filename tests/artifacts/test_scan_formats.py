@@ -206,3 +206,39 @@ def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
         scan_path(tmp_path / "missing.pt")
     with pytest.raises(ConfigurationError, match="max_depth"):
         scan_path(tmp_path, max_depth=-1)
+
+
+class _Unseekable(io.RawIOBase):
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes) -> int:  # type: ignore[override]
+        self.data += b
+        return len(b)
+
+
+def test_zip64_and_data_descriptor_members_are_read(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        with zf.open("archive/data.pkl", "w", force_zip64=True) as member:
+            member.write(PAYLOAD)
+        zf.writestr("archive/version", "3\n")
+    (tmp_path / "z64.pt").write_bytes(buf.getvalue())
+    result = scan_path(tmp_path / "z64.pt")
+    assert (result.format, result.verdict) == ("pytorch", Verdict.UNSAFE)
+
+    stream = _Unseekable()  # zipfile writes data descriptors (flag bit 3) to such streams
+    with zipfile.ZipFile(stream, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.txt", "hello")
+        with zf.open("m/x.pkl", "w") as member:
+            member.write(PAYLOAD)
+    data = bytes(stream.data)
+    (tmp_path / "dd.zip").write_bytes(data)
+    (tmp_path / "no_central.zip").write_bytes(data[: data.find(b"PK\x01\x02")])
+    for name in ("dd.zip", "no_central.zip"):
+        result = scan_path(tmp_path / name)
+        assert result.verdict is Verdict.UNSAFE, name
+        assert [m.path.rsplit("!", 1)[1] for m in result.members] == ["m/x.pkl"]

@@ -8,7 +8,7 @@ from typing import Any
 #: byte strings longer than this are skipped (seek), not kept
 KEEP_BYTES = 1 << 20
 #: the longest text line (protocol 0 operands) the scanner reads
-MAX_LINE = 1 << 20
+MAX_LINE = 64 << 20
 
 __all__ = ["KEEP_BYTES", "MARK", "MAX_LINE", "BigBytes", "Global", "Obj", "Opaque", "PDict",
            "PSet", "ParseError", "Stop", "short"]
