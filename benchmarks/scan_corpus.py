@@ -399,10 +399,24 @@ def _benign(root: Path) -> list[Sample]:
     mark(root / "torch_checkpoint.bin", "torch_zip")
     torch.jit.script(net.eval()).save(str(root / "torchscript.pt"))
     mark(root / "torchscript.pt", "torchscript")
+    encoder = torch.nn.TransformerEncoder(
+        torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 1)
+    torch.save(encoder, root / "torch_transformer_whole.pt")
+    mark(root / "torch_transformer_whole.pt", "torch_zip")
+    torch.save(encoder, root / "torch_transformer_legacy.pth",
+               _use_new_zipfile_serialization=False)
+    mark(root / "torch_transformer_legacy.pth", "torch_legacy")
+    torch.save({"size": torch.Size([2, 3]), "device": torch.device("cpu"), "dtype": torch.half,
+                "bf16": torch.ones(2, dtype=torch.bfloat16), "sparse": torch.eye(2).to_sparse(),
+                "q": torch.quantize_per_tensor(torch.ones(3), 0.1, 0, torch.qint8),
+                "numpy": np.ones(3), "scalar": np.float32(2), "rng": torch.get_rng_state()},
+               root / "torch_misc.pt")
+    mark(root / "torch_misc.pt", "torch_zip")
 
     x, y = load_iris(return_X_y=True)
     from sklearn.compose import ColumnTransformer
     from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.model_selection import GridSearchCV
     from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
 
     texts = ["good model", "bad model", "good data", "bad data"] * 3
@@ -415,6 +429,8 @@ def _benign(root: Path) -> list[Sample]:
                                         ("num", FunctionTransformer(np.log1p), [1])])),
             ("m", LogisticRegression())]).fit(tabular, [0, 1, 0] * 4),
         "sklearn_logreg": LogisticRegression(max_iter=200).fit(x, y),
+        "sklearn_grid": GridSearchCV(LogisticRegression(max_iter=100), {"C": [0.5, 1.0]},
+                                     cv=2).fit(x, y),
         "sklearn_forest": RandomForestClassifier(n_estimators=5, random_state=0).fit(x, y),
         "sklearn_pipeline": Pipeline([("s", StandardScaler()),
                                       ("m", LogisticRegression(max_iter=200))]).fit(x, y),

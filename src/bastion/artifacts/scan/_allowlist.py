@@ -90,6 +90,15 @@ _add("torch", _DTYPE, "torch",
      "channels_last_3d", "preserve_format", "per_tensor_affine", "per_channel_affine",
      "per_tensor_symmetric", "per_channel_symmetric", "per_channel_affine_float_qparams")
 _add("torch", "a plain value type (shape or device name)", "torch", "Size", "device")
+_add("torch", "maps a layout name to one of torch's layout constants, nothing else",
+     "torch.serialization", "_get_layout")
+_ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu", "selu", "celu",
+                "softplus", "softsign", "softmax", "log_softmax", "mish", "hardswish",
+                "hardsigmoid", "hardtanh", "relu6", "glu", "logsigmoid", "tanhshrink")
+_add("torch", "an activation function stored as a layer attribute (e.g. the activation of "
+     "TransformerEncoderLayer); pure tensor arithmetic", "torch.nn.functional", *_ACTIVATIONS)
+_add("torch", "an activation function stored as a layer attribute; pure tensor arithmetic",
+     "torch", "relu", "tanh", "sigmoid")
 _add("torch", "the Parameter class; rebuilt around an already rebuilt tensor",
      "torch.nn.parameter", "Parameter", "Buffer")
 _add("torch", "the Tensor class, used as a type tag when rebuilding", "torch", "Tensor")
@@ -106,6 +115,9 @@ for _np in ("numpy.core.numeric", "numpy._core.numeric"):
     _add("numpy", "rebuilds an array from an out-of-band buffer (pickle protocol 5)", _np,
          "_frombuffer")
 _add("numpy", "the ndarray and dtype classes, used as type tags", "numpy", "ndarray", "dtype")
+_add("numpy", "rebuilds a masked array (GridSearchCV.cv_results_ holds some) from classes "
+     "that are themselves checked", "numpy.ma.core", "_mareconstruct", "MaskedArray")
+_add("numpy", "the masked array class", "numpy.ma", "MaskedArray")
 _add("numpy", "a random generator's state; rebuilt from plain integers",
      "numpy.random._pickle",
      "__randomstate_ctor", "__bit_generator_ctor", "__generator_ctor")
