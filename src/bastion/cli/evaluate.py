@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +267,9 @@ def _demo(*, out: Path, eps: float, seed: int, device: str, quiet: bool) -> None
     from bastion.report import write_evasion_report
 
     dev = pick_device(device)
+    if dev.type == "cpu" and "--threads" not in sys.argv:
+        # a tiny model: thread start-up costs more than it saves, badly so on a busy machine
+        torch.set_num_threads(1)
     data = load_digits()
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     x, y = data.x[perm], data.y[perm]

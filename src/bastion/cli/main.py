@@ -32,14 +32,22 @@ def _root(
         False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."
+    ),
 ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _register_all() -> None:
-    from bastion.cli import evaluate
+    from bastion.cli import evaluate, registry
 
     evaluate.register(app)
+    registry.register(app)
 
 
 _register_all()
