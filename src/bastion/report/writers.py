@@ -60,14 +60,14 @@ def evasion_html(doc: dict[str, Any]) -> str:
             a["median_norm"],
             a["queries"],
             a["queries_per_sample"],
+            a.get("median_queries_successful"),
             a["seconds"],
         ]
         for name, a in doc["attacks"].items()
     ]
-    table = table_html(
-        ["attack", "robust acc.", "success rate", "median norm", "queries", "queries/sample", "s"],
-        rows,
-    )
+    headers = ["attack", "robust acc.", "success rate", "median norm", "queries"]
+    headers += ["queries/sample", "median queries to succeed", "s"]
+    table = table_html(headers, rows)
     points = doc["curve"]["points"]
     if points:
         chart = line_chart_svg(
