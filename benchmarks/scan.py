@@ -13,8 +13,9 @@ Run (after benchmarks/setup_scan_venv.sh):
 What counts as "flagged": bastion verdict ``unsafe``; modelscan any issue; picklescan
 ``issues_count > 0`` or an infected file; fickling a result that is not ``is_safe`` (zip
 archives through ``fickling.scan_zip_archive``, everything else through
-``fickling.scan_file``, both ``graceful=True``). A tool that raises counts as not flagged
-(and is counted in the ``errors`` column).
+``fickling.scan_file``, both ``graceful=True``). The ``errors`` column counts files a tool
+said it could not scan without flagging them (bastion verdict ``error``, modelscan errors,
+picklescan ``scan_err``) or on which it raised; they count as not detected.
 """
 
 from __future__ import annotations
@@ -59,24 +60,29 @@ def _alarm(signum: int, frame: Any) -> None:
 # ---- the tools -------------------------------------------------------------------------------
 
 
-def bastion_flags(path: Path) -> bool:
+def bastion_flags(path: Path) -> bool | None:
     from bastion.artifacts.scan import Verdict, scan_path
 
-    return scan_path(path).verdict is Verdict.UNSAFE
+    verdict = scan_path(path).verdict
+    return True if verdict is Verdict.UNSAFE else (None if verdict is Verdict.ERROR else False)
 
 
-def modelscan_flags(path: Path) -> bool:
+def modelscan_flags(path: Path) -> bool | None:
     from modelscan.modelscan import ModelScan
 
     result = ModelScan().scan(str(path))
-    return bool(result.get("issues"))
+    if result.get("issues"):
+        return True
+    return None if result.get("errors") else False
 
 
-def picklescan_flags(path: Path) -> bool:
+def picklescan_flags(path: Path) -> bool | None:
     from picklescan.scanner import scan_file_path
 
     result = scan_file_path(str(path))
-    return result.issues_count > 0 or result.infected_files > 0
+    if result.issues_count > 0 or result.infected_files > 0:
+        return True
+    return None if result.scan_err else False
 
 
 def fickling_flags(path: Path) -> bool:
@@ -88,7 +94,7 @@ def fickling_flags(path: Path) -> bool:
     return not fickling.scan_file(str(path), graceful=True).is_safe
 
 
-TOOLS: dict[str, Callable[[Path], bool]] = {
+TOOLS: dict[str, Callable[[Path], bool | None]] = {
     "bastion": bastion_flags,
     "modelscan": modelscan_flags,
     "picklescan": picklescan_flags,
@@ -96,7 +102,7 @@ TOOLS: dict[str, Callable[[Path], bool]] = {
 }
 
 
-def _run(tool: Callable[[Path], bool], path: Path) -> tuple[bool | None, float]:
+def _run(tool: Callable[[Path], bool | None], path: Path) -> tuple[bool | None, float]:
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(PER_FILE_TIMEOUT)
     start = time.perf_counter()
@@ -214,7 +220,8 @@ def render(corpus: dict[str, Any], big: dict[str, Any], n_bad: int, n_good: int,
         f"({len(scan_corpus.PAYLOADS)} pickle payload forms x {len(scan_corpus.CONTAINERS)} "
         f"containers + Keras/ONNX/safetensors cases) and {n_good} benign files.",
         "",
-        "| tool | malicious detected | false positives (benign) | errors | files/s |",
+        "| tool | malicious detected | false positives (benign) | errors (not scanned) | "
+        "files/s |",
         "|---|---|---|---|---|",
     ]
     for name, r in corpus.items():

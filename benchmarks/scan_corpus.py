@@ -344,6 +344,15 @@ def _format_cases(root: Path) -> list[Sample]:
         path.write_bytes(data)
         out.append(Sample(path, True, payload, container))
 
+    import joblib
+
+    for pname, call in (("getcwd", _Reduce(os.getcwd, ())), ("eval", _Reduce(eval, ("1+1",))),
+                        ("import_module", _Reduce(__import__("importlib").import_module,
+                                                  ("json",)))):
+        path = root / f"{pname}__joblib_after_array.joblib"
+        # joblib writes the array bytes inside the pickle stream, before the payload
+        joblib.dump({"weights": np.zeros(1000, np.float32), "hook": call}, path)
+        out.append(Sample(path, True, pname, "joblib_after_array"))
     put("keras_lambda.keras", _keras_file(True), "lambda_layer", "keras")
     h5 = root / "keras_lambda.h5"
     _h5_file(h5, True)
