@@ -265,9 +265,11 @@ def render(corpus: dict[str, Any], big: dict[str, Any], n_bad: int, n_good: int,
               "the bypass classes the scanner was designed for (published ones: uncommon "
               "callables, memo/dotted-name indirection, nested loaders, stream and zip-header "
               "tricks), so the detection gap overstates what the peers miss on files found in "
-              "the wild. On 500 MB checkpoints no tool reads the tensor bytes of a zip "
-              "checkpoint; the times are all well under a millisecond and the difference "
-              "between tools there is noise.", ""]
+              "the wild. On the 500 MB zip checkpoint no tool reads the tensor bytes (all under "
+              "10 ms, differences are noise); on the legacy and joblib files fickling reads the "
+              "whole file, while modelscan and picklescan return at once (on joblib because they "
+              "cannot parse the inline array bytes, so a payload after an array goes unseen: "
+              "see joblib_after_array).", ""]
     lines += ["", "Examples of malicious files each tool missed:", ""]
     for name, r in corpus.items():
         lines.append(f"- {name}: " + (", ".join(r["missed_examples"]) or "none"))
