@@ -1,0 +1,1 @@
+"""Defences: training-time, input, output and data defences, and certification."""

@@ -1,0 +1,107 @@
+"""Activations of any named layer of a torch classifier, through a forward hook."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from bastion.errors import ConfigurationError, InputError
+
+__all__ = ["as_module", "extract_activations", "penultimate_layer"]
+
+
+def as_module(model: nn.Module | Any) -> tuple[nn.Module, Any]:
+    """``(module, forward)``: the hookable module and the callable that runs a batch.
+
+    A bastion :class:`~bastion.models.TorchClassifier` runs through its ``logits`` (so its
+    preprocessing applies, without counting queries); a bare ``nn.Module`` is called directly.
+    """
+    if isinstance(model, nn.Module):
+        return model, model
+    module = getattr(model, "module", None)
+    if isinstance(module, nn.Module) and hasattr(model, "logits"):
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            cm = getattr(model, "unmetered", None)
+            if cm is None:
+                return model.logits(x)
+            with cm():
+                return model.logits(x)
+
+        return module, forward
+    raise ConfigurationError(
+        f"activation-based detection needs a torch model (nn.Module or TorchClassifier), got "
+        f"{type(model).__name__}; use confident learning for other models"
+    )
+
+
+def penultimate_layer(module: nn.Module) -> str:
+    """Name of the last ``nn.Linear`` layer: its *input* is the penultimate representation."""
+    last = None
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.Linear):
+            last = name
+    if last is None:
+        raise ConfigurationError(
+            "the model has no nn.Linear layer to take the penultimate activations from; "
+            "name a layer with layer= (one of: "
+            f"{', '.join(n for n, _ in module.named_modules() if n) or 'none'})"
+        )
+    return last
+
+
+@torch.no_grad()
+def extract_activations(
+    model: nn.Module | Any,
+    x: torch.Tensor,
+    *,
+    layer: str | None = None,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """Flattened activations ``(n, d)`` of ``layer``'s output (CPU, float32).
+
+    With ``layer=None`` the input of the last linear layer is taken (the penultimate layer's
+    activations). The model's train/eval mode is restored afterwards.
+
+    Example
+    -------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    >>> extract_activations(net, torch.rand(5, 4)).shape
+    torch.Size([5, 6])
+    >>> extract_activations(net, torch.rand(5, 4), layer="1").shape
+    torch.Size([5, 6])
+    """
+    module, forward = as_module(model)
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] == 0:
+        raise InputError("x must be a non-empty batch tensor (n, ...)")
+    modules = dict(module.named_modules())
+    take_input = layer is None
+    name = penultimate_layer(module) if layer is None else layer
+    if name not in modules:
+        raise ConfigurationError(
+            f"the model has no layer named {name!r}; its layers are: "
+            f"{', '.join(n for n in modules if n)}"
+        )
+    captured: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        value = inputs[0] if take_input else output
+        if not isinstance(value, torch.Tensor):
+            raise ConfigurationError(f"layer {name!r} does not produce a tensor")
+        captured.append(value.detach().flatten(1).float().cpu())
+
+    handle = modules[name].register_forward_hook(hook)
+    was_training = module.training
+    module.eval()
+    try:
+        device = next(module.parameters()).device
+        for i in range(0, x.shape[0], batch_size):
+            forward(x[i : i + batch_size].to(device))
+    finally:
+        handle.remove()
+        module.train(was_training)
+    return torch.cat(captured)

@@ -1,0 +1,91 @@
+"""Per-class two-way splits shared by activation clustering and spectral signatures.
+
+Both detectors split each class's activations in two and call the smaller part poisoned when
+the split is strong (a high statistic) and the part small enough. A sample's score is its
+class's statistic when it falls in that class's minority part, else 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ClassSplit", "best_1d_split", "split_scores"]
+
+
+@dataclass(frozen=True)
+class ClassSplit:
+    """The split of one class: sizes, the strength statistic, and the verdict."""
+
+    label: int
+    n: int
+    minority: int
+    minority_size: int
+    statistic: float
+    suspicious: bool
+
+    @property
+    def minority_fraction(self) -> float:
+        return self.minority_size / self.n if self.n else 0.0
+
+    def to_dict(self) -> dict[str, float | int | bool]:
+        return {
+            "label": self.label,
+            "n": self.n,
+            "minority_size": self.minority_size,
+            "minority_fraction": self.minority_fraction,
+            "statistic": self.statistic,
+            "suspicious": self.suspicious,
+        }
+
+
+def best_1d_split(u: torch.Tensor) -> tuple[float, float]:
+    """Optimal two-means split of 1-d values: ``(cut, separation)``.
+
+    ``separation`` is the gap between the two means over the pooled within-part standard
+    deviation (about 2.7 for a single Gaussian, large for two well-apart groups).
+    """
+    s = u.double().sort().values
+    n = s.numel()
+    if n < 4:
+        return float(s.mean()), 0.0
+    csum = torch.cumsum(s, 0)
+    csq = torch.cumsum(s * s, 0)
+    k = torch.arange(1, n, dtype=torch.float64)  # left part sizes 1..n-1
+    left_sum, left_sq = csum[:-1], csq[:-1]
+    right_sum, right_sq = csum[-1] - left_sum, csq[-1] - left_sq
+    sse = (left_sq - left_sum**2 / k) + (right_sq - right_sum**2 / (n - k))
+    i = int(torch.argmin(sse))
+    kk = float(k[i])
+    m1, m2 = float(left_sum[i]) / kk, float(right_sum[i]) / (n - kk)
+    within = max(float(sse[i]) / max(n - 2, 1), 1e-24) ** 0.5
+    return (float(s[i]) + float(s[i + 1])) / 2, (m2 - m1) / within
+
+
+def split_scores(
+    assign: torch.Tensor, labels: torch.Tensor, splits: dict[int, ClassSplit]
+) -> torch.Tensor:
+    """Scores from per-sample part assignments (0/1) under the per-class splits."""
+    out = torch.zeros(labels.shape[0], dtype=torch.float64)
+    for c, sp in splits.items():
+        sel = (labels == c) & (assign == sp.minority)
+        if sp.minority_fraction > 0:
+            out[sel] = sp.statistic
+    return out
+
+
+def separation(z: torch.Tensor, parts: torch.Tensor) -> float:
+    """Gap between the two parts' means along the line joining them, in pooled within-part
+    standard deviations (0 when a part has fewer than two samples)."""
+    a, b = z[parts == 0], z[parts == 1]
+    if a.shape[0] < 2 or b.shape[0] < 2:
+        return 0.0
+    direction = b.mean(0) - a.mean(0)
+    norm = float(direction.norm())
+    if norm == 0.0:
+        return 0.0
+    ua, ub = a @ direction / norm, b @ direction / norm
+    ssw = float(((ua - ua.mean()) ** 2).sum() + ((ub - ub.mean()) ** 2).sum())
+    within = max(ssw / (z.shape[0] - 2), 1e-24) ** 0.5
+    return (float(ub.mean()) - float(ua.mean())) / within

@@ -1,0 +1,153 @@
+"""Activation clustering.
+
+Chen, Carvalho, Baracaldo, Ludwig, Edwards, Lee, Molloy & Srivastava, "Detecting Backdoor
+Attacks on Deep Neural Networks by Activation Clustering", 2018. https://arxiv.org/abs/1811.03728
+
+For each class, the activations of one layer (default: the penultimate) of the model trained on
+the suspect data are reduced to ``n_components`` dimensions (PCA) and split in two by k-means.
+A backdoored class splits into its genuine samples and the triggered ones, which the model
+recognises by a different feature. The paper judges the split by the clusters' relative size or
+silhouette; on small data sets genuine sub-modes of a class (a "1" with or without a serif) have
+silhouettes as high as a backdoor's, so here the split is judged by its *separation*: the gap
+between the two clusters along the line joining their centres, in pooled within-cluster standard
+deviations (about 2.7 for a single Gaussian). The smaller cluster is flagged when the separation
+exceeds ``threshold`` and it holds at most ``max_fraction`` of the class.
+
+Defaults: ``n_components=10``, ``threshold=6.5`` (separation), ``max_fraction=0.5``.
+
+Example
+-------
+>>> import torch
+>>> from torch import nn
+>>> from bastion.defences.data import ActivationClustering
+>>> _ = torch.manual_seed(0)
+>>> x = torch.cat([torch.randn(60, 4), torch.randn(20, 4) + 8.0])  # class 0 holds two groups
+>>> y = torch.zeros(80, dtype=torch.long)
+>>> ac = ActivationClustering(nn.Sequential(nn.Identity(), nn.Linear(4, 2))).fit(x, y)
+>>> int(ac.flags_[60:].sum()), int(ac.flags_[:60].sum())
+(20, 0)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from torch import nn
+
+from bastion.defences.data._activations import extract_activations
+from bastion.defences.data._split import ClassSplit, separation, split_scores
+from bastion.defences.data.base import PoisonDetector
+from bastion.errors import ConfigurationError
+
+__all__ = ["ActivationClustering"]
+
+
+class ActivationClustering(PoisonDetector):
+    """Per-class 2-means on reduced activations (Chen et al. 2018).
+
+    Parameters
+    ----------
+    model: the torch model trained on the suspect data (``nn.Module`` or ``TorchClassifier``).
+    layer: name of the layer whose output is used (default: the penultimate activations).
+    n_components: PCA dimensions before clustering.
+    threshold: separation above which a split is called a backdoor.
+    max_fraction: the flagged cluster may hold at most this fraction of its class.
+    min_class_size: smaller classes are not analysed.
+    seed: seeds k-means.
+    """
+
+    name = "activation_clustering"
+
+    def __init__(
+        self,
+        model: nn.Module | Any,
+        *,
+        layer: str | None = None,
+        n_components: int = 10,
+        threshold: float = 6.5,
+        max_fraction: float = 0.5,
+        min_class_size: int = 10,
+        batch_size: int = 512,
+        seed: int = 0,
+    ) -> None:
+        self._model = model
+        self.layer = layer
+        if not isinstance(n_components, int) or n_components < 1:
+            raise ConfigurationError(f"n_components must be a positive int, got {n_components!r}")
+        if not float(threshold) > 0:
+            raise ConfigurationError(f"threshold must be a positive separation, got {threshold!r}")
+        if not 0.0 < float(max_fraction) <= 0.5:
+            raise ConfigurationError(f"max_fraction must be in (0, 0.5], got {max_fraction!r}")
+        if not isinstance(min_class_size, int) or min_class_size < 4:
+            raise ConfigurationError(f"min_class_size must be an int >= 4, got {min_class_size!r}")
+        self.n_components = n_components
+        self.threshold = float(threshold)
+        self.max_fraction = float(max_fraction)
+        self.min_class_size = min_class_size
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        """The activations the detector analyses (``x`` may also be precomputed: see fit)."""
+        return extract_activations(self._model, x, layer=self.layer, batch_size=self.batch_size)
+
+    def _fit(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        acts = self.activations(x).double()
+        self.splits_: dict[int, ClassSplit] = {}
+        self.projections_: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.centroids_: dict[int, torch.Tensor] = {}
+        assign = torch.zeros(y.shape[0], dtype=torch.long)
+        self.reduced_: dict[int, torch.Tensor] = {}
+        for c in sorted(set(y.tolist())):
+            sel = y == c
+            a = acts[sel]
+            if a.shape[0] < self.min_class_size:
+                continue
+            mean = a.mean(0)
+            centred = a - mean
+            k = min(self.n_components, a.shape[1], a.shape[0] - 1)
+            _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+            basis = vh[:k].T
+            z = centred @ basis
+            z_np = z.numpy()
+            km = KMeans(n_clusters=2, n_init=10, random_state=self.seed).fit(z_np)
+            labels = np.asarray(km.labels_)
+            sizes = np.bincount(labels, minlength=2)
+            minority = int(np.argmin(sizes))
+            sep = abs(separation(z, torch.as_tensor(labels, dtype=torch.long)))
+            frac = sizes[minority] / a.shape[0]
+            self.splits_[c] = ClassSplit(
+                label=c,
+                n=int(a.shape[0]),
+                minority=minority,
+                minority_size=int(sizes[minority]),
+                statistic=sep,
+                suspicious=bool(sep > self.threshold and frac <= self.max_fraction),
+            )
+            self.projections_[c] = (mean, basis)
+            self.centroids_[c] = torch.as_tensor(km.cluster_centers_, dtype=torch.float64)
+            self.reduced_[c] = z[:, :2].float()
+            assign[sel] = torch.as_tensor(labels, dtype=torch.long)
+        self.assignments_ = assign
+        self.scores_ = self._masked(split_scores(assign, y, self.splits_), y)
+        self.threshold_ = self.threshold
+
+    def _masked(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        for c, sp in self.splits_.items():
+            if sp.minority_fraction > self.max_fraction:
+                scores[y == c] = 0.0
+        return scores.float()
+
+    def _score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        acts = self.activations(x).double()
+        assign = torch.full((y.shape[0],), -1, dtype=torch.long)
+        for c, (mean, basis) in self.projections_.items():
+            sel = y == c
+            if not bool(sel.any()):
+                continue
+            z = (acts[sel] - mean) @ basis
+            assign[sel] = torch.cdist(z, self.centroids_[c]).argmin(1)
+        return self._masked(split_scores(assign, y, self.splits_), y)

@@ -1,0 +1,136 @@
+"""Spectral signatures.
+
+Tran, Li & Madry, "Spectral Signatures in Backdoor Attacks", NeurIPS 2018.
+https://arxiv.org/abs/1811.00636
+
+For each class, the activations (default: penultimate layer) are centred and projected on their
+top singular vector; a backdoor leaves a strong signature along it. The paper removes the
+samples with the largest squared projections, a fixed 1.5 × the expected poison rate per class.
+Here the decision does not need the poison rate: the projections are split in two by an exact
+one-dimensional 2-means, and the smaller part is flagged when the two parts are far apart
+(``separation`` = gap between their means in pooled within-part standard deviations, about 2.7
+for a single Gaussian) and it holds at most ``max_fraction`` of the class.
+
+Defaults: ``threshold=5.5`` (separation), ``max_fraction=0.5``.
+
+Example
+-------
+>>> import torch
+>>> from torch import nn
+>>> from bastion.defences.data import SpectralSignatures
+>>> _ = torch.manual_seed(0)
+>>> x = torch.cat([torch.randn(60, 4), torch.randn(20, 4) + 8.0])
+>>> y = torch.zeros(80, dtype=torch.long)
+>>> ss = SpectralSignatures(nn.Sequential(nn.Identity(), nn.Linear(4, 2))).fit(x, y)
+>>> int(ss.flags_[60:].sum()), int(ss.flags_[:60].sum())
+(20, 0)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from bastion.defences.data._activations import extract_activations
+from bastion.defences.data._split import ClassSplit, best_1d_split, split_scores
+from bastion.defences.data.base import PoisonDetector
+from bastion.errors import ConfigurationError
+
+__all__ = ["SpectralSignatures"]
+
+
+class SpectralSignatures(PoisonDetector):
+    """Top-singular-vector outlier detection per class (Tran et al. 2018).
+
+    Parameters
+    ----------
+    model: the torch model trained on the suspect data (``nn.Module`` or ``TorchClassifier``).
+    layer: name of the layer whose output is used (default: the penultimate activations).
+    threshold: separation above which a class is called backdoored.
+    max_fraction: the flagged part may hold at most this fraction of its class.
+    min_class_size: smaller classes are not analysed.
+
+    Fitted ``outlier_scores_`` hold the paper's per-sample score (squared projection).
+    """
+
+    name = "spectral_signatures"
+
+    def __init__(
+        self,
+        model: nn.Module | Any,
+        *,
+        layer: str | None = None,
+        threshold: float = 5.5,
+        max_fraction: float = 0.5,
+        min_class_size: int = 10,
+        batch_size: int = 512,
+    ) -> None:
+        self._model = model
+        self.layer = layer
+        if not float(threshold) > 0:
+            raise ConfigurationError(f"threshold must be a positive separation, got {threshold!r}")
+        if not 0.0 < float(max_fraction) <= 0.5:
+            raise ConfigurationError(f"max_fraction must be in (0, 0.5], got {max_fraction!r}")
+        if not isinstance(min_class_size, int) or min_class_size < 4:
+            raise ConfigurationError(f"min_class_size must be an int >= 4, got {min_class_size!r}")
+        self.threshold = float(threshold)
+        self.max_fraction = float(max_fraction)
+        self.min_class_size = min_class_size
+        self.batch_size = int(batch_size)
+
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        return extract_activations(self._model, x, layer=self.layer, batch_size=self.batch_size)
+
+    def _fit(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        acts = self.activations(x).double()
+        self.splits_: dict[int, ClassSplit] = {}
+        self.directions_: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
+        self.projections_: dict[int, torch.Tensor] = {}
+        assign = torch.zeros(y.shape[0], dtype=torch.long)
+        self.outlier_scores_ = torch.zeros(y.shape[0])
+        for c in sorted(set(y.tolist())):
+            sel = y == c
+            a = acts[sel]
+            if a.shape[0] < self.min_class_size:
+                continue
+            mean = a.mean(0)
+            _, _, vh = torch.linalg.svd(a - mean, full_matrices=False)
+            v = vh[0]
+            u = (a - mean) @ v
+            cut, sep = best_1d_split(u)
+            side = (u > cut).long()
+            sizes = torch.bincount(side, minlength=2)
+            minority = int(sizes.argmin())
+            frac = float(sizes[minority]) / a.shape[0]
+            self.splits_[c] = ClassSplit(
+                label=c,
+                n=int(a.shape[0]),
+                minority=minority,
+                minority_size=int(sizes[minority]),
+                statistic=sep,
+                suspicious=bool(sep > self.threshold and frac <= self.max_fraction),
+            )
+            self.directions_[c] = (mean, v, cut)
+            self.projections_[c] = u.float()
+            self.outlier_scores_[sel] = (u * u).float()
+            assign[sel] = side
+        self.assignments_ = assign
+        self.scores_ = self._masked(split_scores(assign, y, self.splits_), y)
+        self.threshold_ = self.threshold
+
+    def _masked(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        for c, sp in self.splits_.items():
+            if sp.minority_fraction > self.max_fraction:
+                scores[y == c] = 0.0
+        return scores.float()
+
+    def _score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        acts = self.activations(x).double()
+        assign = torch.full((y.shape[0],), -1, dtype=torch.long)
+        for c, (mean, v, cut) in self.directions_.items():
+            sel = y == c
+            if bool(sel.any()):
+                assign[sel] = (((acts[sel] - mean) @ v) > cut).long()
+        return self._masked(split_scores(assign, y, self.splits_), y)
