@@ -1,0 +1,170 @@
+"""Infer a contract from reference data."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pandas.api import types as ptypes
+
+from bastion.data.contracts._common import DataKind, cat_key, prepare, py, to_seconds
+from bastion.data.contracts._stats import make_sketch, sig
+from bastion.data.contracts._tensor import infer_tensor
+from bastion.data.contracts.model import ColumnSpec, Contract, Reference, Sketch, TableContract
+from bastion.errors import ConfigurationError, InputError
+
+__all__ = ["infer_contract"]
+
+#: a column needs this many rows with all-distinct values to be inferred ``unique``
+UNIQUE_MIN_ROWS = 20
+
+
+def infer_contract(
+    data: Any,
+    *,
+    name: str | None = None,
+    kind: DataKind = "auto",
+    categorical: Sequence[str] = (),
+    categorical_max: int = 50,
+    reference_sample: int = 100_000,
+    range_tolerance: float = 0.1,
+    seed: int = 0,
+) -> Contract:
+    """Infer a :class:`TableContract` or :class:`TensorContract` from reference ``data``.
+
+    ``data`` is a pandas data frame (a table), a numpy array or torch tensor of samples (a
+    tensor; ``kind="table"`` reads a 2-D array as a table), or a path to a ``.csv``,
+    ``.parquet``, ``.npy`` or ``.npz`` file.
+
+    For a table, each column gets its kind (float, integer, boolean, categorical, string,
+    datetime), its observed range, its categories (text columns with at most
+    ``categorical_max`` distinct values, pandas ``category`` columns and the columns named in
+    ``categorical``), whether it may be missing, and whether its values are unique. For a
+    tensor: the sample shape, dtype, value range and per-channel statistics.
+    Sketches of the reference distributions are kept for drift checks, computed on at most
+    ``reference_sample`` rows (a seeded random subset).
+
+    >>> import numpy as np
+    >>> c = infer_contract(np.zeros((10, 3), dtype=np.float32), name="zeros")
+    >>> c.shape, c.dtype, c.min, c.max
+    ((None, 3), 'float32', 0.0, 0.0)
+    """
+    if categorical_max < 1:
+        raise ConfigurationError(f"categorical_max must be >= 1, got {categorical_max}")
+    if reference_sample < 1:
+        raise ConfigurationError(f"reference_sample must be >= 1, got {reference_sample}")
+    if not (range_tolerance >= 0 and math.isfinite(range_tolerance)):
+        raise ConfigurationError(f"range_tolerance must be >= 0, got {range_tolerance}")
+    frame = prepare(data, kind)
+    label = name or "contract"
+    if isinstance(frame, np.ndarray):
+        return infer_tensor(frame, name=label, reference_sample=reference_sample,
+                            range_tolerance=range_tolerance, seed=seed)
+    return _infer_table(frame, name=label, categorical=tuple(categorical),
+                        categorical_max=categorical_max, reference_sample=reference_sample,
+                        range_tolerance=range_tolerance, seed=seed)
+
+
+def _kind_of(s: pd.Series, forced: bool, categorical_max: int) -> str:
+    if forced or isinstance(s.dtype, pd.CategoricalDtype):
+        return "categorical"
+    if ptypes.is_bool_dtype(s.dtype):
+        return "boolean"
+    if ptypes.is_datetime64_any_dtype(s.dtype):
+        return "datetime"
+    if ptypes.is_integer_dtype(s.dtype):
+        return "integer"
+    if ptypes.is_float_dtype(s.dtype):
+        return "float"
+    values = s.dropna()
+    if len(values) and all(isinstance(v, bool | np.bool_) for v in values):
+        return "boolean"
+    return "categorical" if values.nunique() <= categorical_max else "string"
+
+
+def _numeric_stats(x: np.ndarray) -> dict[str, float]:
+    med = float(np.median(x))
+    return {"mean": sig(float(np.mean(x))), "std": sig(float(np.std(x))), "median": sig(med),
+            "mad": sig(float(np.median(np.abs(x - med))))}
+
+
+def _infer_column(s: pd.Series, kind: str, n: int) -> tuple[ColumnSpec, Sketch | None,
+                                                             dict[str, int] | None]:
+    name = str(s.name)
+    missing = s.isna()
+    nullable = bool(missing.any())
+    values = s[~missing]
+    spec: dict[str, Any] = {"name": name, "kind": kind, "dtype": str(s.dtype),
+                            "nullable": nullable}
+    sketch = None
+    counts = None
+    all_distinct = len(values) >= UNIQUE_MIN_ROWS and values.is_unique and not nullable
+    if kind in ("float", "integer"):
+        x = values.to_numpy(dtype=np.float64)
+        x = x[np.isfinite(x)]
+        if x.size:
+            spec.update(min=sig(float(x.min())), max=sig(float(x.max())), **_numeric_stats(x))
+            sketch = make_sketch(x)
+        spec["unique"] = kind == "integer" and all_distinct
+    elif kind == "datetime":
+        ts = pd.to_datetime(values)
+        if len(ts):
+            secs = to_seconds(ts)
+            spec.update(min=ts.min().isoformat(), max=ts.max().isoformat())
+            sketch = make_sketch(secs)
+    elif kind in ("categorical", "boolean"):
+        keys = values.map(cat_key)
+        vc = keys.value_counts()
+        first = {cat_key(v): py(v) for v in values.drop_duplicates()}
+        cats = [first[k] for k in vc.index]
+        try:
+            cats = sorted(cats)
+        except TypeError:  # mixed types keep frequency order
+            pass
+        spec["categories"] = tuple(cats)
+        counts = {str(k): int(c) for k, c in vc.items()}
+    else:  # string
+        spec["unique"] = all_distinct
+    return ColumnSpec(**spec), sketch, counts
+
+
+def _infer_table(df: pd.DataFrame, *, name: str, categorical: tuple[str, ...],
+                 categorical_max: int, reference_sample: int, range_tolerance: float,
+                 seed: int) -> TableContract:
+    if df.shape[1] == 0 or df.shape[0] == 0:
+        raise InputError(f"cannot infer a contract from an empty table (shape {df.shape})")
+    unknown = [c for c in categorical if c not in df.columns]
+    if unknown:
+        raise ConfigurationError(f"categorical names unknown columns: {', '.join(unknown)}")
+    names = [str(c) for c in df.columns]
+    if len(set(names)) != len(names):
+        raise InputError("the table has duplicate column names; rename them first")
+    if len(df) > reference_sample:
+        rng = np.random.default_rng(seed)
+        idx = np.sort(rng.choice(len(df), size=reference_sample, replace=False))
+        df = df.iloc[idx]
+    columns = []
+    sketches: dict[str, Sketch] = {}
+    counts: dict[str, dict[str, int]] = {}
+    missing: dict[str, float] = {}
+    for col in df.columns:
+        s = df[col]
+        kind = _kind_of(s, col in categorical, categorical_max)
+        spec, sketch, cnt = _infer_column(s, kind, len(df))
+        columns.append(spec)
+        if sketch is not None:
+            sketches[spec.name] = sketch
+        if cnt is not None:
+            counts[spec.name] = cnt
+        rate = float(s.isna().mean())
+        if rate > 0:
+            missing[spec.name] = sig(rate, 4)
+    return TableContract(
+        name=name,
+        columns=tuple(columns),
+        reference=Reference(n=len(df), sketches=sketches, counts=counts, missing=missing),
+        range_tolerance=range_tolerance,
+    )
