@@ -1,0 +1,150 @@
+"""Shared pieces of the inference attacks: per-sample signals, batched queries, reference models.
+
+Reference (shadow) models are the attacker's own: they are trained by a ``train_fn(x, y, seed)
+-> nn.Module`` and queried freely; only the target classifier is metered.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bastion.errors import ConfigurationError, InputError
+from bastion.models.base import Classifier, check_bounds, check_labels
+
+__all__ = [
+    "DefaultTrainer",
+    "TrainFn",
+    "check_population",
+    "log_probs",
+    "module_logits",
+    "query_labels",
+    "query_logits",
+    "scaled_logit",
+]
+
+#: ``train_fn(x, y, seed) -> nn.Module``: trains a fresh reference model on ``(x, y)``
+TrainFn = Callable[[torch.Tensor, torch.Tensor, int], nn.Module]
+
+
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Log-softmax in float64 (also right for score-only adapters, whose logits are log-probs)."""
+    return torch.log_softmax(logits.double(), dim=1)
+
+
+def scaled_logit(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """LiRA's per-sample signal ``log p_y - log(1 - p_y)``, computed stably from logits."""
+    lp = log_probs(logits)
+    own = lp.gather(1, y[:, None]).squeeze(1)
+    others = lp.scatter(1, y[:, None], -math.inf).logsumexp(1)
+    return own - others
+
+
+@torch.no_grad()
+def query_logits(classifier: Classifier, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The target's logits for ``x``, batch by batch (each row counts as one query)."""
+    dev = classifier.device
+    return torch.cat(
+        [
+            classifier.logits(x[i : i + batch_size].to(dev)).detach().cpu()
+            for i in range(0, len(x), batch_size)
+        ]
+    )
+
+
+@torch.no_grad()
+def query_labels(classifier: Classifier, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The target's predicted labels for ``x``, batch by batch."""
+    dev = classifier.device
+    return torch.cat(
+        [
+            classifier.predict(x[i : i + batch_size].to(dev)).cpu()
+            for i in range(0, len(x), batch_size)
+        ]
+    )
+
+
+@torch.no_grad()
+def module_logits(module: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Logits of one of the attacker's own reference models (eval mode, not metered)."""
+    module.eval()
+    dev = next(iter(module.parameters()), torch.empty(0)).device
+    return torch.cat(
+        [module(x[i : i + batch_size].to(dev)).detach().cpu() for i in range(0, len(x), batch_size)]
+    )
+
+
+@dataclass(frozen=True)
+class DefaultTrainer:
+    """The default ``train_fn``: a fresh ``small_mlp`` (flat inputs) or ``small_cnn`` (images)
+    trained with :func:`bastion.models.zoo.train_classifier`.
+
+    Match the target's training recipe for the strongest attack; pass your own ``train_fn``
+    when the target is not a small network.
+    """
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    arch: str = "auto"
+    hidden: int = 64
+    epochs: int = 30
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("auto", "mlp", "cnn"):
+            raise ConfigurationError(f"arch must be auto, mlp or cnn, got {self.arch!r}")
+        if self.arch == "cnn" and len(self.input_shape) != 3:
+            raise ConfigurationError(f"arch='cnn' needs (C, H, W) inputs, got {self.input_shape}")
+        for name in ("hidden", "epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigurationError(f"{name} must be a positive integer")
+        if not (self.lr > 0 and self.weight_decay >= 0):
+            raise ConfigurationError("lr must be positive and weight_decay non-negative")
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+        from bastion.models.zoo import small_cnn, small_mlp, train_classifier
+
+        torch.manual_seed(seed)
+        use_cnn = self.arch == "cnn" or (
+            self.arch == "auto" and len(self.input_shape) == 3 and min(self.input_shape[1:]) >= 8
+        )
+        if use_cnn:
+            c, h, w = self.input_shape
+            module = small_cnn((c, h, w), self.num_classes, width=8)
+        else:
+            module = small_mlp(math.prod(self.input_shape), self.num_classes, hidden=self.hidden)
+        return train_classifier(
+            module,
+            x,
+            y,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            seed=seed,
+        )
+
+
+def check_population(
+    classifier: Classifier, x: torch.Tensor, y: torch.Tensor, *, minimum: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate the attacker's population data against the target's shape, bounds and classes."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise InputError("population x and y must be torch tensors")
+    if tuple(x.shape[1:]) != tuple(classifier.input_shape):
+        raise InputError(
+            f"population x has shape {tuple(x.shape)}; the model expects "
+            f"(n, {', '.join(map(str, classifier.input_shape))})"
+        )
+    if x.shape[0] < minimum:
+        raise InputError(f"population data needs at least {minimum} samples, got {x.shape[0]}")
+    x = x.detach().float()
+    check_bounds(x, classifier.bounds, name="population x")
+    check_labels(y, classifier.num_classes, x.shape[0], name="population y")
+    return x, y.long()
