@@ -104,13 +104,14 @@ def report_html(doc: dict[str, Any]) -> str:
                      ("drifted", sum(d["drifted"] for d in doc["drift"]))))
     body = [f'<div class="cards">{cards}</div>', "<h2>Violations</h2>"]
     if doc["violations"]:
+        ordered = sorted(doc["violations"], key=lambda v: v["severity"] != "error")
         body.append(table_html(
             ["severity", "rule", "row", "column", "index", "value", "expected", "message"],
             [[v["severity"], v["rule"], v["row"], v["column"],
               None if v["index"] is None else str(tuple(v["index"])),
               None if v["value"] is None else str(v["value"]),
               None if v["expected"] is None else str(v["expected"]), v["message"]]
-             for v in doc["violations"]]))
+             for v in ordered]))
     else:
         body.append('<p class="muted">No violations.</p>')
     body.append(f"<h2>Distribution tests (Benjamini–Hochberg, FDR {esc(doc['fdr'])})</h2>")

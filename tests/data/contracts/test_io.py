@@ -93,7 +93,16 @@ def test_csv_and_parquet_inputs(tmp_path, table):
     table.to_csv(tmp_path / "ref.csv", index=False)
     table.to_parquet(tmp_path / "ref.parquet")
     from_csv = infer_contract(tmp_path / "ref.csv", name="t")
-    assert {c.name: c.kind for c in from_csv.columns}["t"] == "string"  # CSV has no dtypes
+    # CSV has no dtypes: ISO dates in text are still recognised, and the same checks apply
+    assert {c.name: c.kind for c in from_csv.columns} == {c.name: c.kind for c in
+                                                          contract.columns}
+    assert from_csv.column("t").min == "2024-03-01T00:00:00+00:00"
+    late = table.iloc[:40].copy()
+    late.loc[5, "t"] = pd.Timestamp("2030-01-01")
+    late["t"] = late["t"].astype(str)
+    late.loc[9, "t"] = "not a date"
+    got = {(v.rule, v.row) for v in validate(late, from_csv, distribution=False).errors}
+    assert got == {("range", 5), ("dtype", 9)}
     assert validate(tmp_path / "ref.parquet", contract).ok
     csv_report = validate(tmp_path / "ref.csv", contract)  # dates parsed from ISO text
     assert csv_report.ok, csv_report.summary()
@@ -121,3 +130,22 @@ def test_numpy_files(tmp_path):
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
     with pytest.raises(InputError, match="cannot read"):
         load_data(tmp_path / "broken.parquet")
+
+
+def test_arrays_and_dicts_as_tables(table):
+    numeric = table[["x", "k"]]
+    contract = infer_contract(numeric.to_numpy(dtype=float), kind="table", name="arr")
+    assert [c.name for c in contract.columns] == ["c0", "c1"]
+    bad = numeric.to_numpy(dtype=float)[:30].copy()
+    bad[4, 1] = 5000.0
+    report = validate(bad, contract, distribution=False)
+    assert [(v.rule, v.row, v.column) for v in report.errors] == [("range", 4, "c1")]
+    named = infer_contract(numeric, name="df")
+    by_name = validate(numeric.to_numpy()[:30], named, distribution=False)  # columns by position
+    assert by_name.ok
+    as_dict = validate({"x": [0.1, 0.2], "k": [1, 2]}, named, distribution=False)
+    assert as_dict.ok and as_dict.n_rows == 2
+    one_row = validate(np.array([0.0, 3.0]), named, distribution=False)
+    assert one_row.ok and one_row.n_rows == 1
+    with pytest.raises(InputError, match="2-D"):
+        validate(np.zeros((2, 2, 2)), named)

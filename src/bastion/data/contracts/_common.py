@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pandas.api import types as ptypes
 
 from bastion.data.contracts.io import load_data
 from bastion.errors import ConfigurationError, InputError
 
-__all__ = ["cat_key", "prepare", "py", "to_seconds"]
+__all__ = ["cat_key", "parse_dates", "prepare", "py", "to_seconds"]
 
 DataKind = Literal["auto", "table", "tensor"]
 
@@ -88,3 +90,12 @@ def to_seconds(values: pd.Series) -> np.ndarray:
     out = ns.astype(np.int64).astype(np.float64) / 1e9
     out[np.isnat(ns)] = np.nan
     return out
+
+
+def parse_dates(values: pd.Series) -> pd.Series:
+    """Date-times from a datetime column or ISO 8601 text; NaT where a value is not one."""
+    if ptypes.is_datetime64_any_dtype(values.dtype):
+        return values
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pd.to_datetime(values, errors="coerce", format="ISO8601", utc=True)

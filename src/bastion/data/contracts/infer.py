@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
-from bastion.data.contracts._common import DataKind, cat_key, prepare, py, to_seconds
+from bastion.data.contracts._common import DataKind, cat_key, parse_dates, prepare, py, to_seconds
 from bastion.data.contracts._stats import make_sketch, sig
 from bastion.data.contracts._tensor import infer_tensor
 from bastion.data.contracts.model import ColumnSpec, Contract, Reference, Sketch, TableContract
@@ -20,6 +21,8 @@ __all__ = ["infer_contract"]
 
 #: a column needs this many rows with all-distinct values to be inferred ``unique``
 UNIQUE_MIN_ROWS = 20
+_ISO_DATE = re.compile(
+    r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$")
 
 
 def infer_contract(
@@ -82,6 +85,8 @@ def _kind_of(s: pd.Series, forced: bool, categorical_max: int) -> str:
     values = s.dropna()
     if len(values) and all(isinstance(v, bool | np.bool_) for v in values):
         return "boolean"
+    if len(values) and all(isinstance(v, str) and _ISO_DATE.match(v) for v in values):
+        return "datetime"  # ISO dates in text, as a CSV file holds them
     return "categorical" if values.nunique() <= categorical_max else "string"
 
 
@@ -110,7 +115,7 @@ def _infer_column(s: pd.Series, kind: str, n: int) -> tuple[ColumnSpec, Sketch |
             sketch = make_sketch(x)
         spec["unique"] = kind == "integer" and all_distinct
     elif kind == "datetime":
-        ts = pd.to_datetime(values)
+        ts = parse_dates(values)
         if len(ts):
             secs = to_seconds(ts)
             spec.update(min=ts.min().isoformat(), max=ts.max().isoformat())

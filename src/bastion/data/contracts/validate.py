@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from typing import Any
 
 import numpy as np
@@ -12,7 +11,7 @@ import pandas as pd
 from pandas.api import types as ptypes
 from scipy import stats
 
-from bastion.data.contracts._common import cat_key, prepare, py, to_seconds
+from bastion.data.contracts._common import cat_key, parse_dates, prepare, py, to_seconds
 from bastion.data.contracts._dupes import exact_groups, near_groups
 from bastion.data.contracts._stats import (
     chi2_test,
@@ -35,7 +34,7 @@ from bastion.data.contracts.model import (
     ValidationReport,
     Violation,
 )
-from bastion.errors import ConfigurationError
+from bastion.errors import ConfigurationError, InputError
 
 __all__ = ["validate"]
 
@@ -77,15 +76,17 @@ def validate(
         raise ConfigurationError(f"fdr must be in (0, 1), got {fdr}")
     if min_drift_rows < 2:
         raise ConfigurationError(f"min_drift_rows must be >= 2, got {min_drift_rows}")
-    frame = prepare(data, contract.kind)
+    frame = prepare(data, "auto" if isinstance(contract, TableContract) else "tensor")
     if isinstance(contract, TableContract):
         if not isinstance(frame, pd.DataFrame):
+            if frame.ndim == 1:  # one row
+                frame = frame.reshape(1, -1)
             if frame.ndim != 2:
-                raise ConfigurationError(f"a table contract needs a 2-D array or a data frame, "
-                                         f"got shape {frame.shape}")
-            frame = pd.DataFrame(frame, columns=[c.name for c in contract.columns][
-                : frame.shape[1]] + [f"c{i}" for i in range(len(contract.columns),
-                                                           frame.shape[1])])
+                raise InputError(f"a table contract needs a 2-D array or a data frame, "
+                                 f"got shape {frame.shape}")
+            names = [c.name for c in contract.columns]
+            frame = pd.DataFrame(frame, columns=names[: frame.shape[1]] + [
+                f"c{i}" for i in range(len(names), frame.shape[1])])
         n, (violations, drift, dups, outliers) = _validate_table(
             frame, contract, distribution=distribution, fdr=fdr, min_drift_rows=min_drift_rows)
     else:
@@ -155,12 +156,8 @@ class _Column:
             self.numbers = x
             self._check_range(x, as_seconds=False)
         elif spec.kind == "datetime":
-            if ptypes.is_datetime64_any_dtype(s.dtype):
-                t = pd.to_datetime(s)
-            else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    t = pd.to_datetime(s, errors="coerce", format="ISO8601")
+            t = parse_dates(s)
+            if not ptypes.is_datetime64_any_dtype(s.dtype):
                 self._bad_cells(t.isna().to_numpy(), "a date-time")
             secs = to_seconds(t)
             self.numbers = secs
