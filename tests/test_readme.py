@@ -13,7 +13,7 @@ def test_readme_python_examples_run() -> None:
     assert blocks, "the README has no Python example"
     for block in blocks:
         namespace: dict[str, object] = {"__name__": "readme"}
-        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+        exec(compile(block, str(README), "exec"), namespace)
         res = namespace.get("res")
         if res is not None:
             assert res.robust_accuracy < res.clean_accuracy

@@ -39,7 +39,13 @@ def test_worst_case_curve_and_findings(digits_mlp) -> None:
     expected = Severity.HIGH if ev.robust_accuracy / ev.clean_accuracy < 0.1 else Severity.MEDIUM
     assert finding.severity in {expected, Severity.LOW}
     doc = ev.to_dict()
-    assert set(doc["attacks"]["pgd"]) >= {"robust_accuracy", "success_rate", "median_norm", "queries", "seconds"}
+    assert set(doc["attacks"]["pgd"]) >= {
+        "robust_accuracy",
+        "success_rate",
+        "median_norm",
+        "queries",
+        "seconds",
+    }
 
 
 class _Quantised(nn.Module):
@@ -67,7 +73,11 @@ def test_gradient_masking_is_flagged(digits_mlp) -> None:
     assert "unbounded radius" in text
     assert any(f.id == "BASTION-EVASION-002" for f in ev.findings)
     # the worst case is set by the black-box attack, not the masked white-box one
-    assert ev.robust_accuracy <= ev.results["square"].robust_accuracy < ev.results["pgd"].robust_accuracy
+    assert (
+        ev.robust_accuracy
+        <= ev.results["square"].robust_accuracy
+        < ev.results["pgd"].robust_accuracy
+    )
 
 
 def test_evaluation_rejects_inconsistent_attacks_and_data(digits_mlp) -> None:

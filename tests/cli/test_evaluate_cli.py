@@ -20,7 +20,9 @@ runner = CliRunner()
 def files(tmp_path_factory, digits_mlp) -> dict[str, Path]:
     net, x, y = digits_mlp
     d = tmp_path_factory.mktemp("cli")
-    with warnings.catch_warnings():  # TorchScript is deprecated upstream but still a format users ship
+    with (
+        warnings.catch_warnings()
+    ):  # TorchScript is deprecated upstream but still a format users ship
         warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.trace(net, x[:2])
     scripted.save(str(d / "model.pt"))
@@ -41,9 +43,27 @@ def _run(*args: str):
 def test_evaluate_evasion_writes_json_and_html(files, tmp_path) -> None:
     out = tmp_path / "report"
     result = _run(
-        "evaluate", "evasion", "--model", files["model"], "--data", files["data"],
-        "--attack", "fgsm", "--attack", "pgd", "--norm", "linf", "--eps", "0.2",
-        "--steps", "10", "--curve-points", "3", "--out", out, "--quiet",
+        "evaluate",
+        "evasion",
+        "--model",
+        files["model"],
+        "--data",
+        files["data"],
+        "--attack",
+        "fgsm",
+        "--attack",
+        "pgd",
+        "--norm",
+        "linf",
+        "--eps",
+        "0.2",
+        "--steps",
+        "10",
+        "--curve-points",
+        "3",
+        "--out",
+        out,
+        "--quiet",
     )
     assert result.exit_code == 0, result.output
     assert "robust accuracy" in result.output
@@ -63,8 +83,23 @@ def test_evaluate_evasion_writes_json_and_html(files, tmp_path) -> None:
 
 def test_fail_under_gates_a_pipeline(files, tmp_path) -> None:
     result = _run(
-        "evaluate", "evasion", "-m", files["model"], "-d", files["data"], "-a", "fgsm",
-        "--eps", "0.3", "--curve-points", "0", "--fail-under", "0.99", "-o", tmp_path, "-q",
+        "evaluate",
+        "evasion",
+        "-m",
+        files["model"],
+        "-d",
+        files["data"],
+        "-a",
+        "fgsm",
+        "--eps",
+        "0.3",
+        "--curve-points",
+        "0",
+        "--fail-under",
+        "0.99",
+        "-o",
+        tmp_path,
+        "-q",
     )
     assert result.exit_code == 1
     assert "below --fail-under" in result.output
@@ -89,7 +124,13 @@ def test_fail_under_gates_a_pipeline(files, tmp_path) -> None:
     ],
 )
 def test_bad_input_gets_a_clear_error_and_exit_code_2(files, tmp_path, change, message) -> None:
-    opts = {"--model": "model", "--data": "data", "--attack": "fgsm", "--eps": "0.1", "--norm": "linf"}
+    opts = {
+        "--model": "model",
+        "--data": "data",
+        "--attack": "fgsm",
+        "--eps": "0.1",
+        "--norm": "linf",
+    }
     for k, v in change.items():
         opts[k] = v
     args = ["evaluate", "evasion", "--out", str(tmp_path), "-q", "--curve-points", "0"]

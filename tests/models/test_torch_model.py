@@ -70,7 +70,7 @@ def test_query_counter_and_budget() -> None:
 
 
 def test_bad_construction_and_batches_are_rejected() -> None:
-    with pytest.raises(ConfigurationError, match="nn.Module"):
+    with pytest.raises(ConfigurationError, match=r"nn\.Module"):
         TorchClassifier("not a module", input_shape=(4,), num_classes=3)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="num_classes"):
         TorchClassifier(nn.Linear(4, 1), input_shape=(4,), num_classes=1)

@@ -50,7 +50,9 @@ def _make(name: str, norm: str, seed: int = 0) -> EvasionAttack:
 
 
 @pytest.mark.parametrize(("name", "norm"), CASES)
-def test_output_lies_inside_the_threat_model(name: str, norm: str, digits_model, digits_split) -> None:
+def test_output_lies_inside_the_threat_model(
+    name: str, norm: str, digits_model, digits_split
+) -> None:
     _, _, x, y = digits_split
     x, y = x[:24], y[:24]
     res = _make(name, norm).generate(digits_model, x, y)

@@ -11,7 +11,9 @@ from bastion.errors import CapabilityError, ConfigurationError, InputError
 from bastion.models import BaseClassifier, Capability, TorchClassifier
 
 
-def _linear(w: torch.Tensor, b: float = 0.0, bounds: tuple[float, float] = (-10.0, 10.0)) -> TorchClassifier:
+def _linear(
+    w: torch.Tensor, b: float = 0.0, bounds: tuple[float, float] = (-10.0, 10.0)
+) -> TorchClassifier:
     """Binary linear classifier: logits [0, w·x + b]."""
     lin = nn.Linear(w.numel(), 2)
     with torch.no_grad():
@@ -44,10 +46,14 @@ def test_targeted_fgsm_moves_towards_the_target() -> None:
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_pgd_stays_in_the_eps_ball_and_the_bounds(digits_model: TorchClassifier, digits_split, norm: str) -> None:
+def test_pgd_stays_in_the_eps_ball_and_the_bounds(
+    digits_model: TorchClassifier, digits_split, norm: str
+) -> None:
     _, _, x, y = digits_split
     eps = 0.3 if norm == "linf" else 1.5
-    res = PGD(norm=norm, eps=eps, steps=10, step_size=eps / 3).generate(digits_model, x[:200], y[:200])
+    res = PGD(norm=norm, eps=eps, steps=10, step_size=eps / 3).generate(
+        digits_model, x[:200], y[:200]
+    )
     delta = (res.x_adv - x[:200]).flatten(1)
     size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
     assert bool((size <= eps + 1e-5).all())
@@ -55,7 +61,9 @@ def test_pgd_stays_in_the_eps_ball_and_the_bounds(digits_model: TorchClassifier,
     assert res.robust_accuracy < res.clean_accuracy - 0.3
 
 
-def test_pgd_is_deterministic_under_a_seed_and_varies_across_seeds(digits_model, digits_split) -> None:
+def test_pgd_is_deterministic_under_a_seed_and_varies_across_seeds(
+    digits_model, digits_split
+) -> None:
     _, _, x, y = digits_split
     a = PGD(eps=0.1, steps=3, seed=7).generate(digits_model, x[:64], y[:64])
     b = PGD(eps=0.1, steps=3, seed=7).generate(digits_model, x[:64], y[:64])
