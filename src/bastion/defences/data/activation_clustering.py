@@ -94,7 +94,7 @@ class ActivationClustering(PoisonDetector):
         """The activations the detector analyses (``x`` may also be precomputed: see fit)."""
         return extract_activations(self._model, x, layer=self.layer, batch_size=self.batch_size)
 
-    def _fit(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _fit(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         acts = self.activations(x).double()
         self.splits_: dict[int, ClassSplit] = {}
         self.projections_: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -134,6 +134,7 @@ class ActivationClustering(PoisonDetector):
         self.assignments_ = assign
         self.scores_ = self._masked(split_scores(assign, y, self.splits_), y)
         self.threshold_ = self.threshold
+        return None
 
     def _masked(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         for c, sp in self.splits_.items():

@@ -58,10 +58,10 @@ class PoisonDetector(ABC):
     def fit(self, x: torch.Tensor, y: torch.Tensor) -> PoisonDetector:
         """Analyse the (possibly poisoned) training data; sets ``scores_``, ``flags_``."""
         check_xy(x, y)
-        self._fit(x, y.long())
+        flags = self._fit(x, y.long())
         if not hasattr(self, "threshold_"):
             raise RuntimeError(f"{type(self).__name__}._fit did not set threshold_")
-        self.flags_ = self.scores_ > self.threshold_
+        self.flags_ = self.scores_ > self.threshold_ if flags is None else flags
         return self
 
     def fit_predict(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -96,8 +96,9 @@ class PoisonDetector(ABC):
         return float("-inf")
 
     @abstractmethod
-    def _fit(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Set ``scores_`` (for the training data) and ``threshold_``."""
+    def _fit(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """Set ``scores_`` (for the training data) and ``threshold_``; return the flags when
+        the method decides them otherwise than by ``scores_ > threshold_`` (else ``None``)."""
 
     @abstractmethod
     def _score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...

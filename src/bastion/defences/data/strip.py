@@ -1,0 +1,165 @@
+"""STRIP: run-time detection of triggered inputs by strong intentional perturbation.
+
+Gao, Xu, Wang, Chen, Ranasinghe & Nepal, "STRIP: A Defence Against Trojan Attacks on Deep Neural
+Networks", ACSAC 2019. https://arxiv.org/abs/1902.06531
+
+Each input is superimposed on ``n_perturbations`` clean images drawn from a held-out pool
+(``clip(x + overlay)`` as in the paper, or ``alpha * x + (1 - alpha) * overlay``) and the
+entropy of the model's predictions on the blends is measured (by default the entropy of the
+mean prediction over the blends; the paper averages the per-blend entropies). A clean input's
+prediction follows the overlay, so the entropy is high; a trigger keeps dictating the target
+class, so the entropy stays low. The score is the negative entropy (higher is more suspicious)
+and the threshold is calibrated on clean inputs to a chosen false-rejection rate.
+
+Defaults: ``n_perturbations=16``, ``mode="add"``, calibrated to ``fpr=0.05`` by :meth:`fit`.
+
+Example
+-------
+>>> import torch
+>>> from torch import nn
+>>> from bastion.defences.data import STRIP
+>>> _ = torch.manual_seed(0)
+>>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+>>> strip = STRIP(net, n_perturbations=8).fit(torch.rand(50, 4))
+>>> strip.predict(torch.rand(10, 4)).shape
+torch.Size([10])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from bastion.defences.data._activations import as_module
+from bastion.defences.data.base import check_fpr, check_xy, quantile_threshold
+from bastion.errors import ConfigurationError, InputError
+
+__all__ = ["STRIP"]
+
+
+class STRIP:
+    """Inference-time trojan detector (Gao et al. 2019); a scikit-learn-style detector.
+
+    Parameters
+    ----------
+    model: the deployed torch model (``nn.Module`` or ``TorchClassifier``).
+    n_perturbations: overlays per input.
+    mode: "add" (the paper's superimposition: ``clip(x + overlay)``) or "mix"
+        (``alpha * x + (1 - alpha) * overlay``).
+    entropy: "of_mean" (default: entropy of the blends' mean prediction) or "per_blend" (the
+        paper's mean of per-blend entropies, which collapses towards zero for clean inputs too
+        when the model is over-confident).
+    alpha: weight of the input in a "mix" blend.
+    bounds: the input range, for clipping "add" blends.
+    batch_size: inputs per forward pass (times ``n_perturbations`` blends).
+    seed: seeds the choice of overlays.
+
+    Fitted: ``pool_`` (clean overlays), ``threshold_``, ``clean_scores_``.
+    """
+
+    name = "strip"
+
+    def __init__(
+        self,
+        model: nn.Module | Any,
+        *,
+        n_perturbations: int = 16,
+        mode: str = "add",
+        entropy: str = "of_mean",
+        alpha: float = 0.5,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        batch_size: int = 64,
+        seed: int = 0,
+    ) -> None:
+        as_module(model)
+        if not isinstance(n_perturbations, int) or n_perturbations < 2:
+            raise ConfigurationError(
+                f"n_perturbations must be an int >= 2, got {n_perturbations!r}"
+            )
+        if not 0.0 < float(alpha) < 1.0:
+            raise ConfigurationError(f"alpha must be in (0, 1), got {alpha!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
+        if mode not in ("add", "mix"):
+            raise ConfigurationError(f"mode must be 'add' or 'mix', got {mode!r}")
+        lo, hi = (float(b) for b in bounds)
+        if not lo < hi:
+            raise ConfigurationError(f"bounds must satisfy low < high, got {bounds!r}")
+        self._model = model
+        self.mode = mode
+        if entropy not in ("of_mean", "per_blend"):
+            raise ConfigurationError(f"entropy must be 'of_mean' or 'per_blend', got {entropy!r}")
+        self.entropy = entropy
+        self.bounds = (lo, hi)
+        self.n_perturbations = n_perturbations
+        self.alpha = float(alpha)
+        self.batch_size = batch_size
+        self.seed = int(seed)
+
+    def fit(self, x_clean: torch.Tensor, *, fpr: float = 0.05) -> STRIP:
+        """Keep ``x_clean`` as the overlay pool and calibrate on it to ``fpr``."""
+        check_xy(x_clean, None, need_y=False)
+        if x_clean.shape[0] < 2:
+            raise InputError("give at least two clean inputs for the overlay pool")
+        self.pool_ = x_clean.detach().float().cpu()
+        return self.calibrate(x_clean, fpr=fpr)
+
+    def calibrate(self, x_clean: torch.Tensor, *, fpr: float = 0.05) -> STRIP:
+        """Set ``threshold_`` so that at most ``fpr`` of ``x_clean`` are rejected."""
+        fpr = check_fpr(fpr)
+        self.clean_scores_ = self.score(x_clean)
+        self.threshold_ = quantile_threshold(self.clean_scores_, fpr)
+        self.fpr = fpr
+        return self
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """Negative mean prediction entropy over the blends (higher is more suspicious)."""
+        if not hasattr(self, "pool_"):
+            raise ConfigurationError("STRIP is not fitted: call fit(x_clean) first")
+        check_xy(x, None, need_y=False)
+        if tuple(x.shape[1:]) != tuple(self.pool_.shape[1:]):
+            raise InputError(
+                f"x has input shape {tuple(x.shape[1:])}, the pool {tuple(self.pool_.shape[1:])}"
+            )
+        module, forward = as_module(self._model)
+        was = module.training
+        module.eval()
+        device = next(module.parameters()).device
+        gen = torch.Generator().manual_seed(self.seed)
+        k = self.n_perturbations
+        out = []
+        try:
+            for i in range(0, x.shape[0], self.batch_size):
+                xb = x[i : i + self.batch_size].float().cpu()
+                b = xb.shape[0]
+                idx = torch.randint(0, self.pool_.shape[0], (b * k,), generator=gen)
+                blends = (
+                    self.alpha * xb.repeat_interleave(k, 0) + (1 - self.alpha) * self.pool_[idx]
+                )
+                probs = torch.softmax(forward(blends.to(device)).float(), 1).cpu()
+                if self.entropy == "per_blend":
+                    plogp = probs * probs.clamp_min(1e-12).log()
+                    entropy = -plogp.sum(1).reshape(b, k).mean(1)
+                else:
+                    mean = probs.reshape(b, k, -1).mean(1)
+                    entropy = -(mean * mean.clamp_min(1e-12).log()).sum(1)
+                out.append(-entropy)
+        finally:
+            module.train(was)
+        return torch.cat(out)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """True for inputs judged triggered (rejected)."""
+        if not hasattr(self, "threshold_"):
+            raise ConfigurationError("STRIP is not calibrated: call fit(x_clean) first")
+        return self.score(x) > self.threshold_
+
+    def __repr__(self) -> str:
+        return (
+            f"STRIP(n_perturbations={self.n_perturbations}, mode={self.mode!r}, "
+            f"entropy={self.entropy!r}, alpha={self.alpha}, batch_size={self.batch_size}, "
+            f"seed={self.seed})"
+        )

@@ -1,0 +1,141 @@
+"""Activation clustering and spectral signatures on a real backdoored digits CNN."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from bastion.attacks.poisoning import attack_success_rate
+from bastion.defences.data import (
+    ActivationClustering,
+    SpectralSignatures,
+    detection_score,
+    extract_activations,
+    penultimate_layer,
+    repair,
+)
+from bastion.defences.data._split import best_1d_split
+from bastion.errors import ConfigurationError, InputError
+from bastion.models import TorchClassifier
+from bastion.models.zoo import small_cnn
+
+# The digits CNN's dense penultimate layer mixes the trigger feature with the content; its
+# convolutional features (layer "5", the flatten) hold the backdoor's signature.
+LAYER = "5"
+DETECTORS: list[Any] = [ActivationClustering, SpectralSignatures]
+
+
+def test_the_backdoor_works(backdoored: Any) -> None:
+    b = backdoored
+    nontarget = b.x_test[b.y_test != 0]
+    assert attack_success_rate(b.net, nontarget, b.attack.apply_trigger, 0) > 0.9
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_detector_finds_the_badnets_poison(backdoored: Any, detector: Any) -> None:
+    b = backdoored
+    det = detector(b.net, layer=LAYER).fit(b.poisoned.x, b.poisoned.y)
+    score = detection_score(det.flags_, b.poisoned.mask)
+    assert score.recall >= 0.9
+    assert score.precision >= 0.8
+    assert det.splits_[0].suspicious
+    assert sum(sp.suspicious for sp in det.splits_.values()) == 1
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_detector_predicts_on_new_samples(backdoored: Any, detector: Any) -> None:
+    b = backdoored
+    det = detector(b.net, layer=LAYER).fit(b.poisoned.x, b.poisoned.y)
+    x_new = b.attack.apply_trigger(b.x_test[b.y_test != 0][:50])
+    flagged = det.predict(x_new, torch.zeros(50, dtype=torch.long))
+    assert float(flagged.float().mean()) >= 0.9
+    clean = det.predict(b.x_test, b.y_test)
+    assert float(clean.float().mean()) <= 0.05
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_calibrate_bounds_false_alarms_on_clean_data(backdoored: Any, detector: Any) -> None:
+    b = backdoored
+    det = detector(b.net, layer=LAYER).fit(b.poisoned.x, b.poisoned.y)
+    det.calibrate(b.x_test, b.y_test, fpr=0.01)
+    assert float(det.predict(b.x_test, b.y_test).float().mean()) <= 0.01
+
+
+def test_detectors_accept_a_torch_classifier(backdoored: Any) -> None:
+    b = backdoored
+    clf = TorchClassifier(b.net, input_shape=(1, 8, 8), num_classes=10)
+    det = SpectralSignatures(clf, layer=LAYER).fit(b.poisoned.x, b.poisoned.y)
+    assert detection_score(det.flags_, b.poisoned.mask).recall >= 0.9
+    assert clf.queries == 0
+
+
+def test_repair_removes_the_backdoor(backdoored: Any) -> None:
+    b = backdoored
+    det = SpectralSignatures(b.net, layer=LAYER).fit(b.poisoned.x, b.poisoned.y)
+    res = repair(
+        b.poisoned.x,
+        b.poisoned.y,
+        det.flags_,
+        factory=lambda: small_cnn((1, 8, 8), 10),
+        x_test=b.x_test,
+        y_test=b.y_test,
+        model_before=b.net,
+        trigger=b.attack.apply_trigger,
+        target_class=0,
+        mask=b.poisoned.mask,
+    )
+    assert res.attack_success_before is not None and res.attack_success_before > 0.9
+    assert res.attack_success_after is not None and res.attack_success_after < 0.1
+    assert res.clean_accuracy_after > 0.9
+    assert res.n_poison_removed == res.n_removed == b.poisoned.n_poisoned
+    assert res.to_dict()["n_removed"] == res.n_removed
+
+
+def test_activations_of_named_and_default_layers() -> None:
+    net = small_cnn((1, 8, 8), 10)
+    x = torch.rand(7, 1, 8, 8)
+    assert penultimate_layer(net) == "8"
+    assert extract_activations(net, x).shape == (7, 64)
+    assert extract_activations(net, x, layer="5").shape == (7, 32 * 4 * 4)
+    net.train()
+    extract_activations(net, x)
+    assert net.training
+    with pytest.raises(ConfigurationError, match="no layer named"):
+        extract_activations(net, x, layer="nope")
+    with pytest.raises(ConfigurationError, match="torch model"):
+        extract_activations(object(), x)
+    with pytest.raises(ConfigurationError, match=r"no nn\.Linear"):
+        extract_activations(nn.Sequential(nn.Flatten()), x)
+
+
+def test_best_1d_split_closed_form() -> None:
+    u = torch.tensor([0.0, 0.0, 1.0, 1.0, 10.0, 10.0, 11.0, 11.0])
+    cut, sep = best_1d_split(u)
+    assert cut == pytest.approx(5.5)
+    # means 0.5 and 10.5, pooled within sd sqrt(4 * 0.25 * 2 / 6) = sqrt(1/3)
+    assert sep == pytest.approx(10.0 / (1.0 / 3.0) ** 0.5)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ActivationClustering(nn.Linear(2, 2), n_components=0),
+        lambda: ActivationClustering(nn.Linear(2, 2), max_fraction=0.9),
+        lambda: SpectralSignatures(nn.Linear(2, 2), threshold=-1.0),
+        lambda: SpectralSignatures(nn.Linear(2, 2), min_class_size=1),
+    ],
+)
+def test_bad_parameters_are_rejected(make: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        make()
+
+
+def test_unfitted_and_bad_inputs_are_rejected() -> None:
+    det = SpectralSignatures(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+    with pytest.raises(ConfigurationError, match="not fitted"):
+        det.score(torch.rand(3, 4), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(InputError):
+        det.fit(torch.rand(3, 4), torch.zeros(2, dtype=torch.long))
