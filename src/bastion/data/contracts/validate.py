@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -120,9 +121,10 @@ class _Column:
     def __init__(self, s: pd.Series, spec: ColumnSpec, contract: TableContract,
                  out: list[Violation]) -> None:
         self.s, self.spec, self.c, self.out = s, spec, contract, out
-        self.na = s.isna().to_numpy()
+        self.raw = s.to_numpy()
+        self.na = np.asarray(pd.isna(self.raw), dtype=bool)
         self.numbers: np.ndarray | None = None  # floats (seconds for dates), NaN where absent
-        self.keys: pd.Series | None = None      # canonical category keys of present values
+        self.keys: list[str] | None = None      # canonical category keys of present values
 
     def add(self, rule: str, row: int | None, value: Any, expected: Any, message: str,
             severity: str = "error") -> None:
@@ -132,8 +134,8 @@ class _Column:
 
     def _bad_cells(self, parsed_na: np.ndarray, what: str) -> None:
         for i in np.flatnonzero(parsed_na & ~self.na):
-            self.add("dtype", int(i), self.s.iloc[i], what,
-                     f"row {i}, column {self.spec.name!r}: {self.s.iloc[i]!r} is not {what}")
+            self.add("dtype", int(i), self.raw[i], what,
+                     f"row {i}, column {self.spec.name!r}: {self.raw[i]!r} is not {what}")
 
     def check_kind(self) -> None:
         spec, s = self.spec, self.s
@@ -145,7 +147,8 @@ class _Column:
             if ptypes.is_numeric_dtype(s.dtype):
                 x = s.to_numpy(dtype=np.float64, na_value=np.nan)
             else:
-                x = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+                x = np.asarray(pd.to_numeric(pd.Series(self.raw, dtype=object), errors="coerce"),
+                               dtype=np.float64)
                 self._bad_cells(np.isnan(x), "a number")
             if spec.kind == "integer":
                 with np.errstate(invalid="ignore"):
@@ -163,22 +166,23 @@ class _Column:
             self.numbers = secs
             self._check_range(secs, as_seconds=True)
         elif spec.kind in ("categorical", "boolean"):
-            present = s[~self.na]
-            keys = present.map(cat_key)
+            rows_present = np.flatnonzero(~self.na)
+            keys = [cat_key(v) for v in self.raw[rows_present]]
             self.keys = keys
             allowed = {cat_key(v) for v in spec.categories or ()}
             if spec.categories is not None:
-                bad = ~keys.isin(allowed).to_numpy()
-                rows = np.flatnonzero(~self.na)[bad]
                 shown = sorted(allowed)[:10]
-                for i, v in zip(rows, present[bad], strict=True):
+                for i, k in zip(rows_present, keys, strict=True):
+                    if k in allowed:
+                        continue
+                    v = self.raw[i]
                     self.add("category", int(i), v, list(spec.categories),
                              f"row {i}, column {spec.name!r}: {v!r} is not one of "
                              f"{shown}{'…' if len(allowed) > 10 else ''}")
         if spec.pattern is not None:
             rx = re.compile(spec.pattern)
             for i in np.flatnonzero(~self.na):
-                v = s.iloc[i]
+                v = self.raw[i]
                 if rx.fullmatch(str(v)) is None:
                     self.add("pattern", int(i), v, spec.pattern,
                              f"row {i}, column {spec.name!r}: {v!r} does not match "
@@ -189,7 +193,7 @@ class _Column:
         with np.errstate(invalid="ignore"):
             bad = (x < lo) | (x > hi)
         for i in np.flatnonzero(bad):
-            shown = self.s.iloc[i] if as_seconds else x[i]
+            shown = self.raw[i] if as_seconds else x[i]
             exp = [self.spec.min, self.spec.max] if as_seconds else [sig(lo), sig(hi)]
             self.add("range", int(i), shown, exp,
                      f"row {i}, column {self.spec.name!r}: {shown} is outside "
@@ -209,9 +213,11 @@ class _Column:
     def check_unique(self) -> None:
         if not self.spec.unique:
             return
-        present = self.s[~self.na]
+        rows = np.flatnonzero(~self.na)
+        present = pd.Series(self.raw[rows], dtype=object).map(cat_key)
         dup = present.duplicated(keep="first").to_numpy()
-        for i, v in zip(np.flatnonzero(~self.na)[dup], present[dup], strict=True):
+        for i in rows[dup]:
+            v = self.raw[i]
             self.add("unique", int(i), v, "a unique value",
                      f"row {i}, column {self.spec.name!r}: {v!r} appears more than once")
 
@@ -248,7 +254,7 @@ class _Column:
                 raw.append((spec.name, "ks", d, p, psi_numeric(sk, x)))
         counts = ref.counts.get(spec.name)
         if counts is not None and self.keys is not None:
-            batch = {str(k): int(v) for k, v in self.keys.value_counts().items()}
+            batch = dict(Counter(self.keys))
             res = chi2_test(counts, {k: batch.get(k, 0) for k in counts})
             if res is not None:
                 raw.append((spec.name, "chi2", res[0], res[1], psi_categorical(counts, batch)))
@@ -267,7 +273,8 @@ def _near_features(df: pd.DataFrame, cols: list[_Column]) -> np.ndarray | None:
             scale = col.spec.std or 1.0
             parts.append(np.nan_to_num(col.numbers / scale, nan=-1e6))
         else:  # other columns must match exactly: a large code makes any difference far
-            codes = pd.factorize(col.s.map(cat_key))[0].astype(np.float64)
+            keys = [cat_key(v) if not m else "" for v, m in zip(col.raw, col.na, strict=True)]
+            codes = pd.factorize(np.asarray(keys, dtype=object))[0].astype(np.float64)
             parts.append(codes * 1e6)
     if not any(c.numbers is not None for c in cols):
         return None
@@ -279,7 +286,7 @@ def _validate_table(df: pd.DataFrame, contract: TableContract, *, distribution: 
                     ) -> tuple[int, tuple[list[Violation], Any, list[DuplicateGroup],
                                           list[Outlier]]]:
     out: list[Violation] = []
-    by_name = {str(c): df[c] for c in df.columns}
+    by_name = {str(c): s for c, s in df.items()}
     expected = {c.name for c in contract.columns}
     for spec in contract.columns:
         if spec.name not in by_name:
@@ -297,7 +304,7 @@ def _validate_table(df: pd.DataFrame, contract: TableContract, *, distribution: 
     for spec in contract.columns:
         if spec.name not in by_name:
             continue
-        col = _Column(by_name[spec.name].reset_index(drop=True), spec, contract, out)
+        col = _Column(by_name[spec.name], spec, contract, out)
         col.check_kind()
         col.check_missing()
         col.check_unique()
