@@ -60,6 +60,10 @@ def test_tensor_infer_then_validate(app, files, tmp_path):
                "--name", "digits")
     assert res.exit_code == 0, res.output
     assert "name: digits" in contract.read_text()
+    summary = json.loads((tmp_path / "report.json").read_text())
+    assert summary["shape"] == [None, 1, 8, 8] and summary["n_reference"] == 1200
+    assert summary["channels"][0]["max"] == 1.0
+    assert "Data contract: digits" in (tmp_path / "report.html").read_text()
     ok = _run(app, "data", "validate", files["clean.npy"], "--contract", contract,
               "--out", tmp_path / "ok")
     assert ok.exit_code == 0, ok.output
@@ -80,7 +84,14 @@ def test_tensor_infer_then_validate(app, files, tmp_path):
 
 def test_table_csv_and_parquet(app, files, tmp_path):
     contract = tmp_path / "t.yaml"
-    assert _run(app, "data", "infer-contract", files["ref.csv"], "-o", contract).exit_code == 0
+    res = _run(app, "data", "infer-contract", files["ref.csv"], "-o", contract,
+               "--report-dir", tmp_path / "inferred")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "inferred" / "report.json").read_text())
+    assert [(c["name"], c["kind"], c["categories"]) for c in summary["columns"]] == [
+        ("size", "float", None), ("kind", "categorical", 2)]
+    page = (tmp_path / "inferred" / "report.html").read_text()
+    assert "<td>categorical</td>" in page and "<script" not in page
     ok = _run(app, "data", "validate", files["clean.parquet"], "--contract", contract,
               "--out", tmp_path / "p")
     assert ok.exit_code == 0, ok.output

@@ -7,13 +7,23 @@ option).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from bastion.cli._common import console, fail, handle_errors
 
-__all__ = ["EXIT_FAILED", "data_app", "register", "report_html"]
+if TYPE_CHECKING:
+    from bastion.data.contracts import Contract
+
+__all__ = [
+    "EXIT_FAILED",
+    "contract_html",
+    "contract_summary",
+    "data_app",
+    "register",
+    "report_html",
+]
 
 #: exit code when the data violate the contract
 EXIT_FAILED = 1
@@ -42,8 +52,12 @@ def infer_contract_cmd(
         help="Text columns with at most this many distinct values are categorical."),
     range_tolerance: float = typer.Option(
         0.1, "--range-tolerance", min=0.0, help="Widen each range by this fraction of it."),
+    report_dir: Path | None = typer.Option(
+        None, "--report-dir",
+        help="Folder for report.json and report.html (default: the contract's folder)."),
 ) -> None:
     """Infer a human-editable YAML contract from reference data."""
+    from bastion._io import atomic_write_json, atomic_write_text
     from bastion.data.contracts import infer_contract, save_contract
 
     contract = infer_contract(
@@ -51,6 +65,10 @@ def infer_contract_cmd(
         categorical_max=categorical_max, range_tolerance=range_tolerance,
     )
     save_contract(contract, out)
+    doc = {"data": str(data), "contract_file": str(out), **contract_summary(contract)}
+    folder = report_dir if report_dir is not None else out.parent
+    atomic_write_json(folder / "report.json", doc)
+    atomic_write_text(folder / "report.html", contract_html(doc))
     what = (f"{len(contract.columns)} columns" if contract.kind == "table"
             else f"shape {list(contract.shape)}")
     console.print(f"wrote {contract.kind} contract [bold]{contract.name}[/] ({what}) to {out}",
@@ -124,3 +142,64 @@ def report_html(doc: dict[str, Any]) -> str:
         body.append('<p class="muted">No distribution tests were run.</p>')
     return render_html_page(f"Data validation: {doc['contract']}", "".join(body),
                             subtitle=f"{doc.get('data', '')} · {verdict}")
+
+
+def contract_summary(contract: Contract) -> dict[str, Any]:
+    """What a contract checks, as a JSON-ready dict (the infer-contract report)."""
+    from bastion.data.contracts import TableContract
+
+    ref = contract.reference
+    doc: dict[str, Any] = {"contract": contract.name, "kind": contract.kind,
+                           "version": contract.version, "n_reference": ref.n,
+                           "range_tolerance": contract.range_tolerance}
+    if isinstance(contract, TableContract):
+        doc["columns"] = [
+            {"name": c.name, "kind": c.kind, "dtype": c.dtype, "nullable": c.nullable,
+             "missing_rate": ref.missing.get(c.name, 0.0), "min": c.min, "max": c.max,
+             "categories": None if c.categories is None else len(c.categories),
+             "unique": c.unique, "mean": c.mean, "std": c.std}
+            for c in contract.columns]
+    else:
+        doc.update(shape=list(contract.shape), dtype=contract.dtype, min=contract.min,
+                   max=contract.max, allow_nan=contract.allow_nan,
+                   channels=[dict(c) for c in contract.channels],
+                   features=sorted(k for k in ref.sketches if k != "values"))
+    return doc
+
+
+def contract_html(doc: dict[str, Any]) -> str:
+    """A self-contained HTML page of an inferred contract (:func:`contract_summary`)."""
+    from bastion.report.html import esc, render_html_page, table_html
+
+    facts: list[tuple[str, Any]] = [("kind", doc["kind"]), ("reference rows", doc["n_reference"])]
+    if doc["kind"] == "table":
+        facts.append(("columns", len(doc["columns"])))
+    else:
+        facts += [("shape", "×".join("n" if s is None else str(s) for s in doc["shape"])),
+                  ("dtype", doc["dtype"])]
+    cards = "".join(
+        f'<div class="card"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>'
+        for k, v in facts)
+    body = [f'<div class="cards">{cards}</div>']
+    if doc["kind"] == "table":
+        body.append("<h2>Columns</h2>")
+        body.append(table_html(
+            ["name", "kind", "dtype", "nullable", "missing", "min", "max", "categories",
+             "unique", "mean", "std"],
+            [[c["name"], c["kind"], c["dtype"], "yes" if c["nullable"] else "no",
+              c["missing_rate"], c["min"], c["max"], c["categories"],
+              "yes" if c["unique"] else "no", c["mean"], c["std"]] for c in doc["columns"]]))
+    else:
+        body.append("<h2>Values</h2>")
+        body.append(table_html(["min", "max", "NaN allowed"],
+                               [[doc["min"], doc["max"], "yes" if doc["allow_nan"] else "no"]]))
+        if doc["channels"]:
+            body.append("<h2>Channels</h2>")
+            body.append(table_html(
+                ["channel", "mean", "std", "min", "max"],
+                [[i, c["mean"], c["std"], c["min"], c["max"]]
+                 for i, c in enumerate(doc["channels"])]))
+    body.append(f'<p class="muted">Range tolerance {esc(doc["range_tolerance"])}; contract '
+                f'file {esc(doc.get("contract_file", ""))}.</p>')
+    return render_html_page(f"Data contract: {doc['contract']}", "".join(body),
+                            subtitle=str(doc.get("data", "")))
