@@ -8,6 +8,7 @@ from bastion.defences.data.base import PoisonDetector
 from bastion.defences.data.confident_learning import ConfidentLearning, confident_joint
 from bastion.defences.data.evaluate import DetectionScore, detection_score, evaluate_detectors
 from bastion.defences.data.repair import RepairResult, repair
+from bastion.defences.data.scan import MethodReport, PoisonScan, parse_methods, scan_poison
 from bastion.defences.data.spectral import SpectralSignatures
 from bastion.defences.data.strip import STRIP
 
@@ -17,13 +18,17 @@ __all__ = [
     "ClassSplit",
     "ConfidentLearning",
     "DetectionScore",
+    "MethodReport",
     "PoisonDetector",
+    "PoisonScan",
     "RepairResult",
     "SpectralSignatures",
     "confident_joint",
     "detection_score",
     "evaluate_detectors",
     "extract_activations",
+    "parse_methods",
     "penultimate_layer",
     "repair",
+    "scan_poison",
 ]

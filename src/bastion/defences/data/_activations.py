@@ -104,4 +104,9 @@ def extract_activations(
     finally:
         handle.remove()
         module.train(was_training)
+    if not captured:
+        raise ConfigurationError(
+            f"layer {name!r} was never called during the forward pass (a TorchScript model "
+            "does not run hooks): load the weights as a state dict with a factory instead"
+        )
     return torch.cat(captured)
