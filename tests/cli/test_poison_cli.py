@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import typer
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from bastion.attacks.poisoning import BadNets
 from bastion.cli import poison
@@ -58,7 +58,7 @@ def on_path(files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(files["poisoned"].parent))
 
 
-def _scan(files: dict[str, Path], data: str, out: Path, *extra: str) -> object:
+def _scan(files: dict[str, Path], data: str, out: Path, *extra: str) -> Result:
     args = ["data", "scan-poison", "--model", str(files["model"]), "--data", str(files[data])]
     args += ["--factory", "poison_factory_mod:build", "--out", str(out), *extra]
     return runner.invoke(_app(), args)
