@@ -12,12 +12,13 @@ __all__ = ["NEAR_MAX_ROWS", "exact_groups", "near_groups", "row_codes"]
 
 #: batches up to this size get pairwise distances; larger ones quantised hashing
 NEAR_MAX_ROWS = 2000
+_FAR = 1e6  # stands in for NaN and infinities, so such rows stay comparable
 
 
 def row_codes(matrix: np.ndarray) -> np.ndarray:
     """One integer per row, equal exactly when the rows' bytes are equal."""
     n = matrix.shape[0]
-    flat = np.ascontiguousarray(matrix.reshape(n, -1))
+    flat = np.ascontiguousarray(matrix.reshape(n, int(np.prod(matrix.shape[1:]))))
     if flat.shape[1] == 0:
         return np.zeros(n, dtype=np.int64)
     void = flat.view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1]))).ravel()
@@ -49,7 +50,8 @@ def near_groups(features: np.ndarray, codes: np.ndarray, tol: float) -> list[Dup
     n = features.shape[0]
     if n < 2 or tol <= 0:
         return []
-    f = np.nan_to_num(np.asarray(features, dtype=np.float64).reshape(n, -1))
+    f = np.asarray(features, dtype=np.float64).reshape(n, -1)
+    f = np.clip(np.nan_to_num(f, nan=-_FAR, posinf=_FAR, neginf=-_FAR), -_FAR, _FAR)
     d = max(f.shape[1], 1)
     if n > NEAR_MAX_ROWS:
         cells = row_codes(np.floor(f / tol).astype(np.int64))

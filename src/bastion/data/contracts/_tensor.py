@@ -169,6 +169,8 @@ def validate_tensor(arr: Any, contract: TensorContract, *, distribution: bool, f
         out.append(shape_violation)
         return (arr.shape[0] if arr.ndim else 0), (out, (), [], [])
     n = arr.shape[0]
+    if n == 0:
+        return 0, (out, (), [], [])
     x = arr.astype(np.float64, copy=False)
     flat = x.reshape(n, -1)
     nan = np.isnan(flat)
