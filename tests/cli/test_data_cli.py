@@ -56,22 +56,32 @@ def _run(app: typer.Typer, *args: object):
 
 def test_tensor_infer_then_validate(app, files, tmp_path):
     contract = tmp_path / "c.yaml"
-    res = _run(app, "data", "infer-contract", files["ref.npy"], "--out", contract,
-               "--name", "digits")
+    res = _run(
+        app, "data", "infer-contract", files["ref.npy"], "--out", contract, "--name", "digits"
+    )
     assert res.exit_code == 0, res.output
     assert "name: digits" in contract.read_text()
     summary = json.loads((tmp_path / "report.json").read_text())
     assert summary["shape"] == [None, 1, 8, 8] and summary["n_reference"] == 1200
     assert summary["channels"][0]["max"] == 1.0
     assert "Data contract: digits" in (tmp_path / "report.html").read_text()
-    ok = _run(app, "data", "validate", files["clean.npy"], "--contract", contract,
-              "--out", tmp_path / "ok")
+    ok = _run(
+        app,
+        "data",
+        "validate",
+        files["clean.npy"],
+        "--contract",
+        contract,
+        "--out",
+        tmp_path / "ok",
+    )
     assert ok.exit_code == 0, ok.output
     assert "PASS" in ok.output
     doc = json.loads((tmp_path / "ok" / "report.json").read_text())
     assert doc["ok"] is True and doc["n_rows"] == 200 and doc["drift"]
-    failed = _run(app, "data", "validate", files["bad.npy"], "--contract", contract,
-                  "--out", tmp_path / "bad")
+    failed = _run(
+        app, "data", "validate", files["bad.npy"], "--contract", contract, "--out", tmp_path / "bad"
+    )
     assert failed.exit_code == 1, failed.output
     assert "FAIL" in failed.output and "range" in failed.output
     doc = json.loads((tmp_path / "bad" / "report.json").read_text())
@@ -84,23 +94,53 @@ def test_tensor_infer_then_validate(app, files, tmp_path):
 
 def test_table_csv_and_parquet(app, files, tmp_path):
     contract = tmp_path / "t.yaml"
-    res = _run(app, "data", "infer-contract", files["ref.csv"], "-o", contract,
-               "--report-dir", tmp_path / "inferred")
+    res = _run(
+        app,
+        "data",
+        "infer-contract",
+        files["ref.csv"],
+        "-o",
+        contract,
+        "--report-dir",
+        tmp_path / "inferred",
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "inferred" / "report.json").read_text())
     assert [(c["name"], c["kind"], c["categories"]) for c in summary["columns"]] == [
-        ("size", "float", None), ("kind", "categorical", 2)]
+        ("size", "float", None),
+        ("kind", "categorical", 2),
+    ]
     page = (tmp_path / "inferred" / "report.html").read_text()
     assert "<td>categorical</td>" in page and "<script" not in page
-    ok = _run(app, "data", "validate", files["clean.parquet"], "--contract", contract,
-              "--out", tmp_path / "p")
+    ok = _run(
+        app,
+        "data",
+        "validate",
+        files["clean.parquet"],
+        "--contract",
+        contract,
+        "--out",
+        tmp_path / "p",
+    )
     assert ok.exit_code == 0, ok.output
-    res = _run(app, "data", "validate", files["broken.csv"], "--contract", contract,
-               "--out", tmp_path / "b", "--no-distribution")
+    res = _run(
+        app,
+        "data",
+        "validate",
+        files["broken.csv"],
+        "--contract",
+        contract,
+        "--out",
+        tmp_path / "b",
+        "--no-distribution",
+    )
     assert res.exit_code == 1
     doc = json.loads((tmp_path / "b" / "report.json").read_text())
-    assert [(v["rule"], v["row"], v["column"], v["value"]) for v in doc["violations"]
-            if v["severity"] == "error"] == [("category", 7, "kind", "zzz")]
+    assert [
+        (v["rule"], v["row"], v["column"], v["value"])
+        for v in doc["violations"]
+        if v["severity"] == "error"
+    ] == [("category", 7, "kind", "zzz")]
     assert doc["drift"] == []
 
 
@@ -109,8 +149,7 @@ def test_errors_exit_2(app, files, tmp_path):
     _run(app, "data", "infer-contract", files["ref.npy"], "--out", contract)
     cases = [
         ("validate", files["clean.npy"], "--contract", files["bad.yaml"], "--out", tmp_path),
-        ("validate", files["clean.npy"], "--contract", tmp_path / "none.yaml", "--out",
-         tmp_path),
+        ("validate", files["clean.npy"], "--contract", tmp_path / "none.yaml", "--out", tmp_path),
         ("validate", tmp_path / "missing.npy", "--contract", contract, "--out", tmp_path),
         ("infer-contract", files["bad.yaml"], "--out", tmp_path / "x.yaml"),
         ("validate", files["clean.npy"], "--contract", contract, "--fdr", "2"),

@@ -14,8 +14,9 @@ from bastion.data.contracts import infer_contract, validate
 @pytest.fixture(scope="module")
 def frame() -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    return pd.DataFrame({"a": rng.normal(size=100), "n": rng.integers(0, 5, 100),
-                         "c": rng.choice(list("xyz"), 100)})
+    return pd.DataFrame(
+        {"a": rng.normal(size=100), "n": rng.integers(0, 5, 100), "c": rng.choice(list("xyz"), 100)}
+    )
 
 
 def test_empty_batches_pass(frame):
@@ -37,8 +38,9 @@ def test_infinities_are_out_of_range_and_json_safe(frame):
     assert [(v.rule, v.row, v.index) for v in inf.errors] == [("range", 0, (1,))]
 
 
-@pytest.mark.parametrize("dtype", [{"n": "Int64"}, {"n": float}, {"c": "category"},
-                                   {"c": "string"}])
+@pytest.mark.parametrize(
+    "dtype", [{"n": "Int64"}, {"n": float}, {"c": "category"}, {"c": "string"}]
+)
 def test_equivalent_dtypes_accepted(frame, dtype):
     contract = infer_contract(frame)
     assert validate(frame.astype(dtype), contract).ok

@@ -25,13 +25,15 @@ from bastion.errors import DataContractError, InputError
 def table() -> pd.DataFrame:
     rng = np.random.default_rng(0)
     n = 300
-    return pd.DataFrame({
-        "x": rng.normal(size=n),
-        "k": rng.integers(0, 1000, n),
-        "color": rng.choice(["red", "green", "blue"], n),
-        "t": pd.date_range("2024-03-01", periods=n, freq="D"),
-        "ok": rng.random(n) < 0.5,
-    })
+    return pd.DataFrame(
+        {
+            "x": rng.normal(size=n),
+            "k": rng.integers(0, 1000, n),
+            "color": rng.choice(["red", "green", "blue"], n),
+            "t": pd.date_range("2024-03-01", periods=n, freq="D"),
+            "ok": rng.random(n) < 0.5,
+        }
+    )
 
 
 def test_yaml_round_trip(tmp_path, table):
@@ -51,6 +53,7 @@ def test_hand_edited_yaml(tmp_path, table):
     for col in doc["columns"]:
         if col["name"] == "x":
             col["min"], col["max"] = -1.0, 1.0
+            del col["slack"]  # now range_tolerance applies: [-1.2, 1.2]
         if col["name"] == "color":
             col["categories"] = ["red", "green"]
     text = "# tightened by hand\n" + yaml.safe_dump(doc, sort_keys=False)
@@ -61,21 +64,33 @@ def test_hand_edited_yaml(tmp_path, table):
     assert rules == {"range", "category"}
     assert all(v.column == "color" for v in report.errors if v.rule == "category")
     assert {v.row for v in report.errors if v.rule == "category"} == set(
-        np.flatnonzero(table["color"].iloc[:50].to_numpy() == "blue"))
+        np.flatnonzero(table["color"].iloc[:50].to_numpy() == "blue")
+    )
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("version: [1\n", "not valid YAML"),
-    ("- just a list\n", "mapping"),
-    ("version: 2\nkind: table\nname: a\ncolumns: []\n", "unsupported contract version"),
-    ("version: 1\nkind: graph\nname: a\n", "kind must be"),
-    ("version: 1\nkind: table\nname: a\ncolumns: [{name: a, kind: money}]\n", "kind must be"),
-    ("version: 1\nkind: table\nname: a\n", "missing required key 'columns'"),
-    ("version: 1\nkind: tensor\nname: a\nshape: [null, -3]\ndtype: f\nmin: 0\nmax: 1\n",
-     "positive sizes"),
-    ("version: 1\nkind: table\nname: a\ncolumns: [{name: a, kind: float, min: yes}]\n",
-     "number"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("version: [1\n", "not valid YAML"),
+        ("- just a list\n", "mapping"),
+        ("version: 2\nkind: table\nname: a\ncolumns: []\n", "unsupported contract version"),
+        ("version: 1\nkind: graph\nname: a\n", "kind must be"),
+        ("version: 1\nkind: table\nname: a\ncolumns: [{name: a, kind: money}]\n", "kind must be"),
+        ("version: 1\nkind: table\nname: a\n", "missing required key 'columns'"),
+        (
+            "version: 1\nkind: tensor\nname: a\nshape: [null, -3]\ndtype: f\nmin: 0\nmax: 1\n",
+            "positive sizes",
+        ),
+        (
+            "version: 1\nkind: table\nname: a\ncolumns: [{name: a, kind: float, min: yes}]\n",
+            "number",
+        ),
+        (
+            "version: 1\nkind: table\nname: a\ncolumns: [{name: a, kind: float, slack: [1]}]\n",
+            "slack",
+        ),
+    ],
+)
 def test_bad_contracts_rejected(text, fragment):
     with pytest.raises(DataContractError, match=fragment):
         parse_contract(text)
@@ -94,8 +109,7 @@ def test_csv_and_parquet_inputs(tmp_path, table):
     table.to_parquet(tmp_path / "ref.parquet")
     from_csv = infer_contract(tmp_path / "ref.csv", name="t")
     # CSV has no dtypes: ISO dates in text are still recognised, and the same checks apply
-    assert {c.name: c.kind for c in from_csv.columns} == {c.name: c.kind for c in
-                                                          contract.columns}
+    assert {c.name: c.kind for c in from_csv.columns} == {c.name: c.kind for c in contract.columns}
     assert from_csv.column("t").min == "2024-03-01T00:00:00+00:00"
     late = table.iloc[:40].copy()
     late.loc[5, "t"] = pd.Timestamp("2030-01-01")

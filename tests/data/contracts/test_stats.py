@@ -44,8 +44,7 @@ def test_quantile_sketch_tracks_the_cdf():
     d, p = ks_test(sk, ref.size, rng.normal(size=300))
     assert p > 0.01 and d < 0.1
     d, p = ks_test(sk, ref.size, rng.normal(0.5, 1.0, 300))
-    assert p < 1e-6 and d == pytest.approx(stats.norm.cdf(0.25) - stats.norm.cdf(-0.25),
-                                           abs=0.08)
+    assert p < 1e-6 and d == pytest.approx(stats.norm.cdf(0.25) - stats.norm.cdf(-0.25), abs=0.08)
 
 
 def test_psi_and_chi2():

@@ -20,16 +20,18 @@ def frame(n: int, seed: int, *, shift: float = 0.0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     score = rng.normal(0.0, 1.0, n)
     score[rng.random(n) < 0.1] = np.nan
-    return pd.DataFrame({
-        "user_id": [f"u{seed:03d}-{i:05d}" for i in range(n)],
-        "amount": rng.normal(50.0 + shift * 10.0, 10.0, n),
-        "items": rng.poisson(3, n).astype(np.int64),
-        "city": rng.choice(CITIES, n, p=CITY_P),
-        "member": rng.random(n) < 0.3,
-        "when": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 365 * 24, n),
-                                                             unit="h"),
-        "score": score,
-    })
+    return pd.DataFrame(
+        {
+            "user_id": [f"u{seed:03d}-{i:05d}" for i in range(n)],
+            "amount": rng.normal(50.0 + shift * 10.0, 10.0, n),
+            "items": rng.poisson(3, n).astype(np.int64),
+            "city": rng.choice(CITIES, n, p=CITY_P),
+            "member": rng.random(n) < 0.3,
+            "when": pd.Timestamp("2024-01-01")
+            + pd.to_timedelta(rng.integers(0, 365 * 24, n), unit="h"),
+            "score": score,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +43,15 @@ def contract() -> TableContract:
 
 def test_inferred_columns(contract):
     kinds = {c.name: c.kind for c in contract.columns}
-    assert kinds == {"user_id": "string", "amount": "float", "items": "integer",
-                     "city": "categorical", "member": "boolean", "when": "datetime",
-                     "score": "float"}
+    assert kinds == {
+        "user_id": "string",
+        "amount": "float",
+        "items": "integer",
+        "city": "categorical",
+        "member": "boolean",
+        "when": "datetime",
+        "score": "float",
+    }
     col = contract.column
     assert col("user_id").unique and not col("amount").unique
     assert col("city").categories == tuple(CITIES)
@@ -53,6 +61,29 @@ def test_inferred_columns(contract):
     assert col("amount").mean == pytest.approx(50.0, abs=1.0)
     assert str(col("when").min).startswith("2024-01-01")
     assert contract.reference.counts["city"]["berlin"] == pytest.approx(800, abs=60)
+
+
+def test_range_slack(contract):
+    amount = contract.column("amount")
+    assert amount.slack is not None
+    below, above = amount.slack
+    # at least Tukey's far-out fences: quartiles -/+ 3 IQR of N(50, 10) are 2.8 and 97.2
+    assert amount.min - below == pytest.approx(2.8, abs=1.5)
+    assert amount.max + above == pytest.approx(97.2, abs=1.5)
+    df = frame(4, 7)
+    df["amount"] = [
+        amount.min - below + 0.01,
+        amount.max + above - 0.01,
+        amount.min - below - 0.01,
+        amount.max + above + 0.01,
+    ]
+    got = [(v.rule, v.row) for v in validate(df, contract, distribution=False).errors]
+    assert got == [("range", 2), ("range", 3)]
+    no_slack = dataclasses.replace(
+        contract, columns=tuple(dataclasses.replace(c, slack=None) for c in contract.columns)
+    )
+    df["amount"] = amount.max + 0.11 * (amount.max - amount.min)  # past range_tolerance 0.1
+    assert {v.rule for v in validate(df, no_slack, distribution=False).errors} == {"range"}
 
 
 def test_clean_batches_pass(contract):
@@ -74,9 +105,14 @@ def test_every_violation_with_location(contract):
     report = validate(df, contract, distribution=False)
     got = {(v.rule, v.row, v.column) for v in report.errors}
     assert got == {
-        ("dtype", 2, "items"), ("dtype", 4, "items"), ("range", 3, "amount"),
-        ("category", 5, "city"), ("missing", 7, "amount"), ("unique", 9, "user_id"),
-        ("range", 11, "when"), ("missing_column", None, "member"),
+        ("dtype", 2, "items"),
+        ("dtype", 4, "items"),
+        ("range", 3, "amount"),
+        ("category", 5, "city"),
+        ("missing", 7, "amount"),
+        ("unique", 9, "user_id"),
+        ("range", 11, "when"),
+        ("missing_column", None, "member"),
         ("unexpected_column", None, "extra"),
     }
     cat = next(v for v in report.errors if v.rule == "category")
@@ -101,9 +137,13 @@ def test_drift_in_numbers_categories_and_missing_rate(contract):
 
 def test_pattern_and_max_missing_are_editable(contract):
     cols = tuple(
-        dataclasses.replace(c, pattern=r"u\d{3}-\d{5}") if c.name == "user_id" else
-        dataclasses.replace(c, max_missing=0.2) if c.name == "score" else c
-        for c in contract.columns)
+        dataclasses.replace(c, pattern=r"u\d{3}-\d{5}")
+        if c.name == "user_id"
+        else dataclasses.replace(c, max_missing=0.2)
+        if c.name == "score"
+        else c
+        for c in contract.columns
+    )
     edited = dataclasses.replace(contract, columns=cols)
     df = frame(30, 3)
     df.loc[4, "user_id"] = "admin"
@@ -129,8 +169,7 @@ def digits_table() -> tuple[pd.DataFrame, pd.DataFrame]:
     df = pd.DataFrame(d.x.numpy().reshape(len(d), 64), columns=[f"px{i}" for i in range(64)])
     df["label"] = d.y.numpy()
     perm = np.random.default_rng(0).permutation(len(df))
-    return df.iloc[perm[:1200]].reset_index(drop=True), df.iloc[perm[1200:]].reset_index(
-        drop=True)
+    return df.iloc[perm[:1200]].reset_index(drop=True), df.iloc[perm[1200:]].reset_index(drop=True)
 
 
 def test_digits_table(digits_table):
@@ -139,9 +178,11 @@ def test_digits_table(digits_table):
     assert isinstance(contract, TableContract)
     assert contract.column("label").categories == tuple(range(10))
     # the observed range of a sparse corner pixel is narrower than the pixel domain: a data
-    # engineer widens it to [0, 1] by editing the contract
-    cols = tuple(dataclasses.replace(c, min=0.0, max=1.0) if c.name != "label" else c
-                 for c in contract.columns)
+    # engineer sets it to exactly [0, 1] by editing the contract
+    cols = tuple(
+        dataclasses.replace(c, min=0.0, max=1.0, slack=(0.0, 0.0)) if c.name != "label" else c
+        for c in contract.columns
+    )
     contract = dataclasses.replace(contract, columns=cols)
     outcomes = []
     for seed in range(6):

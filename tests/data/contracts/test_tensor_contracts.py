@@ -89,7 +89,8 @@ def test_wrong_shape_and_dtype(contract, digits):
     assert [(v.rule, v.value) for v in wrong_shape.errors] == [("shape", [10, 64])]
     wrong_dtype = validate(digits[1][:10].astype(np.float64), contract, distribution=False)
     assert [(v.rule, v.value, v.expected) for v in wrong_dtype.errors] == [
-        ("dtype", "float64", "float32")]
+        ("dtype", "float64", "float32")
+    ]
     text = validate(np.array([["a"] * 64]), contract)
     assert [v.rule for v in text.errors] == ["dtype"]
 
@@ -107,7 +108,8 @@ def test_duplicates_near_duplicates_and_outliers(contract, digits):
     assert 35 in {o.row for o in report.outliers}
     forbid = dataclasses.replace(contract, allow_duplicates=False)
     assert [(v.rule, v.row) for v in validate(batch, forbid, distribution=False).errors] == [
-        ("duplicate", 20)]
+        ("duplicate", 20)
+    ]
 
 
 def test_strict_raises_with_report(contract, digits):

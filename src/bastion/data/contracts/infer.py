@@ -90,14 +90,22 @@ def _kind_of(s: pd.Series, forced: bool, categorical_max: int) -> str:
     return "categorical" if values.nunique() <= categorical_max else "string"
 
 
+def _round_up(value: float, digits: int = 3) -> float:
+    """``value`` (>= 0) rounded up to ``digits`` significant digits."""
+    if value <= 0.0 or not math.isfinite(value):
+        return 0.0 if value <= 0.0 else value
+    step = 10.0 ** (math.floor(math.log10(value)) - digits + 1)
+    return sig(math.ceil(value / step * (1 - 1e-12)) * step, digits + 1)
+
+
 def _numeric_stats(x: np.ndarray) -> dict[str, float]:
     med = float(np.median(x))
     return {"mean": sig(float(np.mean(x))), "std": sig(float(np.std(x))), "median": sig(med),
             "mad": sig(float(np.median(np.abs(x - med))))}
 
 
-def _infer_column(s: pd.Series, kind: str, n: int) -> tuple[ColumnSpec, Sketch | None,
-                                                             dict[str, int] | None]:
+def _infer_column(s: pd.Series, kind: str, range_tolerance: float
+                  ) -> tuple[ColumnSpec, Sketch | None, dict[str, int] | None]:
     name = str(s.name)
     missing = s.isna()
     nullable = bool(missing.any())
@@ -111,7 +119,14 @@ def _infer_column(s: pd.Series, kind: str, n: int) -> tuple[ColumnSpec, Sketch |
         x = values.to_numpy(dtype=np.float64)
         x = x[np.isfinite(x)]
         if x.size:
-            spec.update(min=sig(float(x.min())), max=sig(float(x.max())), **_numeric_stats(x))
+            lo, hi = float(x.min()), float(x.max())
+            q01, q25, q75, q99 = np.quantile(x, [0.01, 0.25, 0.75, 0.99])
+            pad = range_tolerance * (hi - lo)
+            fence = 3.0 * (q75 - q25)  # Tukey's far-out fences
+            lo_r, hi_r = sig(lo), sig(hi)  # rounding must not exclude the reference itself
+            slack = (_round_up(max(pad, q01 - lo, lo - (q25 - fence)) + max(0.0, lo_r - lo)),
+                     _round_up(max(pad, hi - q99, q75 + fence - hi) + max(0.0, hi - hi_r)))
+            spec.update(min=lo_r, max=hi_r, slack=slack, **_numeric_stats(x))
             sketch = make_sketch(x)
         spec["unique"] = kind == "integer" and all_distinct
     elif kind == "datetime":
@@ -158,7 +173,7 @@ def _infer_table(df: pd.DataFrame, *, name: str, categorical: tuple[str, ...],
     for col in df.columns:
         s = df[col]
         kind = _kind_of(s, col in categorical, categorical_max)
-        spec, sketch, cnt = _infer_column(s, kind, len(df))
+        spec, sketch, cnt = _infer_column(s, kind, range_tolerance)
         columns.append(spec)
         if sketch is not None:
             sketches[spec.name] = sketch

@@ -94,6 +94,8 @@ def _column_to_dict(c: ColumnSpec) -> dict[str, Any]:
     for key in ("min", "max"):
         if getattr(c, key) is not None:
             out[key] = getattr(c, key)
+    if c.slack is not None:
+        out["slack"] = list(c.slack)
     if c.categories is not None:
         out["categories"] = list(c.categories)
     if c.unique:
@@ -209,6 +211,10 @@ def _column_from(d: Any, i: int) -> ColumnSpec:
     for key, v in (("min", lo), ("max", hi)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int | float | str)):
             raise DataContractError(f"{where}: {key} must be a number or a date string")
+    slack = _get(d, "slack", list, where, None)
+    if slack is not None and (len(slack) != 2 or any(
+            isinstance(v, bool) or not isinstance(v, int | float) or v < 0 for v in slack)):
+        raise DataContractError(f"{where}: slack must be two numbers >= 0 [below, above]")
     return ColumnSpec(
         name=str(_get(d, "name", (str, int), where)),
         kind=kind,
@@ -217,6 +223,7 @@ def _column_from(d: Any, i: int) -> ColumnSpec:
         max_missing=_num(d, "max_missing", where, None),
         min=float(lo) if isinstance(lo, int | float) else lo,
         max=float(hi) if isinstance(hi, int | float) else hi,
+        slack=None if slack is None else (float(slack[0]), float(slack[1])),
         categories=tuple(cats) if cats is not None else None,
         unique=bool(_get(d, "unique", bool, where, False)),
         pattern=_get(d, "pattern", str, where, None),

@@ -76,8 +76,13 @@ class Reference:
 class ColumnSpec:
     """The rules for one column of a table.
 
-    ``min``/``max`` are numbers (ISO strings for datetimes) widened by the contract's
-    ``range_tolerance`` times the range; ``categories`` lists the allowed values of a
+    ``min``/``max`` are the observed bounds (ISO strings for datetimes). A value may lie up
+    to ``slack = [below, above]`` beyond them; without ``slack``, up to the contract's
+    ``range_tolerance`` times ``max - min``. Inference sets the slack of a numeric column to
+    the largest of that, the reference's own tail (``min`` to its 1st percentile, 99th
+    percentile to ``max``) and the distance to Tukey's far-out fences (quartiles ∓ 3 IQR),
+    so that fresh data from the same distribution rarely fall outside;
+    ``categories`` lists the allowed values of a
     categorical or boolean column; ``pattern`` is an optional regular expression every string
     value must match in full; ``drift`` turns the column's distribution check on or off.
     Robust statistics (``median``, ``mad``) feed the outlier check.
@@ -90,6 +95,7 @@ class ColumnSpec:
     max_missing: float | None = None
     min: float | str | None = None
     max: float | str | None = None
+    slack: tuple[float, float] | None = None
     categories: tuple[Any, ...] | None = None
     unique: bool = False
     pattern: str | None = None

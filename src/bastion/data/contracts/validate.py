@@ -110,6 +110,8 @@ def _bounds(spec: ColumnSpec, tol: float, as_seconds: bool) -> tuple[float, floa
         return float(v)
 
     lo, hi = conv(spec.min, -math.inf), conv(spec.max, math.inf)
+    if spec.slack is not None:
+        return lo - spec.slack[0], hi + spec.slack[1]
     if math.isfinite(lo) and math.isfinite(hi):
         lo, hi = lo - tol * (hi - lo), hi + tol * (hi - lo)
     return lo, hi
@@ -194,7 +196,8 @@ class _Column:
             bad = (x < lo) | (x > hi)
         for i in np.flatnonzero(bad):
             shown = self.raw[i] if as_seconds else x[i]
-            exp = [self.spec.min, self.spec.max] if as_seconds else [sig(lo), sig(hi)]
+            exp = ([pd.Timestamp(lo, unit="s").isoformat(), pd.Timestamp(hi, unit="s").isoformat()]
+                   if as_seconds else [sig(lo), sig(hi)])
             self.add("range", int(i), shown, exp,
                      f"row {i}, column {self.spec.name!r}: {shown} is outside "
                      f"[{exp[0]}, {exp[1]}]")
