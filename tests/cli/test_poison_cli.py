@@ -33,8 +33,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("poison_cli")
     data = load_digits()
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
-    x, y = data.x[perm][:1000], data.y[perm][:1000]
+    x, y = data.x[perm][:1400], data.y[perm][:1400]
     res = BadNets(target_class=0, rate=0.05, seed=0).poison(x, y)
+    torch.manual_seed(0)
     net = train_classifier(small_cnn((1, 8, 8), 10), res.x, res.y, epochs=10, lr=3e-3, seed=0)
     torch.save(net.state_dict(), d / "model.pt")
     np.savez(d / "poisoned.npz", x=res.x.numpy(), y=res.y.numpy())

@@ -37,6 +37,7 @@ def backdoored(
     x, y, x_test, y_test = digits_split
     attack = BadNets(target_class=0, rate=0.05, seed=0)
     poisoned = attack.poison(x, y)
+    torch.manual_seed(0)
     net = train_classifier(
         small_cnn((1, 8, 8), 10), poisoned.x, poisoned.y, epochs=10, lr=3e-3, seed=0
     )

@@ -87,8 +87,8 @@ class ConfidentLearning(PoisonDetector):
         *,
         n_folds: int = 5,
         factory: Factory | None = None,
-        epochs: int = 15,
-        lr: float = 5e-3,
+        epochs: int = 8,
+        lr: float = 1e-2,
         method: str = "prune_by_noise_rate",
         num_classes: int | None = None,
         seed: int = 0,
@@ -167,7 +167,9 @@ class ConfidentLearning(PoisonDetector):
             test = order[f :: self.n_folds]
             train = torch.ones(n, dtype=torch.bool)
             train[test] = False
-            model = self._factory(tuple(x.shape[1:]), k)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed + f)
+                model = self._factory(tuple(x.shape[1:]), k)
             train_classifier(
                 model, x[train], y[train], epochs=self.epochs, lr=self.lr, seed=self.seed + f
             )

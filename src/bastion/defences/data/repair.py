@@ -76,11 +76,17 @@ def repair(
     start = time.perf_counter()
     if model_before is None:
         model_before = train_classifier(
-            factory(), x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed
+            _seeded(factory, seed), x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed
         )
     keep = ~flags
     model_after = train_classifier(
-        factory(), x[keep], y[keep], epochs=epochs, lr=lr, batch_size=batch_size, seed=seed
+        _seeded(factory, seed),
+        x[keep],
+        y[keep],
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
     )
     asr_before = asr_after = None
     if trigger is not None and target_class is not None:
@@ -97,3 +103,10 @@ def repair(
         seconds=time.perf_counter() - start,
         model=model_after,
     )
+
+
+def _seeded(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """``factory()`` with its weight initialisation seeded, leaving the global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory()

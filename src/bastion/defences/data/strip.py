@@ -5,8 +5,8 @@ Networks", ACSAC 2019. https://arxiv.org/abs/1902.06531
 
 Each input is superimposed on ``n_perturbations`` clean images drawn from a held-out pool
 (``clip(x + overlay)`` as in the paper, or ``alpha * x + (1 - alpha) * overlay``) and the
-entropy of the model's predictions on the blends is measured (by default the entropy of the
-mean prediction over the blends; the paper averages the per-blend entropies). A clean input's
+entropy of the model's predictions on the blends is averaged (as in the paper; optionally the
+entropy of the mean prediction instead). A clean input's
 prediction follows the overlay, so the entropy is high; a trigger keeps dictating the target
 class, so the entropy stays low. The score is the negative entropy (higher is more suspicious)
 and the threshold is calibrated on clean inputs to a chosen false-rejection rate.
@@ -48,9 +48,9 @@ class STRIP:
     n_perturbations: overlays per input.
     mode: "add" (the paper's superimposition: ``clip(x + overlay)``) or "mix"
         (``alpha * x + (1 - alpha) * overlay``).
-    entropy: "of_mean" (default: entropy of the blends' mean prediction) or "per_blend" (the
-        paper's mean of per-blend entropies, which collapses towards zero for clean inputs too
-        when the model is over-confident).
+    entropy: "per_blend" (default, the paper's mean of per-blend entropies) or "of_mean" (the
+        entropy of the blends' mean prediction, which still separates when an over-confident
+        model gives near-zero entropy to every single blend).
     alpha: weight of the input in a "mix" blend.
     bounds: the input range, for clipping "add" blends.
     batch_size: inputs per forward pass (times ``n_perturbations`` blends).
@@ -67,7 +67,7 @@ class STRIP:
         *,
         n_perturbations: int = 16,
         mode: str = "add",
-        entropy: str = "of_mean",
+        entropy: str = "per_blend",
         alpha: float = 0.5,
         bounds: tuple[float, float] = (0.0, 1.0),
         batch_size: int = 64,
@@ -116,7 +116,7 @@ class STRIP:
 
     @torch.no_grad()
     def score(self, x: torch.Tensor) -> torch.Tensor:
-        """Negative mean prediction entropy over the blends (higher is more suspicious)."""
+        """Negative prediction entropy over the blends (higher is more suspicious)."""
         if not hasattr(self, "pool_"):
             raise ConfigurationError("STRIP is not fitted: call fit(x_clean) first")
         check_xy(x, None, need_y=False)
@@ -136,9 +136,11 @@ class STRIP:
                 xb = x[i : i + self.batch_size].float().cpu()
                 b = xb.shape[0]
                 idx = torch.randint(0, self.pool_.shape[0], (b * k,), generator=gen)
-                blends = (
-                    self.alpha * xb.repeat_interleave(k, 0) + (1 - self.alpha) * self.pool_[idx]
-                )
+                xr = xb.repeat_interleave(k, 0)
+                if self.mode == "add":
+                    blends = (xr + self.pool_[idx]).clamp(*self.bounds)
+                else:
+                    blends = self.alpha * xr + (1 - self.alpha) * self.pool_[idx]
                 probs = torch.softmax(forward(blends.to(device)).float(), 1).cpu()
                 if self.entropy == "per_blend":
                     plogp = probs * probs.clamp_min(1e-12).log()
