@@ -39,8 +39,10 @@ FORMAT_VERSION = 1
 _HEADER = """\
 # bastion data contract (format version {version}).
 # Edit freely: rules live under `columns` (tables) or at the top level (tensors).
-#   range_tolerance widens every min/max by that fraction of the range; set a column's
-#   `drift: false` to skip its distribution check; `pattern` is a full-match regex.
+#   A value may lie `slack: [below, above]` beyond a column's min/max; without slack (and
+#   for tensors) range_tolerance x (max - min). Set a column's `drift: false` to skip its
+#   distribution check; `pattern` is a full-match regex; `nullable`, `unique`,
+#   `max_missing` and `categories` are checked as written.
 # The `reference` section at the end is a machine-made summary of the reference data
 # (CDF sketches, category counts) used by the distribution checks: regenerate it with
 # `bastion data infer-contract` rather than editing it by hand.
