@@ -34,6 +34,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     data = load_digits()
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
     x, y = data.x[perm], data.y[perm]
+    torch.manual_seed(0)
     net = train_classifier(small_mlp(64, 10, hidden=256), x[:100], y[:100], epochs=100, lr=3e-3)
     with warnings.catch_warnings():  # TorchScript is deprecated upstream, still shipped
         warnings.simplefilter("ignore", DeprecationWarning)

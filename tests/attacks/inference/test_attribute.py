@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -10,7 +12,6 @@ from bastion.attacks.inference import AttributeInference
 from bastion.data import load_digits
 from bastion.errors import ConfigurationError, InputError, QueryBudgetExceeded
 from bastion.models import TorchClassifier
-from bastion.models.zoo import small_mlp, train_classifier
 
 
 def test_exact_leak_through_a_linear_model() -> None:
@@ -32,13 +33,13 @@ def test_exact_leak_through_a_linear_model() -> None:
     assert res.queries == 200 * 2
 
 
-def test_model_assisted_beats_prior_on_members() -> None:
+def test_model_assisted_beats_prior_on_members(fit_mlp: Callable[..., nn.Module]) -> None:
     data = load_digits()
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
     x, y = data.x[perm].flatten(1), data.y[perm]
     f = 43
     x[:, f] = (x[:, f] >= 0.5).float()
-    net = train_classifier(small_mlp(64, 10, hidden=256), x[:200], y[:200], epochs=100, lr=3e-3)
+    net = fit_mlp(x[:200], y[:200], hidden=256, epochs=100, lr=3e-3)
     clf = TorchClassifier(net, input_shape=(64,), num_classes=10)
     attack = AttributeInference(feature=f, baseline="prior").fit(clf, x[400:], y[400:])
     members = attack.infer(clf, x[:200], y[:200], truth=x[:200, f])

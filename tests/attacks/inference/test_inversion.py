@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -10,7 +12,6 @@ from bastion.attacks.inference import MIFace, reconstruction_metrics
 from bastion.data import load_digits
 from bastion.errors import CapabilityError, ConfigurationError, InputError, QueryBudgetExceeded
 from bastion.models import BaseClassifier, Capability, TorchClassifier
-from bastion.models.zoo import small_mlp, train_classifier
 
 Setup = tuple[TorchClassifier, nn.Module, TorchClassifier, torch.Tensor, torch.Tensor]
 
@@ -35,14 +36,14 @@ class _View(BaseClassifier):
 
 
 @pytest.fixture(scope="module")
-def setup() -> Setup:
+def setup(fit_mlp: Callable[..., nn.Module]) -> Setup:
     """Two target MLPs on 900 digits, a recognizer on 897 others."""
     data = load_digits()
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
     x, y = data.x[perm], data.y[perm]
-    target = train_classifier(small_mlp(64, 10), x[:900], y[:900], epochs=20, lr=3e-3, seed=0)
-    other = train_classifier(small_mlp(64, 10, hidden=32), x[:900], y[:900], epochs=20, seed=2)
-    rec = train_classifier(small_mlp(64, 10), x[900:], y[900:], epochs=20, lr=3e-3, seed=1)
+    target = fit_mlp(x[:900], y[:900], epochs=20, lr=3e-3, seed=0)
+    other = fit_mlp(x[:900], y[:900], hidden=32, epochs=20, seed=2)
+    rec = fit_mlp(x[900:], y[900:], epochs=20, lr=3e-3, seed=1)
     wrap = TorchClassifier(target, input_shape=(1, 8, 8), num_classes=10)
     recognizer = TorchClassifier(rec, input_shape=(1, 8, 8), num_classes=10)
     return wrap, other, recognizer, x[:900], y[:900]

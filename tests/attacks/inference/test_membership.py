@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from bastion.models import BaseClassifier, Capability, TorchClassifier
 from bastion.models.zoo import small_mlp, train_classifier
 
 Data = tuple[torch.Tensor, torch.Tensor]
+FitMLP = Callable[..., nn.Module]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,7 @@ def _clf(net: nn.Module, budget: int | None = None) -> TorchClassifier:
 
 
 def _lira_trainer(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
     return train_classifier(small_mlp(64, 10, hidden=256), x, y, epochs=60, lr=1e-2, seed=seed)
 
 
@@ -54,14 +57,12 @@ def lira_setup(digits: Data) -> tuple[TorchClassifier, torch.Tensor, torch.Tenso
     return _clf(net), xt, yt, mem
 
 
-def test_loss_attack_auc_tracks_overfitting(digits: Data) -> None:
+def test_loss_attack_auc_tracks_overfitting(digits: Data, fit_mlp: FitMLP) -> None:
     x, y = digits
-    overfit = train_classifier(small_mlp(64, 10, hidden=256), x[:100], y[:100], epochs=100, lr=3e-3)
+    overfit = fit_mlp(x[:100], y[:100], hidden=256, epochs=100, lr=3e-3)
     xt, yt, mem = _targets(x, y, 100)
     auc_overfit = ThresholdAttack().infer(_clf(overfit), xt, yt, membership=mem).auc
-    regular = train_classifier(
-        small_mlp(64, 10), x[:600], y[:600], epochs=10, lr=3e-3, weight_decay=0.1
-    )
+    regular = fit_mlp(x[:600], y[:600], epochs=10, lr=3e-3, weight_decay=0.1)
     xt, yt, mem = _targets(x, y, 600)
     auc_regular = ThresholdAttack().infer(_clf(regular), xt, yt, membership=mem).auc
     assert auc_overfit > 0.62
@@ -99,7 +100,9 @@ def test_online_lira_beats_loss_attack(
 
 
 def test_online_lira_mechanics(
-    digits: Data, lira_setup: tuple[TorchClassifier, torch.Tensor, torch.Tensor, torch.Tensor]
+    digits: Data,
+    fit_mlp: FitMLP,
+    lira_setup: tuple[TorchClassifier, torch.Tensor, torch.Tensor, torch.Tensor],
 ) -> None:
     clf, xt, yt, mem = lira_setup
     x, y = digits
@@ -107,7 +110,7 @@ def test_online_lira_mechanics(
 
     def cheap(xs: torch.Tensor, ys: torch.Tensor, seed: int) -> nn.Module:
         calls.append(len(xs))
-        return train_classifier(small_mlp(64, 10, hidden=16), xs, ys, epochs=2, seed=seed)
+        return fit_mlp(xs, ys, hidden=16, epochs=2, seed=seed)
 
     attack = LiRA(n_reference=2, online=True, train_fn=cheap).fit(clf, x[500:600], y[500:600])
     assert calls == []  # online: nothing is trained before the targets are known
@@ -142,9 +145,9 @@ class _LabelsOnly(BaseClassifier):
         return self.module(x).argmax(1)
 
 
-def test_label_only_attack_on_a_label_only_model(digits: Data) -> None:
+def test_label_only_attack_on_a_label_only_model(digits: Data, fit_mlp: FitMLP) -> None:
     x, y = digits
-    net = train_classifier(small_mlp(64, 10, hidden=256), x[:100], y[:100], epochs=100, lr=3e-3)
+    net = fit_mlp(x[:100], y[:100], hidden=256, epochs=100, lr=3e-3)
     clf = _LabelsOnly(net)
     xt, yt, mem = _targets(x, y, 100)
     with pytest.raises(CapabilityError, match="label-only"):
