@@ -133,6 +133,7 @@ def test_drift_in_numbers_categories_and_missing_rate(contract):
     assert {d.column for d in report.drift if d.drifted} == {"city", "score.missing"}
     city = next(d for d in report.drift if d.column == "city")
     assert city.test == "chi2" and city.psi is not None and city.psi > 0.25
+    assert ("psi", "city") in {(v.rule, v.column) for v in report.warnings}
 
 
 def test_pattern_and_max_missing_are_editable(contract):

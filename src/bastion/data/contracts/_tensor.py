@@ -25,7 +25,7 @@ from bastion.data.contracts.model import (
 )
 from bastion.errors import InputError
 
-__all__ = ["PSI_ALERT", "infer_tensor", "sample_features", "validate_tensor"]
+__all__ = ["PSI_ALERT", "PSI_MIN_ROWS", "infer_tensor", "sample_features", "validate_tensor"]
 
 #: population stability index at or above which a warning is raised
 PSI_ALERT = 0.25

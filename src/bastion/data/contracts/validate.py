@@ -23,7 +23,7 @@ from bastion.data.contracts._stats import (
     sig,
     sketch_quantile,
 )
-from bastion.data.contracts._tensor import validate_tensor
+from bastion.data.contracts._tensor import PSI_ALERT, PSI_MIN_ROWS, validate_tensor
 from bastion.data.contracts.model import (
     ColumnSpec,
     Contract,
@@ -321,6 +321,10 @@ def _validate_table(df: pd.DataFrame, contract: TableContract, *, distribution: 
             out.append(Violation(rule="drift", column=t.column, value=t.statistic,
                                  expected=f"q > {fdr}", message=f"column {t.column} drifted "
                                  f"({t.test} statistic {t.statistic:.3g}, q={t.q_value:.3g})"))
+        if t.psi is not None and t.psi >= PSI_ALERT and n >= PSI_MIN_ROWS:
+            out.append(Violation(rule="psi", column=t.column, value=t.psi,
+                                 expected=f"< {PSI_ALERT}", severity="warning",
+                                 message=f"column {t.column} shifted (PSI {t.psi:.3g})"))
     dups: list[DuplicateGroup] = []
     if cols and n > 1:
         present = df[[c for c in df.columns if str(c) in expected]]
