@@ -163,3 +163,27 @@ def test_arrays_and_dicts_as_tables(table):
     assert one_row.ok and one_row.n_rows == 1
     with pytest.raises(InputError, match="2-D"):
         validate(np.zeros((2, 2, 2)), named)
+
+
+def test_hand_written_contract_without_reference():
+    contract = parse_contract(
+        "# written by a person\n"
+        "version: 1\nkind: table\nname: people\n"
+        "columns:\n"
+        "  - {name: age, kind: integer, min: 0, max: 120, slack: [0, 0]}\n"
+        "  - {name: country, kind: categorical, categories: [DE, FR]}\n"
+        "  - {name: email, kind: string, nullable: true, pattern: '[^@]+@[^@]+'}\n"
+    )
+    df = pd.DataFrame({
+        "age": [30, 121, 40, 7],
+        "country": ["DE", "FR", "IT", "DE"],
+        "email": ["a@b.c", None, "nope", "x@y.z"],
+    })
+    report = validate(df, contract)
+    assert report.drift == ()
+    got = {(v.rule, v.row, v.column) for v in report.errors}
+    assert got == {("range", 1, "age"), ("category", 2, "country"), ("pattern", 2, "email")}
+    tensor = parse_contract("version: 1\nkind: tensor\nname: v\nshape: [null, 3]\n"
+                            "dtype: float64\nmin: -1\nmax: 1\nrange_tolerance: 0\n")
+    bad = validate(np.array([[0.0, 0.5, -1.5], [0.0, 0.0, 0.0]]), tensor)
+    assert [(v.rule, v.row, v.index) for v in bad.errors] == [("range", 0, (2,))]
