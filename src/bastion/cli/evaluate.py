@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 DEFAULT_DEMO_ATTACKS = ("fgsm", "pgd", "apgd-ce", "square", "deepfool")
 
 
-def register(app: typer.Typer) -> None:
+def register(app: typer.Typer) -> typer.Typer:
+    """Add ``evaluate`` (returned, so other areas can add their evaluations) and ``demo``."""
     evaluate_app = typer.Typer(
         help="Evaluate a model against attacks and write report.json and report.html.",
         no_args_is_help=True,
@@ -30,6 +31,7 @@ def register(app: typer.Typer) -> None:
     evaluate_app.command("evasion")(evaluate_evasion_cmd)
     app.add_typer(evaluate_app, name="evaluate")
     app.command("demo")(demo_cmd)
+    return evaluate_app
 
 
 def _parse_floats(text: str, what: str, count: int | None = None) -> tuple[float, ...]:

@@ -44,10 +44,15 @@ def _root(
 
 
 def _register_all() -> None:
-    from bastion.cli import evaluate, registry
+    from bastion.cli import data, evaluate, extraction, inference, poison, registry, scan
 
-    evaluate.register(app)
+    evaluate_app = evaluate.register(app)
+    extraction.register(evaluate_app)
+    inference.register(evaluate_app)
+    scan.register(app)
     registry.register(app)
+    data.register(app)
+    poison.register(data.data_app)
 
 
 _register_all()
