@@ -12,6 +12,10 @@ from bastion.errors import ConfigurationError, InputError
 __all__ = ["as_module", "extract_activations", "penultimate_layer"]
 
 
+class _StopForward(Exception):
+    """Raised by the hook once the wanted activations are captured, to skip the rest."""
+
+
 def as_module(model: nn.Module | Any) -> tuple[nn.Module, Any]:
     """``(module, forward)``: the hookable module and the callable that runs a batch.
 
@@ -88,19 +92,33 @@ def extract_activations(
         )
     captured: list[torch.Tensor] = []
 
-    def hook(_m: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        value = inputs[0] if take_input else output
+    def keep(value: Any) -> None:
         if not isinstance(value, torch.Tensor):
             raise ConfigurationError(f"layer {name!r} does not produce a tensor")
         captured.append(value.detach().flatten(1).float().cpu())
+        raise _StopForward  # the layers after this one are not needed
 
-    handle = modules[name].register_forward_hook(hook)
+    def pre_hook(_m: nn.Module, inputs: tuple[Any, ...]) -> None:
+        keep(inputs[0])
+
+    def hook(_m: nn.Module, _inputs: tuple[Any, ...], output: Any) -> None:
+        keep(output)
+
+    target = modules[name]
+    handle = (
+        target.register_forward_pre_hook(pre_hook)
+        if take_input
+        else target.register_forward_hook(hook)
+    )
     was_training = module.training
     module.eval()
     try:
         device = next(module.parameters()).device
         for i in range(0, x.shape[0], batch_size):
-            forward(x[i : i + batch_size].to(device))
+            try:
+                forward(x[i : i + batch_size].to(device))
+            except _StopForward:
+                continue
     finally:
         handle.remove()
         module.train(was_training)

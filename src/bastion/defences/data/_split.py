@@ -89,3 +89,22 @@ def separation(z: torch.Tensor, parts: torch.Tensor) -> float:
     ssw = float(((ua - ua.mean()) ** 2).sum() + ((ub - ub.mean()) ** 2).sum())
     within = max(ssw / (z.shape[0] - 2), 1e-24) ** 0.5
     return (float(ub.mean()) - float(ua.mean())) / within
+
+
+def two_means(z: torch.Tensor, *, iters: int = 100) -> torch.Tensor:
+    """Deterministic 2-means (Lloyd) on the rows of ``z``: part labels 0/1.
+
+    Initialised by the best two-means split of the first coordinate (the first principal
+    component when ``z`` is a PCA projection), so no random restarts are needed.
+    """
+    cut, _ = best_1d_split(z[:, 0])
+    parts = (z[:, 0] > cut).long()
+    for _ in range(iters):
+        if bool((parts == 0).all()) or bool((parts == 1).all()):
+            break
+        centres = torch.stack([z[parts == 0].mean(0), z[parts == 1].mean(0)])
+        new = torch.cdist(z, centres).argmin(1)
+        if torch.equal(new, parts):
+            break
+        parts = new
+    return parts

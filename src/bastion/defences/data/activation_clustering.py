@@ -4,8 +4,9 @@ Chen, Carvalho, Baracaldo, Ludwig, Edwards, Lee, Molloy & Srivastava, "Detecting
 Attacks on Deep Neural Networks by Activation Clustering", 2018. https://arxiv.org/abs/1811.03728
 
 For each class, the activations of one layer (default: the penultimate) of the model trained on
-the suspect data are reduced to ``n_components`` dimensions (PCA) and split in two by k-means.
-A backdoored class splits into its genuine samples and the triggered ones, which the model
+the suspect data are reduced to ``n_components`` dimensions (PCA) and split in two by 2-means
+(deterministic: initialised by the best split of the first principal component). A backdoored
+class splits into its genuine samples and the triggered ones, which the model
 recognises by a different feature. The paper judges the split by the clusters' relative size or
 silhouette; on small data sets genuine sub-modes of a class (a "1" with or without a serif) have
 silhouettes as high as a backdoor's, so here the split is judged by its *separation*: the gap
@@ -32,13 +33,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
-from sklearn.cluster import KMeans
 from torch import nn
 
 from bastion.defences.data._activations import extract_activations
-from bastion.defences.data._split import ClassSplit, separation, split_scores
+from bastion.defences.data._split import ClassSplit, separation, split_scores, two_means
 from bastion.defences.data.base import PoisonDetector
 from bastion.errors import ConfigurationError
 
@@ -56,7 +55,6 @@ class ActivationClustering(PoisonDetector):
     threshold: separation above which a split is called a backdoor.
     max_fraction: the flagged cluster may hold at most this fraction of its class.
     min_class_size: smaller classes are not analysed.
-    seed: seeds k-means.
     """
 
     name = "activation_clustering"
@@ -71,7 +69,6 @@ class ActivationClustering(PoisonDetector):
         max_fraction: float = 0.5,
         min_class_size: int = 10,
         batch_size: int = 512,
-        seed: int = 0,
     ) -> None:
         self._model = model
         self.layer = layer
@@ -88,7 +85,6 @@ class ActivationClustering(PoisonDetector):
         self.max_fraction = float(max_fraction)
         self.min_class_size = min_class_size
         self.batch_size = int(batch_size)
-        self.seed = int(seed)
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """The activations the detector analyses (``x`` may also be precomputed: see fit)."""
@@ -112,13 +108,11 @@ class ActivationClustering(PoisonDetector):
             _, _, vh = torch.linalg.svd(centred, full_matrices=False)
             basis = vh[:k].T
             z = centred @ basis
-            z_np = z.numpy()
-            km = KMeans(n_clusters=2, n_init=10, random_state=self.seed).fit(z_np)
-            labels = np.asarray(km.labels_)
-            sizes = np.bincount(labels, minlength=2)
-            minority = int(np.argmin(sizes))
-            sep = abs(separation(z, torch.as_tensor(labels, dtype=torch.long)))
-            frac = sizes[minority] / a.shape[0]
+            parts = two_means(z)
+            sizes = torch.bincount(parts, minlength=2)
+            minority = int(sizes.argmin())
+            sep = abs(separation(z, parts))
+            frac = float(sizes[minority]) / a.shape[0]
             self.splits_[c] = ClassSplit(
                 label=c,
                 n=int(a.shape[0]),
@@ -128,9 +122,16 @@ class ActivationClustering(PoisonDetector):
                 suspicious=bool(sep > self.threshold and frac <= self.max_fraction),
             )
             self.projections_[c] = (mean, basis)
-            self.centroids_[c] = torch.as_tensor(km.cluster_centers_, dtype=torch.float64)
+            self.centroids_[c] = torch.stack(
+                [
+                    z[parts == p].mean(0)
+                    if bool((parts == p).any())
+                    else torch.full_like(z[0], 1e30)
+                    for p in (0, 1)
+                ]
+            )
             self.reduced_[c] = z[:, :2].float()
-            assign[sel] = torch.as_tensor(labels, dtype=torch.long)
+            assign[sel] = parts
         self.assignments_ = assign
         self.scores_ = self._masked(split_scores(assign, y, self.splits_), y)
         self.threshold_ = self.threshold

@@ -134,7 +134,7 @@ def scan_poison(
             raise ConfigurationError(f"{name} needs the torch model trained on the data")
         det: ActivationClustering | SpectralSignatures
         if name == "activation_clustering":
-            det = ActivationClustering(model, layer=layer, seed=seed)
+            det = ActivationClustering(model, layer=layer)
         else:
             det = SpectralSignatures(model, layer=layer)
         det.fit(x, y)
