@@ -104,3 +104,22 @@ def test_catalog() -> None:
     for bad in ("topk:x", "topk:0", "median"):
         with pytest.raises(ConfigurationError):
             parse_policy(bad)
+
+
+def test_victim_mode_is_restored_and_queries_run_in_eval_mode() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.9), nn.Linear(16, 3))
+    clf = TorchClassifier(net, input_shape=(4,), num_classes=3)
+    net.train()
+    x = torch.rand(100, 4)
+    with torch.no_grad():
+        reference = net.eval()(x).argmax(1)
+    net.train()
+    res = KnockoffNets(query_budget=100, rounds=1, epochs=1).extract(
+        clf, x_pool=x, x_eval=x, y_eval=reference
+    )
+    assert net.training and net[1].training
+    assert res.victim_accuracy == 1.0  # dropout was off while the victim answered
+    with pytest.raises(InputError):
+        KnockoffNets(query_budget=10).extract(clf, x_pool=x, y_eval=reference)
+    assert net.training
