@@ -139,3 +139,28 @@ def test_unfitted_and_bad_inputs_are_rejected() -> None:
         det.score(torch.rand(3, 4), torch.zeros(3, dtype=torch.long))
     with pytest.raises(InputError):
         det.fit(torch.rand(3, 4), torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_detectors_are_deterministic_with_a_stable_repr(backdoored: Any, detector: Any) -> None:
+    b = backdoored
+    first = detector(b.net, layer=LAYER).fit(b.poisoned.x, b.poisoned.y)
+    second = detector(b.net, layer=LAYER).fit(b.poisoned.x, b.poisoned.y)
+    assert torch.equal(first.scores_, second.scores_)
+    assert repr(first) == repr(second)
+    assert "layer='5'" in repr(first) and "Sequential" not in repr(first)
+
+
+def test_scan_poison_collects_findings(backdoored: Any) -> None:
+    from bastion.defences.data import scan_poison
+
+    b = backdoored
+    scan = scan_poison(b.net, b.poisoned.x, b.poisoned.y, methods=["ac", "spectral"], layer=LAYER)
+    assert scan.suspicious
+    assert detection_score(scan.flagged_by_any(), b.poisoned.mask).recall >= 0.9
+    doc = scan.to_dict()
+    assert [f["id"] for f in doc["findings"]] == [
+        "poison.activation_clustering",
+        "poison.spectral_signatures",
+    ]
+    assert doc["findings"][0]["evidence"]["suspicious_classes"] == [0]

@@ -62,7 +62,7 @@ def extract_activations(
     x: torch.Tensor,
     *,
     layer: str | None = None,
-    batch_size: int = 512,
+    batch_size: int = 128,
 ) -> torch.Tensor:
     """Flattened activations ``(n, d)`` of ``layer``'s output (CPU, float32).
 

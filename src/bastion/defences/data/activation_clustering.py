@@ -68,7 +68,7 @@ class ActivationClustering(PoisonDetector):
         threshold: float = 6.5,
         max_fraction: float = 0.5,
         min_class_size: int = 10,
-        batch_size: int = 512,
+        batch_size: int = 128,
     ) -> None:
         self._model = model
         self.layer = layer

@@ -65,7 +65,7 @@ class SpectralSignatures(PoisonDetector):
         threshold: float = 5.5,
         max_fraction: float = 0.5,
         min_class_size: int = 10,
-        batch_size: int = 512,
+        batch_size: int = 128,
     ) -> None:
         self._model = model
         self.layer = layer
