@@ -65,6 +65,8 @@ def test_membership_writes_reports(files: dict[str, Path], tmp_path: Path) -> No
     assert set(doc["attacks"]) == {"loss", "label-only", "lira-offline"}
     assert doc["attacks"]["loss"]["auc"] > 0.6  # an overfit MLP leaks
     assert doc["attacks"]["loss"]["queries"] == 200
+    lira = doc["attacks"]["lira-offline"]
+    assert 0 < lira["fit_seconds"] <= lira["seconds"]  # reference training is counted
     assert doc["findings"][0]["atlas"] == ["AML.T0024.000"]
     html = (tmp_path / "report.html").read_text()
     assert "ROC, log scale" in html and html.count("<svg") == 2

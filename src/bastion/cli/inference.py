@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import math
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -173,12 +174,17 @@ def _membership(**opts: Any) -> None:
     for name, a in zip(names, attacks, strict=True):
         if hasattr(clf, "reset_queries"):
             clf.reset_queries()
+        fit_seconds = 0.0
         if a.needs_fit and pop is not None:
+            start = time.perf_counter()
             a.fit(clf, *pop)
+            fit_seconds = time.perf_counter() - start
         res = a.infer(clf, x, y, membership=truth)
         roc = res.roc()
         doc["attacks"][name] = {
             **res.summary(),
+            "fit_seconds": fit_seconds,
+            "seconds": res.seconds + fit_seconds,
             "attack": name,
             "params": res.params,
             "roc": roc.points(),

@@ -192,6 +192,7 @@ def test_model_mode_restored_and_result_round_trip(
         clf.module.eval()
     back = MembershipResult.from_dict(json.loads(json.dumps(res.to_dict())))
     assert torch.equal(back.scores, res.scores) and back.auc == res.auc
+    assert back.labels is not None and torch.equal(back.labels, mem)
     summary = res.summary()
     assert summary["n_members"] == 250 and 0 <= summary["tpr_at_0_1pct_fpr"] <= 1
     eps = res.epsilon()

@@ -47,6 +47,11 @@ class MembershipResult:
     def n(self) -> int:
         return int(self.scores.shape[0])
 
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """The true membership flags (``membership``), when known."""
+        return self.membership
+
     def _truth(self) -> torch.Tensor:
         if self.membership is None:
             raise InputError(
