@@ -84,3 +84,33 @@ def test_nested_payload_is_reported_from_inside(samples: list) -> None:
     found = [f for _, f in scan_path(s.path).all_findings()]
     inner = [f for f in found if f.name == "getcwd"]
     assert inner and "pickle.loads" in inner[0].why
+
+
+def test_mutated_files_never_crash_the_scanner(samples: list) -> None:
+    import io
+    import random
+
+    from bastion.artifacts.scan._scanner import _Context, scan_stream
+    from bastion.artifacts.scan._stream import Budget
+
+    rng = random.Random(0)
+    pool = [s for s in samples if s.container in (
+        "raw", "torch_zip", "torch_legacy", "joblib", "npz", "tar_gz", "7z", "nested",
+        "safetensors", "onnx", "keras", "keras_h5")] + [s for s in samples if not s.malicious]
+    verdicts = set()
+    for _ in range(300):
+        sample = rng.choice(pool)
+        data = bytearray(sample.path.read_bytes())
+        for _ in range(rng.randint(1, 6)):
+            if not data:
+                break
+            i = rng.randrange(len(data))
+            if rng.random() < 0.7:
+                data[i] = rng.randrange(256)
+            else:
+                del data[i : i + rng.randint(1, 64)]
+        result = scan_stream(io.BytesIO(bytes(data)), sample.path.name,
+                             _Context(5, Budget(1 << 26)), 0, (sample.path.name,))
+        assert "scanner failure" not in (result.error or ""), (sample.path.name, result.error)
+        verdicts.add(result.verdict)
+    assert Verdict.ERROR in verdicts and Verdict.UNSAFE in verdicts

@@ -346,9 +346,9 @@ def iter_7z(f: IO[bytes], budget: Budget) -> Iterator[tuple[str, io.BytesIO]]:
             limit = max([int(i.uncompressed or 0) for i in infos] + [0]) + 1
             factory = BytesIOFactory(limit)
             archive.extractall(factory=factory)  # noqa: S202 - into memory, not to disk
-    except (py7zr.exceptions.Bad7zFile, py7zr.exceptions.PasswordRequired,
-            py7zr.exceptions.UnsupportedCompressionMethodError, lzma.LZMAError, EOFError,
-            OSError, KeyError, ValueError) as exc:
+    except (py7zr.exceptions.ArchiveError, py7zr.exceptions.PasswordRequired, lzma.LZMAError,
+            EOFError, OSError, KeyError,
+            ValueError, IndexError) as exc:
         raise ContainerError(f"cannot read 7z: {exc}") from exc
     for info in infos:
         product = factory.products.get(info.filename)

@@ -92,6 +92,8 @@ def _looks_like_onnx(head: bytes) -> bool:
 def npy_header(f: IO[bytes]) -> tuple[dict[str, Any], bool]:
     """Parse a ``.npy`` header; return it and whether the array holds Python objects."""
     magic = f.read(8)
+    if len(magic) < 8:
+        raise ValueError("truncated .npy magic")
     major = magic[6]
     if major == 1:
         (hlen,) = struct.unpack("<H", f.read(2))

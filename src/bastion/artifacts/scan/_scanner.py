@@ -124,6 +124,9 @@ def scan_stream(
     except (containers.ContainerError, Truncated, ValueError, SyntaxError, struct.error,
             zlib.error, EOFError, OSError, MemoryError, RecursionError) as exc:
         return combine(path, fmt, [], error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # a parser bug must fail closed, never crash or pass the file
+        log.exception("unexpected error while scanning %s", path)
+        return combine(path, fmt, [], error=f"scanner failure ({type(exc).__name__}: {exc})")
 
 
 def _dispatch(fmt: str, f: IO[bytes], path: str, ctx: _Context, depth: int,
