@@ -208,11 +208,13 @@ def test_skops_with_foreign_types_needs_trust(tmp_path, factory):
     est = module.HomemadeLR(max_iter=100).fit(data[:100] / 16.0, target[:100])
     path = tmp_path / "homemade.skops"
     sio.dump(est, path)
-    with pytest.raises(ModelLoadError, match="HomemadeLR"):
+    with pytest.raises(UnsafeArtifactError, match="HomemadeLR"):  # the scanner refuses first
         load_model(path)
-    with pytest.warns(UserWarning, match="arbitrary code"):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         clf = load_model(path, trust_pickle=True)
     assert clf.num_classes == 10
+    assert any("arbitrary code" in str(w.message) for w in seen)
 
 
 @pytest.mark.parametrize("how", ["pickle", "joblib", "joblib-compressed"])
@@ -277,7 +279,7 @@ def test_pre_load_check_runs_first_for_every_format(tmp_path, monkeypatch, estim
     files["noise"].write_bytes(b"\x00" * 50)
     seen: list[Path] = []
 
-    def refuse(path: Path) -> None:
+    def refuse(path: Path, **kwargs: object) -> None:
         seen.append(path)
         raise UnsafeArtifactError(f"{path} refused by the scanner")
 
@@ -286,3 +288,24 @@ def test_pre_load_check_runs_first_for_every_format(tmp_path, monkeypatch, estim
         with pytest.raises(UnsafeArtifactError, match="refused by the scanner"):
             load_model(path, trust_pickle=True)
     assert seen == list(files.values())
+
+
+class _GetCwd:
+    """A harmless stand-in for a malicious payload: unpickling it calls os.getcwd."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+def test_a_file_that_would_run_code_is_refused_before_loading(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(pickle.dumps(_GetCwd()))
+    with pytest.raises(UnsafeArtifactError, match=r"did not scan clean.*getcwd"):
+        load_model(path, input_shape=(4,))
+    # asking for it downgrades the refusal to a warning (and the pickle loader then refuses a str)
+    with warnings.catch_warnings(record=True) as seen, pytest.raises(ModelLoadError):
+        warnings.simplefilter("always")
+        load_model(path, input_shape=(4,), trust_pickle=True)
+    assert any("did not scan clean" in str(w.message) for w in seen)

@@ -16,9 +16,10 @@ format              recognised by                                  loaded with
 Safety: a pickle (or a torch file holding more than tensors) can run any code when it is
 loaded, so it is refused unless ``trust_pickle=True``, which also emits a ``UserWarning``.
 A skops file is loaded only when every type it needs is a scikit-learn or numpy type (or
-``trust_pickle=True``). Every file first goes through :func:`_pre_load_check`, the hook where
-the artifact scanner runs. Every failure is a :class:`~bastion.errors.ModelLoadError` that
-names the file and says what to do.
+``trust_pickle=True``). Every file is first scanned statically by :func:`_pre_load_check`
+(:mod:`bastion.artifacts.scan`); one that does not scan clean is refused with
+:class:`~bastion.errors.UnsafeArtifactError`. Every other failure is a
+:class:`~bastion.errors.ModelLoadError` that names the file and says what to do.
 
 What each format becomes: a TorchScript module or a state dict (with ``factory``) becomes a
 :class:`~bastion.models.TorchClassifier` in eval mode on ``device`` (these need
@@ -59,7 +60,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bastion.errors import BastionError, ModelLoadError, brief
+from bastion.errors import BastionError, ModelLoadError, UnsafeArtifactError, brief
 from bastion.models.base import Classifier
 from bastion.models.torch_model import TorchClassifier
 
@@ -83,15 +84,48 @@ class ModelFormat(StrEnum):
     UNKNOWN = "unknown"
 
 
-def _pre_load_check(path: Path) -> None:
-    """Hook run on every file before any loader touches it; currently does nothing.
+def _pre_load_check(path: Path, *, trust_pickle: bool = False) -> None:
+    """Scan the file statically before any loader touches it (secure by default).
 
-    The artifact scanner will run here and raise
-    :class:`~bastion.errors.UnsafeArtifactError` for a file that would run code on load.
-    Keep it the single entry point: :func:`load_model` calls it once per file, for every
-    format, after the file is found and before its format is even detected.
+    A file the scanner finds unsafe, or cannot scan, raises
+    :class:`~bastion.errors.UnsafeArtifactError` listing what it found, unless
+    ``trust_pickle=True``, which downgrades the refusal to a ``UserWarning``. This is the single
+    entry point: :func:`load_model` calls it once per file, for every format, before the
+    format is even detected.
     """
-    return None
+    from bastion.artifacts.scan import scan_path
+
+    result = scan_path(path)
+    verdict = str(getattr(result.verdict, "value", result.verdict))
+    if verdict in {"clean", "skipped"}:  # skipped: not a format the scanner knows; loaders decide
+        return
+    if verdict == "error":
+        raise ModelLoadError(
+            f"{path} cannot be read safely ({result.error or 'the scan failed'}); "
+            "the file may be truncated or corrupt"
+        )
+    findings = _all_findings(result)
+    details = "; ".join(
+        f"{f.module}.{f.name}" + (f" ({f.why})" if f.why else "") for f in findings[:5]
+    )
+    message = (
+        f"{path} did not scan clean ({details or 'unsafe content'}); "
+        "run `bastion scan` on it for the full report"
+    )
+    if trust_pickle:
+        warnings.warn(message + "; loading anyway because trust_pickle=True", stacklevel=3)
+        return
+    raise UnsafeArtifactError(
+        message + "; pass trust_pickle=True (--trust-pickle) only if you trust its source"
+    )
+
+
+def _all_findings(result: Any) -> list[Any]:
+    """Findings of a scan result and of its container members, depth first."""
+    out = list(result.findings)
+    for member in getattr(result, "members", ()) or ():
+        out.extend(_all_findings(member))
+    return out
 
 
 # -- detection ----------------------------------------------------------------------------
@@ -421,7 +455,7 @@ def load_model(
     p = Path(path)
     if not p.is_file():
         raise ModelLoadError(f"model file {p} does not exist or is not a regular file")
-    _pre_load_check(p)
+    _pre_load_check(p, trust_pickle=trust_pickle)
     try:
         dev = torch.device(device) if device is not None else torch.device("cpu")
     except (RuntimeError, TypeError) as exc:
