@@ -164,3 +164,17 @@ def test_scan_poison_collects_findings(backdoored: Any) -> None:
         "poison.spectral_signatures",
     ]
     assert doc["findings"][0]["evidence"]["suspicious_classes"] == [0]
+
+
+def test_top_components_randomized_matches_exact_svd() -> None:
+    from bastion.defences.data._split import top_components
+
+    g = torch.Generator().manual_seed(0)
+    low_rank = torch.randn(600, 5, generator=g) @ torch.randn(5, 4000, generator=g)
+    noisy = low_rank + 0.01 * torch.randn(600, 4000, generator=g)
+    centred = noisy - noisy.mean(0)
+    fast = top_components(centred, 3)  # 2.4M entries: the randomized path
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    exact = vh[:3].T
+    # the same subspace: projections onto it agree
+    assert torch.allclose(fast @ fast.T @ exact, exact, atol=1e-3)

@@ -108,3 +108,27 @@ def two_means(z: torch.Tensor, *, iters: int = 100) -> torch.Tensor:
             break
         parts = new
     return parts
+
+
+def top_components(centred: torch.Tensor, k: int, *, power_iters: int = 6) -> torch.Tensor:
+    """The top ``k`` right singular vectors of ``centred`` (rows are samples), as ``(d, k)``.
+
+    Exact SVD for small matrices; for large ones a randomized range finder (Halko, Martinsson
+    & Tropp 2011) with a fixed-seed test matrix and ``power_iters`` power iterations, which is
+    deterministic and costs a few passes over the data instead of a full decomposition.
+    """
+    n, d = centred.shape
+    k = max(1, min(k, n, d))
+    if n * d <= 2_000_000 or min(n, d) <= 4 * k:
+        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+        return vh[:k].T
+    a = centred.float()
+    width = min(k + 10, n, d)
+    gen = torch.Generator().manual_seed(0)
+    omega = torch.randn(d, width, generator=gen).to(a.device)
+    q, _ = torch.linalg.qr(a @ omega)
+    for _ in range(power_iters):
+        z, _ = torch.linalg.qr(a.T @ q)
+        q, _ = torch.linalg.qr(a @ z)
+    _, _, vh = torch.linalg.svd(q.T @ a, full_matrices=False)
+    return vh[:k].T.to(centred.dtype)

@@ -37,7 +37,13 @@ import torch
 from torch import nn
 
 from bastion.defences.data._activations import extract_activations
-from bastion.defences.data._split import ClassSplit, separation, split_scores, two_means
+from bastion.defences.data._split import (
+    ClassSplit,
+    separation,
+    split_scores,
+    top_components,
+    two_means,
+)
 from bastion.defences.data.base import PoisonDetector
 from bastion.errors import ConfigurationError
 
@@ -91,7 +97,7 @@ class ActivationClustering(PoisonDetector):
         return extract_activations(self._model, x, layer=self.layer, batch_size=self.batch_size)
 
     def _fit(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-        acts = self.activations(x).double()
+        acts = self.activations(x)
         self.splits_: dict[int, ClassSplit] = {}
         self.projections_: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.centroids_: dict[int, torch.Tensor] = {}
@@ -105,9 +111,8 @@ class ActivationClustering(PoisonDetector):
             mean = a.mean(0)
             centred = a - mean
             k = min(self.n_components, a.shape[1], a.shape[0] - 1)
-            _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-            basis = vh[:k].T
-            z = centred @ basis
+            basis = top_components(centred, k)
+            z = (centred @ basis).double()
             parts = two_means(z)
             sizes = torch.bincount(parts, minlength=2)
             minority = int(sizes.argmin())
@@ -144,12 +149,12 @@ class ActivationClustering(PoisonDetector):
         return scores.float()
 
     def _score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        acts = self.activations(x).double()
+        acts = self.activations(x)
         assign = torch.full((y.shape[0],), -1, dtype=torch.long)
         for c, (mean, basis) in self.projections_.items():
             sel = y == c
             if not bool(sel.any()):
                 continue
-            z = (acts[sel] - mean) @ basis
+            z = ((acts[sel] - mean) @ basis).double()
             assign[sel] = torch.cdist(z, self.centroids_[c]).argmin(1)
         return self._masked(split_scores(assign, y, self.splits_), y)

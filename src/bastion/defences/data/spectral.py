@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from bastion.defences.data._activations import extract_activations
-from bastion.defences.data._split import ClassSplit, best_1d_split, split_scores
+from bastion.defences.data._split import ClassSplit, best_1d_split, split_scores, top_components
 from bastion.defences.data.base import PoisonDetector
 from bastion.errors import ConfigurationError
 
@@ -84,7 +84,7 @@ class SpectralSignatures(PoisonDetector):
         return extract_activations(self._model, x, layer=self.layer, batch_size=self.batch_size)
 
     def _fit(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-        acts = self.activations(x).double()
+        acts = self.activations(x)
         self.splits_: dict[int, ClassSplit] = {}
         self.directions_: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
         self.projections_: dict[int, torch.Tensor] = {}
@@ -96,9 +96,8 @@ class SpectralSignatures(PoisonDetector):
             if a.shape[0] < self.min_class_size:
                 continue
             mean = a.mean(0)
-            _, _, vh = torch.linalg.svd(a - mean, full_matrices=False)
-            v = vh[0]
-            u = (a - mean) @ v
+            v = top_components(a - mean, 1)[:, 0]
+            u = ((a - mean) @ v).double()
             cut, sep = best_1d_split(u)
             side = (u > cut).long()
             sizes = torch.bincount(side, minlength=2)
@@ -128,7 +127,7 @@ class SpectralSignatures(PoisonDetector):
         return scores.float()
 
     def _score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        acts = self.activations(x).double()
+        acts = self.activations(x)
         assign = torch.full((y.shape[0],), -1, dtype=torch.long)
         for c, (mean, v, cut) in self.directions_.items():
             sel = y == c
