@@ -314,7 +314,8 @@ def evaluate_output_policies(
 
     Returns one :class:`PolicyEvaluation` per policy, preceded by ``"none"`` (no hardening).
     ``x_pool`` is the attacker's data for pool-based attacks; ``x_eval`` / ``y_eval`` are
-    held-out data for accuracy and fidelity.
+    held-out data for accuracy and fidelity. Every attack's queries go through ``victim``, so
+    its own counter adds them all up (give it no ``query_budget``, or one large enough).
     """
     if not attacks:
         raise ConfigurationError("give at least one extraction attack to evaluate against")
