@@ -2,7 +2,10 @@
 
 Run it in the benchmark venv (``bash benchmarks/setup_venv.sh`` creates it)::
 
-    nice .bench-venv/bin/python benchmarks/evasion.py --n-attack 1000 --repeats 3
+    nice .bench-venv/bin/python benchmarks/evasion.py --n-attack 1000 --n-cw 200 --n-hsj 100 \
+        --repeats 5 --threads 1
+
+(``benchmarks/RESULTS-evasion.md`` records that run.)
 
 A small seeded CNN is trained on the first 8,000 MNIST test images (cached under ``bench-out/``
 by a hash of its training config) and 1,000 of the remaining 2,000 are attacked by every
