@@ -82,6 +82,8 @@ def test_membership_bad_input_exits_2(files: dict[str, Path], tmp_path: Path) ->
     assert r.exit_code == 2 and "unknown membership attack" in r.output
     r = runner.invoke(_app(), [*base, "--max-queries", "10"])
     assert r.exit_code == 2 and "budget" in r.output
+    r = runner.invoke(_app(), [*base, "--input-shape", "1,9,9"])
+    assert r.exit_code == 2 and "does not match" in r.output
     r = runner.invoke(_app(), [*base, "--bounds", "0"])
     assert r.exit_code == 2 and "--bounds" in r.output
     assert not (tmp_path / "report.json").exists()

@@ -147,6 +147,11 @@ def _membership(**opts: Any) -> None:
             f"{tuple(xn.shape[1:])}"
         )
     shape = _shape(opts["input_shape"]) or tuple(xm.shape[1:])
+    if math.prod(shape) != math.prod(xm.shape[1:]):
+        raise InputError(
+            f"--input-shape {','.join(map(str, shape))} does not match the data's "
+            f"{math.prod(xm.shape[1:])} values per sample"
+        )
     xm, xn = xm.reshape(-1, *shape), xn.reshape(-1, *shape)
     clf = _load(opts, shape)
     x, y = torch.cat([xm, xn]), torch.cat([ym, yn])
@@ -162,6 +167,11 @@ def _membership(**opts: Any) -> None:
                 "shadow and lira attacks need the attacker's own data: pass --population D.npz"
             )
         xp, yp = load_xy(opts["population"], (lo, hi))
+        if math.prod(xp.shape[1:]) != math.prod(shape):
+            raise InputError(
+                f"--population has {math.prod(xp.shape[1:])} values per sample, the members "
+                f"{math.prod(shape)}"
+            )
         pop = (xp.reshape(-1, *shape), yp)
     doc: dict[str, Any] = {
         "kind": "membership",
