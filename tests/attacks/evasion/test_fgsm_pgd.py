@@ -147,3 +147,27 @@ def test_result_serialises_without_loss(digits_model, digits_split) -> None:
     assert torch.equal(back.x_adv, res.x_adv)
     assert torch.equal(back.success, res.success)
     assert back.summary() == res.summary()
+
+
+def test_early_stopping_keeps_successes_and_saves_queries(digits_model, digits_split) -> None:
+    _, _, x, y = digits_split
+    x, y = x[:200], y[:200]
+    kwargs = {"eps": 0.2, "steps": 20, "step_size": 0.02, "random_start": False}
+    full = PGD(early_stop=False, **kwargs).generate(digits_model, x, y)
+    assert full.queries == 200 * 20  # every row stepped every time
+    fast = PGD(**kwargs).generate(digits_model, x, y)
+    assert fast.queries < full.queries / 2
+    assert fast.robust_accuracy <= full.robust_accuracy
+    # a sample fooled early is frozen at an adversarial point, never undone by later steps
+    assert bool((fast.success | ~full.success).all())
+
+
+def test_restarts_attack_only_the_samples_still_standing(digits_model, digits_split) -> None:
+    _, _, x, y = digits_split
+    x, y = x[:100], y[:100]
+    one = PGD(eps=0.05, steps=5, restarts=1, early_stop=False).generate(digits_model, x, y)
+    two = PGD(eps=0.05, steps=5, restarts=2, early_stop=False).generate(digits_model, x, y)
+    robust_after_first = int((~one.success).sum())
+    # run 1: 5 steps + 1 check on all rows; run 2: the same on the rows run 1 did not fool
+    assert two.queries == 100 * 6 + robust_after_first * 6
+    assert two.robust_accuracy <= one.robust_accuracy
