@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bastion.cli._common import console, handle_errors
@@ -103,6 +104,7 @@ def membership_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle model files."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Membership inference: ROC, AUC, TPR at 1% and 0.1% FPR, empirical ε."""
     _membership(**locals())
@@ -181,26 +183,52 @@ def _membership(**opts: Any) -> None:
         "attacks": {},
         "findings": [],
     }
-    for name, a in zip(names, attacks, strict=True):
-        if hasattr(clf, "reset_queries"):
-            clf.reset_queries()
-        fit_seconds = 0.0
-        if a.needs_fit and pop is not None:
-            start = time.perf_counter()
-            a.fit(clf, *pop)
-            fit_seconds = time.perf_counter() - start
-        res = a.infer(clf, x, y, membership=truth)
-        roc = res.roc()
-        doc["attacks"][name] = {
-            **res.summary(),
-            "fit_seconds": fit_seconds,
-            "seconds": res.seconds + fit_seconds,
-            "attack": name,
-            "params": res.params,
-            "roc": roc.points(),
-        }
-        doc["findings"].append(res.finding().to_dict())
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        transient=True,
+        disable=opts["quiet"],
+    )
+    with bar:
+        task = bar.add_task("membership", total=len(attacks))
+        for name, a in zip(names, attacks, strict=True):
+            bar.update(task, description=name)
+            _run_membership(name, a, clf, x, y, truth, pop, doc)
+            bar.advance(task)
     _write_membership(doc, opts["out"])
+
+
+def _run_membership(
+    name: str,
+    a: Any,
+    clf: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    truth: torch.Tensor,
+    pop: tuple[torch.Tensor, torch.Tensor] | None,
+    doc: dict[str, Any],
+) -> None:
+    """Fit (when needed) and run one attack; add its summary and finding to ``doc``."""
+    if hasattr(clf, "reset_queries"):
+        clf.reset_queries()
+    fit_seconds = 0.0
+    if a.needs_fit and pop is not None:
+        start = time.perf_counter()
+        a.fit(clf, *pop)
+        fit_seconds = time.perf_counter() - start
+    res = a.infer(clf, x, y, membership=truth)
+    roc = res.roc()
+    doc["attacks"][name] = {
+        **res.summary(),
+        "fit_seconds": fit_seconds,
+        "seconds": res.seconds + fit_seconds,
+        "attack": name,
+        "params": res.params,
+        "roc": roc.points(),
+    }
+    doc["findings"].append(res.finding().to_dict())
 
 
 def _log_points(points: list[tuple[float, float]], floor: float) -> list[tuple[float, float]]:
