@@ -1,9 +1,9 @@
 """Label flipping: random, or along chosen (source → target) class pairs.
 
-Biggio, Nelson & Laskov, "Poisoning Attacks against Support Vector Machines", ICML 2012
-(https://arxiv.org/abs/1206.6389) study label flips as the simplest poisoning; here the flips are
-random (each chosen sample gets a uniformly drawn *different* label) or targeted (a sample of a
-source class gets the paired target class). Inputs are untouched.
+Biggio, Nelson & Laskov, "Support Vector Machines Under Adversarial Label Noise", ACML 2011
+(https://proceedings.mlr.press/v20/biggio11.html) study label flips as the simplest poisoning;
+here the flips are random (each chosen sample gets a uniformly drawn *different* label) or
+targeted (a sample of a source class gets the paired target class). Inputs are untouched.
 
 Example
 -------

@@ -56,7 +56,7 @@ class STRIP:
     batch_size: inputs per forward pass (times ``n_perturbations`` blends).
     seed: seeds the choice of overlays.
 
-    Fitted: ``pool_`` (clean overlays), ``threshold_``, ``clean_scores_``.
+    Fitted: ``pool_`` (clean overlays), ``threshold_``, ``fpr_``, ``clean_scores_``.
     """
 
     name = "strip"
@@ -111,7 +111,7 @@ class STRIP:
         fpr = check_fpr(fpr)
         self.clean_scores_ = self.score(x_clean)
         self.threshold_ = quantile_threshold(self.clean_scores_, fpr)
-        self.fpr = fpr
+        self.fpr_ = fpr
         return self
 
     @torch.no_grad()
