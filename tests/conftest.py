@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from bastion.data import load_digits
 from bastion.models.zoo import small_mlp, train_classifier
 
-# The suite's models are tiny: one thread is faster than two threads contending for 2 cores.
+# The suite's models are tiny: one thread is faster than two threads contending for 2 cores
+# (torch's own pool and the BLAS pools behind numpy and scikit-learn alike).
 torch.set_num_threads(1)
+threadpool_limits(1)
 
 
 @pytest.fixture(scope="session")
