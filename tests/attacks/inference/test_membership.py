@@ -18,7 +18,7 @@ from bastion.attacks.inference import (
 )
 from bastion.data import load_digits
 from bastion.errors import CapabilityError, ConfigurationError, InputError, QueryBudgetExceeded
-from bastion.models import BaseClassifier, Capability, TorchClassifier
+from bastion.models import BaseClassifier, Capability, TorchClassifier, from_sklearn
 from bastion.models.zoo import small_mlp, train_classifier
 
 Data = tuple[torch.Tensor, torch.Tensor]
@@ -250,3 +250,37 @@ def test_bad_inputs_rejected(
         ThresholdAttack().infer(clf, xt, yt, membership=torch.ones(3, dtype=torch.bool))
     with pytest.raises(InputError, match="population"):
         LiRA(n_reference=2).fit(clf, xt[:2], yt[:2])
+
+
+def test_score_only_sklearn_model(digits: Data) -> None:
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, y = digits
+    tree = DecisionTreeClassifier(random_state=0).fit(x[:300].flatten(1).numpy(), y[:300].numpy())
+    clf = from_sklearn(tree, input_shape=(1, 8, 8), access="scores", query_budget=600)
+    xt, yt, mem = _targets(x, y, 300)
+    res = ThresholdAttack().infer(clf, xt, yt, membership=mem)
+    # a fully grown tree gives probability 1 to its prediction: members (all right) tie with
+    # the non-members it gets right, and outrank those it gets wrong: AUC = 1/2 + error/2
+    error = float(
+        (torch.from_numpy(tree.predict(xt[300:].flatten(1).numpy())) != yt[300:]).float().mean()
+    )
+    assert error > 0.1
+    assert res.auc == pytest.approx(0.5 + error / 2)
+    assert res.queries == clf.queries == 600
+
+
+def test_signals_keep_ties_whatever_the_true_class() -> None:
+    from bastion.attacks.inference.threshold import signal_from_logits
+
+    # every row: the true class at 0, the nine others at log(1e-12), but in different positions
+    logits = torch.full((10, 10), -27.631021)
+    logits[torch.arange(10), torch.arange(10)] = 0.0
+    y = torch.arange(10)
+    for signal in ("loss", "confidence", "scaled_logit"):
+        values = signal_from_logits(logits, y, signal)
+        assert torch.unique(values).numel() == 1, signal
+    loss = signal_from_logits(logits, y, "loss")
+    assert float(loss[0]) == pytest.approx(-9 * 1e-12, rel=1e-5)
+    phi = signal_from_logits(logits, y, "scaled_logit")
+    assert float(phi[0]) == pytest.approx(-torch.log(torch.tensor(9e-12, dtype=torch.float64)))

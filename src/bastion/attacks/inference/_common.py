@@ -22,6 +22,7 @@ __all__ = [
     "check_population",
     "log_probs",
     "module_logits",
+    "own_log_prob",
     "query_labels",
     "query_logits",
     "scaled_logit",
@@ -36,12 +37,27 @@ def log_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.double(), dim=1)
 
 
+def _rest_minus_own(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``z_j - z_y`` for ``j != y``, sorted per row, shape ``(n, k - 1)``, float64.
+
+    Sorting makes the reductions below depend only on the multiset of logit gaps, not on the
+    position of the true class: two rows with the same gaps get bit-identical signals, so ties
+    stay ties (unsorted sums break them by rounding noise, in a class-dependent way).
+    """
+    z = logits.double()
+    d = (z - z.gather(1, y[:, None])).scatter(1, y[:, None], -math.inf)
+    return d.sort(dim=1, descending=True).values[:, :-1]
+
+
+def own_log_prob(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``log p_y`` per sample (``-CE``), computed from the sorted logit gaps (see above)."""
+    d = _rest_minus_own(logits, y)
+    return -torch.logsumexp(torch.cat([torch.zeros_like(d[:, :1]), d], dim=1), dim=1)
+
+
 def scaled_logit(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """LiRA's per-sample signal ``log p_y - log(1 - p_y)``, computed stably from logits."""
-    lp = log_probs(logits)
-    own = lp.gather(1, y[:, None]).squeeze(1)
-    others = lp.scatter(1, y[:, None], -math.inf).logsumexp(1)
-    return own - others
+    """LiRA's per-sample signal ``log p_y - log(1 - p_y) = -log sum_{j != y} e^(z_j - z_y)``."""
+    return -torch.logsumexp(_rest_minus_own(logits, y), dim=1)
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ from bastion.attacks.inference._common import (
     TrainFn,
     log_probs,
     module_logits,
+    own_log_prob,
     query_logits,
     scaled_logit,
 )
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 def shadow_features(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     """Label-aware features of output vectors, shape ``(n, 7)``, for the attack classifier."""
     lp = log_probs(logits)
-    own = lp.gather(1, y[:, None]).squeeze(1)
+    own = own_log_prob(logits, y)
     k = min(3, lp.shape[1])
     top = lp.topk(k, dim=1).values
     if k < 3:

@@ -36,7 +36,12 @@ from typing import ClassVar
 
 import torch
 
-from bastion.attacks.inference._common import log_probs, query_logits, scaled_logit
+from bastion.attacks.inference._common import (
+    log_probs,
+    own_log_prob,
+    query_logits,
+    scaled_logit,
+)
 from bastion.attacks.inference.base import MembershipAttack
 from bastion.errors import ConfigurationError
 from bastion.models.base import Capability, Classifier
@@ -48,13 +53,12 @@ SIGNALS = ("loss", "confidence", "max_confidence", "scaled_logit")
 
 def signal_from_logits(logits: torch.Tensor, y: torch.Tensor, signal: str) -> torch.Tensor:
     """The per-sample membership signal (higher = member) of one of :data:`SIGNALS`."""
-    lp = log_probs(logits)
     if signal == "loss":
-        return lp.gather(1, y[:, None]).squeeze(1)
+        return own_log_prob(logits, y)
     if signal == "confidence":
-        return lp.gather(1, y[:, None]).squeeze(1).exp()
+        return own_log_prob(logits, y).exp()
     if signal == "max_confidence":
-        return lp.max(1).values.exp()
+        return log_probs(logits).max(1).values.exp()
     if signal == "scaled_logit":
         return scaled_logit(logits, y)
     raise ConfigurationError(f"signal must be one of {SIGNALS}, got {signal!r}")
