@@ -87,8 +87,16 @@ class Unavailable(Exception):
 # ---------------------------------------------------------------------------------------------
 # one builder per library: (attack, params, model, device, batch_size) -> (runner, exact args)
 # ---------------------------------------------------------------------------------------------
+def build_bastion_full(attack: str, p: dict[str, Any], model: CountingNet, device: str,
+                       batch: int) -> tuple[Runner, dict[str, Any]]:
+    """Bastion's PGD without per-sample early stopping: every sample takes all 40 steps."""
+    if attack != "pgd":
+        raise Unavailable("bastion-full differs from bastion only for pgd")
+    return build_bastion(attack, p, model, device, batch, early_stop=False)
+
+
 def build_bastion(attack: str, p: dict[str, Any], model: CountingNet, device: str,
-                  batch: int) -> tuple[Runner, dict[str, Any]]:
+                  batch: int, early_stop: bool = True) -> tuple[Runner, dict[str, Any]]:
     from bastion.models import TorchClassifier
 
     clf = TorchClassifier(model, input_shape=(1, 28, 28), num_classes=10, bounds=(0.0, 1.0))
@@ -98,7 +106,8 @@ def build_bastion(attack: str, p: dict[str, Any], model: CountingNet, device: st
 
             args: dict[str, Any] = dict(norm="linf", eps=p["eps"], steps=p["steps"],
                                         step_size=p["step_size"],
-                                        random_start=p["random_start"], batch_size=batch)
+                                        random_start=p["random_start"], batch_size=batch,
+                                        early_stop=early_stop)
             atk: Any = PGD(**args)
         elif attack == "cw":
             from bastion.attacks.evasion.cw import CarliniWagnerL2
@@ -242,8 +251,8 @@ def build_foolbox(attack: str, p: dict[str, Any], model: CountingNet, device: st
     return run, {"class": type(atk).__name__, **args, "epsilons": eps}
 
 
-BUILDERS = {"bastion": build_bastion, "art": build_art, "torchattacks": build_torchattacks,
-            "foolbox": build_foolbox}
+BUILDERS = {"bastion": build_bastion, "bastion-full": build_bastion_full, "art": build_art,
+            "torchattacks": build_torchattacks, "foolbox": build_foolbox}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,8 +501,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if a not in ATTACKS:
             ap.error(f"unknown attack {a!r}; choose from {', '.join(ATTACKS)}")
     for lib in args.libs:
-        if lib not in LIBS:
-            ap.error(f"unknown library {lib!r}; choose from {', '.join(LIBS)}")
+        if lib not in BUILDERS:
+            ap.error(f"unknown library {lib!r}; choose from {', '.join(BUILDERS)}")
     if not 1 <= args.n_attack <= 2000:
         ap.error("--n-attack must be between 1 and 2000 (the held-out MNIST images)")
     if args.device == "cuda" and not torch.cuda.is_available():
