@@ -10,9 +10,18 @@ from typing import Any, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 
-from bastion.errors import BastionError
+from bastion.errors import BastionError, ConfigurationError
 
-__all__ = ["EXIT_ERROR", "console", "err_console", "fail", "handle_errors"]
+__all__ = [
+    "EXIT_ERROR",
+    "console",
+    "err_console",
+    "fail",
+    "handle_errors",
+    "parse_floats",
+    "parse_kv",
+    "parse_shape",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,3 +68,27 @@ def parse_kv(values: list[str] | None) -> dict[str, Any]:
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
+
+
+def parse_floats(text: str, what: str, count: int | None = None) -> tuple[float, ...]:
+    """Parse ``"0,1"``-style options; ``count`` fixes how many numbers are needed."""
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ConfigurationError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if count is not None and len(values) != count:
+        raise ConfigurationError(f"{what} needs {count} comma-separated numbers, got {text!r}")
+    return values
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """Parse ``--input-shape`` (``1,28,28`` or ``1x28x28``); ``None`` stays ``None``."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.replace(" ", "").replace("x", ",").split(",") if v)
+    except ValueError:
+        raise ConfigurationError(f"--input-shape must look like 1,28,28, got {text!r}") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise ConfigurationError(f"--input-shape must be positive sizes, got {text!r}")
+    return shape

@@ -12,7 +12,7 @@ import torch
 import typer
 from rich.table import Table
 
-from bastion.cli._common import console, err_console, handle_errors
+from bastion.cli._common import console, err_console, handle_errors, parse_floats, parse_shape
 from bastion.errors import ConfigurationError, InputError
 
 __all__ = ["load_xy", "pick_device", "print_summary", "register"]
@@ -32,28 +32,6 @@ def register(app: typer.Typer) -> typer.Typer:
     app.add_typer(evaluate_app, name="evaluate")
     app.command("demo")(demo_cmd)
     return evaluate_app
-
-
-def _parse_floats(text: str, what: str, count: int | None = None) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise ConfigurationError(f"{what} must be comma-separated numbers, got {text!r}") from None
-    if count is not None and len(values) != count:
-        raise ConfigurationError(f"{what} needs {count} comma-separated numbers, got {text!r}")
-    return values
-
-
-def _parse_shape(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(v) for v in text.replace(" ", "").replace("x", ",").split(",") if v)
-    except ValueError:
-        raise ConfigurationError(f"--input-shape must look like 1,28,28, got {text!r}") from None
-    if not shape or any(s <= 0 for s in shape):
-        raise ConfigurationError(f"--input-shape must be positive sizes, got {text!r}")
-    return shape
 
 
 def pick_device(name: str) -> torch.device:
@@ -168,7 +146,7 @@ def _evaluate(**opts: Any) -> None:
     from bastion.models.loading import load_model
     from bastion.report import write_evasion_report
 
-    lo_hi = _parse_floats(opts["bounds"], "--bounds", 2)
+    lo_hi = parse_floats(opts["bounds"], "--bounds", 2)
     bounds = (lo_hi[0], lo_hi[1])
     dev = pick_device(opts["device"])
     x, y = load_xy(opts["data"], bounds)
@@ -176,7 +154,7 @@ def _evaluate(**opts: Any) -> None:
         if opts["max_samples"] < 1:
             raise ConfigurationError("--max-samples must be at least 1")
         x, y = x[: opts["max_samples"]], y[: opts["max_samples"]]
-    shape = _parse_shape(opts["input_shape"]) or tuple(x.shape[1:])
+    shape = parse_shape(opts["input_shape"]) or tuple(x.shape[1:])
     clf = load_model(
         opts["model"],
         input_shape=shape,

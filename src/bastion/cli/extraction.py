@@ -86,7 +86,8 @@ def _evaluate(**opts: Any) -> None:
         parse_policy,
     )
     from bastion.attacks.extraction.report import write_extraction_report
-    from bastion.cli.evaluate import _parse_floats, _parse_shape, load_xy
+    from bastion.cli._common import parse_floats, parse_shape
+    from bastion.cli.evaluate import load_xy
     from bastion.models.base import Capability
     from bastion.models.loading import load_model
 
@@ -104,10 +105,10 @@ def _evaluate(**opts: Any) -> None:
     if not 0.0 < frac < 1.0:
         raise ConfigurationError("--pool-fraction must be between 0 and 1 (exclusive)")
     policies = [parse_policy(p) for p in opts["harden"]]
-    lo_hi = _parse_floats(opts["bounds"], "--bounds", 2)
+    lo_hi = parse_floats(opts["bounds"], "--bounds", 2)
     bounds = (lo_hi[0], lo_hi[1])
     x, y = load_xy(opts["data"], bounds)
-    shape = _parse_shape(opts["input_shape"]) or tuple(x.shape[1:])
+    shape = parse_shape(opts["input_shape"]) or tuple(x.shape[1:])
     if math.prod(shape) != math.prod(x.shape[1:]):
         raise InputError(f"--input-shape {shape} does not fit data rows of shape {x.shape[1:]}")
     x = x.reshape(x.shape[0], *shape)

@@ -20,7 +20,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bastion.cli._common import console, handle_errors
+from bastion.cli._common import console, handle_errors, parse_floats, parse_shape
 from bastion.errors import ConfigurationError, InputError
 
 __all__ = ["png_bytes", "register"]
@@ -35,33 +35,11 @@ def register(evaluate_app: typer.Typer) -> None:
 
 
 # -- shared option parsing ------------------------------------------------------------------
-def _floats(text: str, what: str, count: int | None = None) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise ConfigurationError(f"{what} must be comma-separated numbers, got {text!r}") from None
-    if count is not None and len(values) != count:
-        raise ConfigurationError(f"{what} needs {count} comma-separated numbers, got {text!r}")
-    return values
-
-
-def _shape(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(v) for v in text.replace(" ", "").replace("x", ",").split(",") if v)
-    except ValueError:
-        raise ConfigurationError(f"--input-shape must look like 1,28,28, got {text!r}") from None
-    if not shape or any(s <= 0 for s in shape):
-        raise ConfigurationError(f"--input-shape must be positive sizes, got {text!r}")
-    return shape
-
-
 def _load(opts: dict[str, Any], shape: tuple[int, ...] | None) -> Any:
     from bastion.cli.evaluate import pick_device
     from bastion.models.loading import load_model
 
-    lo, hi = _floats(opts["bounds"], "--bounds", 2)
+    lo, hi = parse_floats(opts["bounds"], "--bounds", 2)
     clf = load_model(
         opts["model"],
         input_shape=shape,
@@ -140,7 +118,7 @@ def _build(name: str, opts: dict[str, Any], shape: tuple[int, ...], k: int) -> A
 def _membership(**opts: Any) -> None:
     from bastion.cli.evaluate import load_xy
 
-    lo, hi = _floats(opts["bounds"], "--bounds", 2)
+    lo, hi = parse_floats(opts["bounds"], "--bounds", 2)
     xm, ym = load_xy(opts["members"], (lo, hi))
     xn, yn = load_xy(opts["non_members"], (lo, hi))
     if xm.shape[1:] != xn.shape[1:]:
@@ -148,7 +126,7 @@ def _membership(**opts: Any) -> None:
             f"members have shape {tuple(xm.shape[1:])} per sample, non-members "
             f"{tuple(xn.shape[1:])}"
         )
-    shape = _shape(opts["input_shape"]) or tuple(xm.shape[1:])
+    shape = parse_shape(opts["input_shape"]) or tuple(xm.shape[1:])
     if math.prod(shape) != math.prod(xm.shape[1:]):
         raise InputError(
             f"--input-shape {','.join(map(str, shape))} does not match the data's "
@@ -329,11 +307,11 @@ def _inversion(**opts: Any) -> None:
         ) from None
     if not wanted:
         raise ConfigurationError("--classes needs at least one class")
-    lo, hi = _floats(opts["bounds"], "--bounds", 2)
+    lo, hi = parse_floats(opts["bounds"], "--bounds", 2)
     ref = None
     if opts["reference"] is not None:
         ref = load_xy(opts["reference"], (lo, hi))
-    shape = _shape(opts["input_shape"]) or (None if ref is None else tuple(ref[0].shape[1:]))
+    shape = parse_shape(opts["input_shape"]) or (None if ref is None else tuple(ref[0].shape[1:]))
     clf = _load(opts, shape)
     attack = MIFace(
         steps=opts["steps"],
