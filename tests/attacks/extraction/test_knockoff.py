@@ -148,3 +148,20 @@ def test_cnn_surrogate_and_custom_factory(mlp_victim, digits_split) -> None:
     assert res.params["surrogate"] == "custom"
     clf = res.surrogate_classifier()
     assert isinstance(clf, TorchClassifier) and clf.num_classes == 10
+
+
+def test_min_steps_and_cosine_schedule(mlp_victim, digits_split) -> None:
+    x, _ = digits_split
+    kw = {"query_budget": 200, "rounds": 1, "epochs": 1}
+    short = KnockoffNets(**kw).extract(mlp_victim, x_pool=x[:1400], x_eval=x[1400:1700])
+    # 200 samples are 4 batches of 64: min_steps=200 trains 50 epochs instead of one
+    longer = KnockoffNets(min_steps=200, schedule="cosine", **kw).extract(
+        mlp_victim, x_pool=x[:1400], x_eval=x[1400:1700]
+    )
+    assert short.fidelity is not None and longer.fidelity is not None
+    assert longer.fidelity > short.fidelity + 0.2
+    assert longer.params["schedule"] == "cosine" and longer.params["min_steps"] == 200
+    with pytest.raises(ConfigurationError, match="schedule"):
+        KnockoffNets(query_budget=10, schedule="step")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="min_steps"):
+        KnockoffNets(query_budget=10, min_steps=-1)

@@ -9,6 +9,8 @@
   a small seed from the pool, then new points ``x + λ · sign(∇ₓ F_y(x))`` where ``F`` is the
   current surrogate and ``y`` the victim's label of ``x``; the sign of ``λ`` flips every ``tau``
   rounds (periodic step size).
+- :class:`~bastion.attacks.extraction.AdaptiveStrategy` (``"adaptive"``) — Knockoff Nets'
+  gradient-bandit policy over clusters of the pool (in :mod:`._adaptive`).
 """
 
 from __future__ import annotations
@@ -55,8 +57,22 @@ class QueryStrategy(ABC):
     ) -> torch.Tensor:
         """At most ``n`` new inputs (CPU, float32); an empty batch ends the attack.
 
-        ``queried_x`` / ``queried_y`` are the inputs sent so far and the victim's labels.
+        ``queried_x`` / ``queried_y`` are the inputs sent in the previous rounds and the
+        victim's labels (all inputs sent so far, unless :attr:`query_step` splits a round).
         """
+
+    @property
+    def query_step(self) -> int | None:
+        """Inputs proposed per :meth:`propose` call within a round (``None``: the whole slice).
+
+        A strategy that learns from each answer (see :meth:`observe`) asks for small steps.
+        """
+        return None
+
+    def observe(self, x: torch.Tensor, answers: torch.Tensor, *, surrogate: nn.Module) -> None:
+        """The victim's answers to the last proposed inputs: probabilities ``(n, k)`` or labels
+        ``(n,)``; ``surrogate`` is the copy as trained so far. Does nothing by default."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -189,12 +205,16 @@ _STRATEGIES: dict[str, type[QueryStrategy]] = {
 
 
 def make_strategy(strategy: str | QueryStrategy) -> QueryStrategy:
-    """A :class:`QueryStrategy` from a name (pool, noise, jacobian) or an instance."""
+    """A :class:`QueryStrategy` from a name (pool, noise, jacobian, adaptive) or an instance."""
     if isinstance(strategy, QueryStrategy):
         return strategy
     if isinstance(strategy, str) and strategy.lower() in _STRATEGIES:
         return _STRATEGIES[strategy.lower()]()
+    if isinstance(strategy, str) and strategy.lower() == "adaptive":
+        from bastion.attacks.extraction._adaptive import AdaptiveStrategy
+
+        return AdaptiveStrategy()
     raise ConfigurationError(
-        f"unknown query strategy {strategy!r}; use 'pool', 'noise' or 'jacobian' (or a "
-        "QueryStrategy instance)"
+        f"unknown query strategy {strategy!r}; use 'pool', 'noise', 'jacobian' or 'adaptive' "
+        "(or a QueryStrategy instance)"
     )

@@ -16,8 +16,13 @@ each slice the surrogate is trained further (warm start) on everything collected
 ``epochs`` epochs, and a point is added to the fidelity vs queries curve.
 
 :class:`KnockoffNets` and :class:`CopycatCNN` are :class:`LearningExtraction` with the papers'
-label choices as defaults. Knockoff's adaptive (bandit) sampling policy is not implemented: the
-pool is sampled at random (the paper's "random" policy).
+label choices as defaults. The default strategy samples the pool at random (Knockoff Nets'
+"random" policy); ``strategy="adaptive"`` is the paper's gradient-bandit policy
+(:class:`~bastion.attacks.extraction.AdaptiveStrategy`).
+
+Training recipe: Adam at ``lr``, constant or (``schedule="cosine"``) decayed to zero along a
+cosine over each round's steps; ``min_steps`` raises a round's epochs so that small query sets
+still get that many optimiser steps (a 1,000-sample set is only 16 batches an epoch).
 
 Defaults: strategy ``"pool"``, surrogate ``"mlp"`` (64 hidden units), ``rounds=5``,
 ``epochs=20``, Adam with ``lr=3e-3``, training batches of 64.
@@ -108,6 +113,8 @@ class LearningExtraction(ExtractionAttack):
     rounds: slices of the budget; the surrogate is trained after each one.
     epochs: training epochs over the collected data after each round.
     lr, train_batch_size: Adam's learning rate and the training batch size.
+    schedule: ``"constant"`` learning rate or ``"cosine"`` decay to zero over each round.
+    min_steps: at least this many optimiser steps per round (more epochs on small sets).
     batch_size: inputs per query call to the victim.
     seed: seeds the strategy, the surrogate's initialisation and the training order.
     """
@@ -127,6 +134,8 @@ class LearningExtraction(ExtractionAttack):
         train_batch_size: int = 64,
         batch_size: int = 256,
         seed: int | None = 0,
+        schedule: Literal["constant", "cosine"] = "constant",
+        min_steps: int = 0,
     ) -> None:
         super().__init__(query_budget=query_budget, batch_size=batch_size, seed=seed)
         self.strategy = make_strategy(strategy)
@@ -145,6 +154,11 @@ class LearningExtraction(ExtractionAttack):
         self.epochs = epochs
         self.lr = check_float(lr, "lr")
         self.train_batch_size = train_batch_size
+        if schedule not in ("constant", "cosine"):
+            raise ConfigurationError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+        self.schedule = schedule
+        check_int(min_steps, "min_steps", minimum=0)
+        self.min_steps = min_steps
         self._rounds_run = 0
 
     def _needs_pool(self) -> bool:
@@ -184,25 +198,40 @@ class LearningExtraction(ExtractionAttack):
         self._rounds_run = 0
         while oracle.remaining > 0:
             n = min(chunk, oracle.remaining)
-            xq = (
-                self.strategy.propose(
-                    n, surrogate=model, queried_x=xs, queried_y=ys, generator=generator
-                )[:n]
-                .detach()
-                .float()
-            )
-            if xq.shape[0] == 0:
+            step = self.strategy.query_step
+            new_x: list[torch.Tensor] = []
+            new_t: list[torch.Tensor] = []
+            new_y: list[torch.Tensor] = []
+            got = 0
+            while got < n:
+                m = n - got if step is None else min(step, n - got)
+                xq = (
+                    self.strategy.propose(
+                        m, surrogate=model, queried_x=xs, queried_y=ys, generator=generator
+                    )[:m]
+                    .detach()
+                    .float()
+                )
+                if xq.shape[0] == 0:
+                    break
+                if self.labels == "soft":
+                    answers = oracle.probabilities(xq)
+                    new_y.append(answers.argmax(1))
+                else:
+                    answers = oracle.labels(xq)
+                    new_y.append(answers)
+                new_t.append(answers)
+                new_x.append(xq)
+                self.strategy.observe(xq, answers, surrogate=model)
+                got += xq.shape[0]
+                if step is None:  # one proposal per round
+                    break
+            if got == 0:
                 log.info("query strategy exhausted after %d queries", oracle.used)
                 break
-            if self.labels == "soft":
-                probs = oracle.probabilities(xq)
-                targets = torch.cat([targets, probs])
-                ys = torch.cat([ys, probs.argmax(1)])
-            else:
-                lab = oracle.labels(xq)
-                targets = torch.cat([targets, lab])
-                ys = torch.cat([ys, lab])
-            xs = torch.cat([xs, xq])
+            xs = torch.cat([xs, *new_x])
+            ys = torch.cat([ys, *new_y])
+            targets = torch.cat([targets, *new_t])
             self._train(model, opt, xs, targets, generator)
             self._rounds_run += 1
             record(model)
@@ -220,9 +249,18 @@ class LearningExtraction(ExtractionAttack):
     ) -> None:
         model.train()
         soft = targets.dim() == 2
-        for _ in range(self.epochs):
-            order = torch.randperm(x.shape[0], generator=generator)
-            for i in range(0, x.shape[0], self.train_batch_size):
+        n = x.shape[0]
+        per_epoch = math.ceil(n / self.train_batch_size)
+        epochs = max(self.epochs, math.ceil(self.min_steps / per_epoch))
+        total = epochs * per_epoch
+        step = 0
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=generator)
+            for i in range(0, n, self.train_batch_size):
+                if self.schedule == "cosine":
+                    for group in opt.param_groups:
+                        group["lr"] = 0.5 * self.lr * (1.0 + math.cos(math.pi * step / total))
+                step += 1
                 idx = order[i : i + self.train_batch_size]
                 out = model(x[idx])
                 if soft:
@@ -256,6 +294,8 @@ class KnockoffNets(LearningExtraction):
         train_batch_size: int = 64,
         batch_size: int = 256,
         seed: int | None = 0,
+        schedule: Literal["constant", "cosine"] = "constant",
+        min_steps: int = 0,
     ) -> None:
         super().__init__(
             query_budget=query_budget,
@@ -268,6 +308,8 @@ class KnockoffNets(LearningExtraction):
             train_batch_size=train_batch_size,
             batch_size=batch_size,
             seed=seed,
+            schedule=schedule,
+            min_steps=min_steps,
         )
 
 
@@ -289,6 +331,8 @@ class CopycatCNN(LearningExtraction):
         train_batch_size: int = 64,
         batch_size: int = 256,
         seed: int | None = 0,
+        schedule: Literal["constant", "cosine"] = "constant",
+        min_steps: int = 0,
     ) -> None:
         super().__init__(
             query_budget=query_budget,
@@ -301,4 +345,6 @@ class CopycatCNN(LearningExtraction):
             train_batch_size=train_batch_size,
             batch_size=batch_size,
             seed=seed,
+            schedule=schedule,
+            min_steps=min_steps,
         )
