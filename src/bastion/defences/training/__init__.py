@@ -1,0 +1,1 @@
+"""Training-time defences: differentially private training (DP-SGD) and its empirical audit."""
