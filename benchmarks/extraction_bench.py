@@ -95,10 +95,14 @@ def run_bastion(
     epochs: int,
     lr: float,
     seed: int,
+    recipe: str = "equal",
 ) -> tuple[nn.Module, int, float]:
+    """``recipe="equal"``: ART's recipe (constant ``lr``); ``"own"``: bastion's, the peak
+    learning rate 3 × ``lr`` decayed to zero along a cosine, same epochs and batches. ``kind``
+    "knockoff-adaptive" is Knockoff Nets with the adaptive bandit policy (10 k-means groups)."""
     counting = CountingNet(victim_net)
     victim = black_box(TorchClassifier(counting, input_shape=input_shape, num_classes=10))
-    common = {
+    common: dict[str, Any] = {
         "query_budget": budget,
         "rounds": 1,
         "epochs": epochs,
@@ -108,6 +112,10 @@ def run_bastion(
         "seed": seed,
         "surrogate": lambda shape, k: seeded(factory, seed),
     }
+    if recipe == "own":
+        common.update(lr=3 * lr, schedule="cosine")
+    if kind == "knockoff-adaptive":
+        common["strategy"] = "adaptive"
     attack = CopycatCNN(**common) if kind == "copycat" else KnockoffNets(**common)
     start = time.perf_counter()
     res = attack.extract(victim, x_pool=pool)
@@ -269,6 +277,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seeds", default="0,1,2", help="seeds (pool sample, init, order)")
+    ap.add_argument(
+        "--large-seeds",
+        default=None,
+        help="seeds for budgets above the smallest (default: --seeds)",
+    )
+    ap.add_argument(
+        "--recipe",
+        choices=("own", "equal"),
+        default="own",
+        help="bastion's training recipe: its own (3x lr, cosine decay) or ART's (equal)",
+    )
+    ap.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="add bastion's adaptive Knockoff at the smallest budget",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fee-seconds", type=int, default=300)
     ap.add_argument("--skip-fee", action="store_true")
@@ -289,7 +313,17 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     seeds = [int(v) for v in args.seeds.split(",") if v]
-    libs = (("bastion", run_bastion), ("art", run_art))
+    large_seeds = (
+        seeds if args.large_seeds is None else [int(v) for v in args.large_seeds.split(",")]
+    )
+
+    def run_bastion_recipe(*a: Any) -> tuple[nn.Module, int, float]:
+        return run_bastion(*a, recipe=args.recipe)
+
+    libs: tuple[tuple[str, Callable[..., tuple[nn.Module, int, float]]], ...] = (
+        ("bastion", run_bastion_recipe),
+        ("art", run_art),
+    )
     cases = [("mnist-cnn", mnist_case(args.cache)), ("digits-mlp", digits_mlp_case())]
     warm = cases[0][1]
     for _, fn in libs:  # warm-up (allocator, kernels), not recorded
@@ -307,10 +341,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, case in cases:
         case_budgets = budgets if name == "mnist-cnn" else [min(budgets)]
         for budget in case_budgets:
-            for kind in ("copycat", "knockoff"):
-                for i, seed in enumerate(seeds):
+            kinds = ["copycat", "knockoff"]
+            if args.adaptive and budget == min(budgets):
+                kinds.append("knockoff-adaptive")
+            for kind in kinds:
+                run_seeds = seeds if budget == min(budgets) else large_seeds
+                for i, seed in enumerate(run_seeds):
                     # alternate which library goes first: load on a shared machine hits both
                     for lib, fn in libs if i % 2 == 0 else libs[::-1]:
+                        if kind == "knockoff-adaptive" and lib == "art":
+                            continue  # ART's adaptive policy needs the pool's true labels
                         sur, queries, secs = fn(
                             kind,
                             case["victim"],
@@ -358,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": secs,
         }
     )
-    for lib, fn in (("bastion", run_bastion), ("art", run_art)):
+    for lib, fn in libs:
         sur, queries, secs = fn(
             "knockoff",
             lr_case["victim"],
@@ -389,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "epochs": args.epochs,
         "lr": args.lr,
+        "recipe": args.recipe,
         "rows": rows,
     }
     try:

@@ -285,7 +285,8 @@ def inversion_bench(steps: int) -> dict[str, Any]:
     return {"victim": "digits-mlp (900 training digits)", "attacks": rows}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the comparison; ``argv`` as on the command line (``None``: ``sys.argv[1:]``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench-out/membership.json"))
     parser.add_argument("--n-reference", type=int, default=8)
@@ -293,7 +294,7 @@ def main() -> None:
     parser.add_argument("--inversion-steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     import art
 
