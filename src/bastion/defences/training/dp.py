@@ -48,6 +48,7 @@ __all__ = [
     "clip_and_sum",
     "per_sample_gradients",
     "poisson_batch",
+    "private_gradient",
 ]
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,31 @@ def clip_and_sum(
     factor = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
     summed = {k: torch.einsum("b,b...->...", factor, g) for k, g in grads.items()}
     return summed, norms
+
+
+def private_gradient(
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    max_grad_norm: float,
+    noise_std: float,
+    expected_batch_size: float,
+    generator: torch.Generator | None = None,
+) -> None:
+    """Set each trainable parameter's ``.grad`` to the DP-SGD gradient of the batch ``(x, y)``:
+    ``(Σ clip(g_i) + N(0, noise_std² I)) / expected_batch_size``. An empty batch gives pure noise.
+    """
+    params = {k: p for k, p in module.named_parameters() if p.requires_grad}
+    if x.shape[0] > 0:
+        summed, _ = clip_and_sum(per_sample_gradients(module, x, y), max_grad_norm)
+    else:
+        summed = {k: torch.zeros_like(p) for k, p in params.items()}
+    for k, p in params.items():
+        g = summed[k]
+        if noise_std > 0:
+            g = g + torch.normal(0.0, noise_std, size=g.shape, generator=generator, device=g.device)
+        p.grad = g / expected_batch_size
 
 
 def poisson_batch(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
@@ -262,23 +288,19 @@ class DPSGDTrainer:
         sigma = 0.0 if self._silently_disable_noise else report.noise_multiplier
         std = sigma * self.max_grad_norm
         expected = report.sample_rate * x.shape[0]
-        names = [k for k, p in module.named_parameters() if p.requires_grad]
         module.train()
         try:
             for step in range(report.steps):
                 idx = poisson_batch(x.shape[0], report.sample_rate, gen)
-                if idx.numel() > 0:
-                    grads = per_sample_gradients(module, x[idx].to(device), y[idx].to(device))
-                    summed, _ = clip_and_sum(grads, self.max_grad_norm)
-                else:
-                    summed = {k: torch.zeros_like(p) for k, p in zip(names, params, strict=True)}
-                for k, p in zip(names, params, strict=True):
-                    g = summed[k]
-                    if std > 0:
-                        g = g + torch.normal(
-                            0.0, std, size=g.shape, generator=noise_gen, device=device
-                        )
-                    p.grad = g / expected
+                private_gradient(
+                    module,
+                    x[idx].to(device),
+                    y[idx].to(device),
+                    max_grad_norm=self.max_grad_norm,
+                    noise_std=std,
+                    expected_batch_size=expected,
+                    generator=noise_gen,
+                )
                 opt.step()
                 if (step + 1) % 100 == 0:
                     log.debug("DP-SGD step %d/%d", step + 1, report.steps)
