@@ -1,4 +1,4 @@
-"""A small CNN trained on digits with a 5% BadNets backdoor, shared by the detector tests."""
+"""Small CNNs trained on digits with a 5% or 10% BadNets backdoor, shared by the detector tests."""
 
 from __future__ import annotations
 
@@ -30,15 +30,30 @@ def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
     return x[:1400], y[:1400], x[1400:], y[1400:]
 
 
-@pytest.fixture(scope="session")
-def backdoored(
-    digits_split: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+def _backdoor(
+    split: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], rate: float
 ) -> Backdoored:
-    x, y, x_test, y_test = digits_split
-    attack = BadNets(target_class=0, rate=0.05, seed=0)
+    x, y, x_test, y_test = split
+    attack = BadNets(target_class=0, rate=rate, seed=0)
     poisoned = attack.poison(x, y)
     torch.manual_seed(0)
     net = train_classifier(
         small_cnn((1, 8, 8), 10), poisoned.x, poisoned.y, epochs=10, lr=3e-3, seed=0
     )
     return Backdoored(net, attack, poisoned, x_test, y_test)
+
+
+@pytest.fixture(scope="session")
+def backdoored(
+    digits_split: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> Backdoored:
+    """5% poisoned (70 of 1,400; a third of the target class)."""
+    return _backdoor(digits_split, 0.05)
+
+
+@pytest.fixture(scope="session")
+def backdoored10(
+    digits_split: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> Backdoored:
+    """10% poisoned (140 of 1,400; about half of the target class)."""
+    return _backdoor(digits_split, 0.10)

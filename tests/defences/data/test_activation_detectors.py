@@ -17,14 +17,14 @@ from bastion.defences.data import (
     penultimate_layer,
     repair,
 )
+from bastion.defences.data._activations import default_layer
 from bastion.defences.data._split import best_1d_split
 from bastion.errors import ConfigurationError, InputError
 from bastion.models import TorchClassifier
 from bastion.models.zoo import small_cnn
 
-# The digits CNN's dense penultimate layer mixes the trigger feature with the content; its
-# convolutional features (layer "5", the flatten) hold the backdoor's signature.
-LAYER = "5"
+# The default layer: the penultimate activations, before the ReLU feeding the last linear layer.
+LAYER = None
 DETECTORS: list[Any] = [ActivationClustering, SpectralSignatures]
 
 
@@ -34,15 +34,75 @@ def test_the_backdoor_works(backdoored: Any) -> None:
     assert attack_success_rate(b.net, nontarget, b.attack.apply_trigger, 0) > 0.9
 
 
+def test_the_10_percent_backdoor_works(backdoored10: Any) -> None:
+    b = backdoored10
+    nontarget = b.x_test[b.y_test != 0]
+    assert attack_success_rate(b.net, nontarget, b.attack.apply_trigger, 0) > 0.9
+
+
+@pytest.mark.parametrize("case", ["backdoored", "backdoored10"])
 @pytest.mark.parametrize("detector", DETECTORS)
-def test_detector_finds_the_badnets_poison(backdoored: Any, detector: Any) -> None:
-    b = backdoored
-    det = detector(b.net, layer=LAYER).fit(b.poisoned.x, b.poisoned.y)
+def test_detector_finds_the_badnets_poison_at_defaults(
+    request: pytest.FixtureRequest, case: str, detector: Any
+) -> None:
+    b = request.getfixturevalue(case)
+    det = detector(b.net).fit(b.poisoned.x, b.poisoned.y)
     score = detection_score(det.flags_, b.poisoned.mask)
     assert score.recall >= 0.9
     assert score.precision >= 0.8
     assert det.splits_[0].suspicious
     assert sum(sp.suspicious for sp in det.splits_.values()) == 1
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_detector_flags_the_larger_part_when_it_is_the_poison(
+    backdoored10: Any, detector: Any
+) -> None:
+    b = backdoored10
+    det = detector(b.net).fit(b.poisoned.x, b.poisoned.y)
+    sp = det.splits_[0]
+    assert sp.minority_size == b.poisoned.n_poisoned  # the flagged part is exactly the poison
+    assert sp.mixing_ratio > 2.0
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_detector_on_convolutional_features(backdoored: Any, detector: Any) -> None:
+    b = backdoored
+    det = detector(b.net, layer="5").fit(b.poisoned.x, b.poisoned.y)
+    score = detection_score(det.flags_, b.poisoned.mask)
+    assert score.recall >= 0.9
+    assert score.precision >= 0.8
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_without_whitening_the_default_layer_misses_the_backdoor(
+    backdoored: Any, detector: Any
+) -> None:
+    b = backdoored
+    plain = detector(b.net, whiten=False).fit(b.poisoned.x, b.poisoned.y)
+    white = detector(b.net).fit(b.poisoned.x, b.poisoned.y)
+    assert white.splits_[0].statistic > 2 * plain.splits_[0].statistic
+
+
+def test_mixing_picks_the_part_made_of_other_classes() -> None:
+    # class 0 = 60 genuine samples + 100 samples of classes 1..4 pushed along a trigger axis
+    g = torch.Generator().manual_seed(0)
+    centres = 6.0 * torch.eye(6)[:5]
+    xs = [torch.randn(60, 6, generator=g) * 0.5 + centres[0]]
+    ys = [torch.zeros(60, dtype=torch.long)]
+    poison = torch.cat([torch.randn(25, 6, generator=g) * 0.5 + centres[k] for k in range(1, 5)])
+    poison[:, 5] += 6.0
+    xs.append(poison)
+    ys.append(torch.zeros(100, dtype=torch.long))
+    for k in range(1, 5):
+        xs.append(torch.randn(80, 6, generator=g) * 0.5 + centres[k])
+        ys.append(torch.full((80,), k))
+    x, y = torch.cat(xs), torch.cat(ys)
+    head = nn.Sequential(nn.Identity(), nn.Linear(6, 5))
+    for detector in DETECTORS:
+        det = detector(head).fit(x, y)
+        assert torch.equal(det.flags_.nonzero().flatten(), torch.arange(60, 160))
+        assert det.splits_[0].minority_size == 100
 
 
 @pytest.mark.parametrize("detector", DETECTORS)
@@ -98,6 +158,7 @@ def test_activations_of_named_and_default_layers() -> None:
     net = small_cnn((1, 8, 8), 10)
     x = torch.rand(7, 1, 8, 8)
     assert penultimate_layer(net) == "8"
+    assert default_layer(net) == "7"  # the input of the ReLU before the last linear layer
     assert extract_activations(net, x).shape == (7, 64)
     assert extract_activations(net, x, layer="5").shape == (7, 32 * 4 * 4)
     net.train()
@@ -123,7 +184,8 @@ def test_best_1d_split_closed_form() -> None:
     "make",
     [
         lambda: ActivationClustering(nn.Linear(2, 2), n_components=0),
-        lambda: ActivationClustering(nn.Linear(2, 2), max_fraction=0.9),
+        lambda: ActivationClustering(nn.Linear(2, 2), max_fraction=1.0),
+        lambda: ActivationClustering(nn.Linear(2, 2), shrinkage=1.5),
         lambda: SpectralSignatures(nn.Linear(2, 2), threshold=-1.0),
         lambda: SpectralSignatures(nn.Linear(2, 2), min_class_size=1),
     ],
@@ -148,7 +210,7 @@ def test_detectors_are_deterministic_with_a_stable_repr(backdoored: Any, detecto
     second = detector(b.net, layer=LAYER).fit(b.poisoned.x, b.poisoned.y)
     assert torch.equal(first.scores_, second.scores_)
     assert repr(first) == repr(second)
-    assert "layer='5'" in repr(first) and "Sequential" not in repr(first)
+    assert "layer=None" in repr(first) and "Sequential" not in repr(first)
 
 
 def test_scan_poison_collects_findings(backdoored: Any) -> None:

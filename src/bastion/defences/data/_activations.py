@@ -9,7 +9,23 @@ from torch import nn
 
 from bastion.errors import ConfigurationError, InputError
 
-__all__ = ["as_module", "extract_activations", "penultimate_layer"]
+__all__ = ["as_module", "default_layer", "extract_activations", "penultimate_layer"]
+
+# Parameter-free element-wise modules that may sit between the penultimate layer and the last
+# linear layer; the default representation is taken *before* them.
+_ELEMENTWISE = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ReLU6,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.Dropout,
+    nn.Identity,
+)
 
 
 class _StopForward(Exception):
@@ -56,6 +72,29 @@ def penultimate_layer(module: nn.Module) -> str:
     return last
 
 
+def default_layer(module: nn.Module) -> str:
+    """The layer whose *input* is the default representation: the penultimate activations,
+    before any parameter-free activation function (ReLU, GELU, dropout, ...) that directly
+    precedes the last ``nn.Linear`` layer (in registration order).
+
+    Pre-activation values keep the negative side that a ReLU zeroes, which is where a
+    backdoor's signature is often most visible; without such a module it is the last linear
+    layer itself. An activation *instance* reused earlier in the network would be hooked at its
+    first call: give the head its own module, or name a layer explicitly.
+    """
+    last = penultimate_layer(module)
+    leaves = [(n, m) for n, m in module.named_modules() if n and not list(m.children())]
+    names = [n for n, _ in leaves]
+    if last not in names:
+        return last
+    i = names.index(last)
+    chosen = last
+    while i > 0 and isinstance(leaves[i - 1][1], _ELEMENTWISE):
+        i -= 1
+        chosen = leaves[i][0]
+    return chosen
+
+
 @torch.no_grad()
 def extract_activations(
     model: nn.Module | Any,
@@ -66,8 +105,9 @@ def extract_activations(
 ) -> torch.Tensor:
     """Flattened activations ``(n, d)`` of ``layer``'s output (CPU, float32).
 
-    With ``layer=None`` the input of the last linear layer is taken (the penultimate layer's
-    activations). The model's train/eval mode is restored afterwards.
+    With ``layer=None`` the penultimate activations are taken: the input of the last linear
+    layer, before the activation function that feeds it (see :func:`default_layer`). The
+    model's train/eval mode is restored afterwards.
 
     Example
     -------
@@ -78,13 +118,15 @@ def extract_activations(
     torch.Size([5, 6])
     >>> extract_activations(net, torch.rand(5, 4), layer="1").shape
     torch.Size([5, 6])
+    >>> bool((extract_activations(net, torch.rand(5, 4)) < 0).any())  # before the ReLU
+    True
     """
     module, forward = as_module(model)
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] == 0:
         raise InputError("x must be a non-empty batch tensor (n, ...)")
     modules = dict(module.named_modules())
     take_input = layer is None
-    name = penultimate_layer(module) if layer is None else layer
+    name = default_layer(module) if layer is None else layer
     if name not in modules:
         raise ConfigurationError(
             f"the model has no layer named {name!r}; its layers are: "

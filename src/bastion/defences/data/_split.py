@@ -1,8 +1,10 @@
 """Per-class two-way splits shared by activation clustering and spectral signatures.
 
-Both detectors split each class's activations in two and call the smaller part poisoned when
-the split is strong (a high statistic) and the part small enough. A sample's score is its
-class's statistic when it falls in that class's minority part, else 0.
+Both detectors split each class's activations in two and call one part poisoned when the split
+is strong (a high statistic) and the part not too large. The suspect part (field ``minority``,
+for compatibility) is the one that mixes the other classes' features most (see ``_whiten``),
+or the smaller one when there are too few classes to tell. A sample's score is its class's
+statistic when it falls in that class's suspect part, else 0.
 """
 
 from __future__ import annotations
@@ -11,12 +13,17 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ClassSplit", "best_1d_split", "split_scores"]
+__all__ = ["ClassSplit", "best_1d_split", "make_split", "split_scores"]
 
 
 @dataclass(frozen=True)
 class ClassSplit:
-    """The split of one class: sizes, the strength statistic, and the verdict."""
+    """The split of one class: sizes, the strength statistic, and the verdict.
+
+    ``minority`` is the index (0/1) of the suspect part and ``minority_size`` its size (it may
+    be the larger part: see the module docstring); ``mixing_ratio`` is the suspect part's
+    between-class spread over the other part's (1.0 when not measured).
+    """
 
     label: int
     n: int
@@ -24,6 +31,7 @@ class ClassSplit:
     minority_size: int
     statistic: float
     suspicious: bool
+    mixing_ratio: float = 1.0
 
     @property
     def minority_fraction(self) -> float:
@@ -37,6 +45,7 @@ class ClassSplit:
             "minority_fraction": self.minority_fraction,
             "statistic": self.statistic,
             "suspicious": self.suspicious,
+            "mixing_ratio": self.mixing_ratio,
         }
 
 
@@ -61,6 +70,41 @@ def best_1d_split(u: torch.Tensor) -> tuple[float, float]:
     m1, m2 = float(left_sum[i]) / kk, float(right_sum[i]) / (n - kk)
     within = max(float(sse[i]) / max(n - 2, 1), 1e-24) ** 0.5
     return (float(s[i]) + float(s[i + 1])) / 2, (m2 - m1) / within
+
+
+def make_split(
+    label: int,
+    parts: torch.Tensor,
+    statistic: float,
+    mix: tuple[float, float],
+    *,
+    threshold: float,
+    max_fraction: float,
+) -> ClassSplit:
+    """The verdict on one class's two-way split ``parts`` (0/1 per sample).
+
+    The suspect part is the one with the larger between-class mixing ``mix`` (or, when neither
+    was measured, the smaller part); the class is suspicious when ``statistic`` exceeds
+    ``threshold`` and the suspect part holds at most ``max_fraction`` of the class.
+    """
+    sizes = torch.bincount(parts, minlength=2)
+    n = int(parts.numel())
+    if max(mix) > 0.0:
+        suspect = int(mix[1] > mix[0])
+        other = mix[1 - suspect]
+        ratio = mix[suspect] / other if other > 0.0 else float("inf")
+    else:
+        suspect, ratio = int(sizes.argmin()), 1.0
+    frac = float(sizes[suspect]) / n if n else 0.0
+    return ClassSplit(
+        label=label,
+        n=n,
+        minority=suspect,
+        minority_size=int(sizes[suspect]),
+        statistic=statistic,
+        suspicious=bool(statistic > threshold and 0.0 < frac <= max_fraction),
+        mixing_ratio=ratio,
+    )
 
 
 def split_scores(

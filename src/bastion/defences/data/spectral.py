@@ -3,15 +3,20 @@
 Tran, Li & Madry, "Spectral Signatures in Backdoor Attacks", NeurIPS 2018.
 https://arxiv.org/abs/1811.00636
 
-For each class, the activations (default: penultimate layer) are centred and projected on their
-top singular vector; a backdoor leaves a strong signature along it. The paper removes the
-samples with the largest squared projections, a fixed 1.5 × the expected poison rate per class.
-Here the decision does not need the poison rate: the projections are split in two by an exact
-one-dimensional 2-means, and the smaller part is flagged when the two parts are far apart
-(``separation`` = gap between their means in pooled within-part standard deviations, about 2.7
-for a single Gaussian) and it holds at most ``max_fraction`` of the class.
+For each class, the activations (default: the penultimate activations, before the ReLU that
+feeds the last linear layer) are centred, whitened by the pooled within-class covariance of the
+*other* classes (a trigger feature that no clean class varies along then dominates), and
+projected on their top singular vector; a backdoor leaves a strong signature along it. The
+paper removes the samples with the largest squared projections, a fixed 1.5 × the expected
+poison rate per class. Here the decision does not need the poison rate: the projections are
+split in two by an exact one-dimensional 2-means, and the suspect part is flagged when the two
+parts are far apart (``separation`` = gap between their means in pooled within-part standard
+deviations, about 2.7 for a single Gaussian) and it holds at most ``max_fraction`` of the
+class. The suspect part is the one whose samples spread most along the directions separating
+the other classes (poisoned inputs come from several source classes), not simply the smaller.
 
-Defaults: ``threshold=5.5`` (separation), ``max_fraction=0.5``.
+Defaults: ``threshold=7.0`` (separation), ``max_fraction=0.67``, ``whiten=True``,
+``shrinkage=0.1``.
 
 Example
 -------
@@ -34,7 +39,14 @@ import torch
 from torch import nn
 
 from bastion.defences.data._activations import extract_activations
-from bastion.defences.data._split import ClassSplit, best_1d_split, split_scores, top_components
+from bastion.defences.data._split import (
+    ClassSplit,
+    best_1d_split,
+    make_split,
+    split_scores,
+    top_components,
+)
+from bastion.defences.data._whiten import class_geometry, mixing
 from bastion.defences.data.base import PoisonDetector
 from bastion.errors import ConfigurationError
 
@@ -51,8 +63,10 @@ class SpectralSignatures(PoisonDetector):
     threshold: separation above which a class is called backdoored.
     max_fraction: the flagged part may hold at most this fraction of its class.
     min_class_size: smaller classes are not analysed.
+    whiten: whiten each class by the other classes' pooled within-class covariance.
+    shrinkage: weight of the identity in that covariance estimate, in [0, 1].
 
-    Fitted ``outlier_scores_`` hold the paper's per-sample score (squared projection).
+    Fitted ``outlier_scores_`` hold the paper's per-sample score (squared centred projection).
     """
 
     name = "spectral_signatures"
@@ -62,22 +76,28 @@ class SpectralSignatures(PoisonDetector):
         model: nn.Module | Any,
         *,
         layer: str | None = None,
-        threshold: float = 5.5,
-        max_fraction: float = 0.5,
+        threshold: float = 7.0,
+        max_fraction: float = 0.67,
         min_class_size: int = 10,
+        whiten: bool = True,
+        shrinkage: float = 0.1,
         batch_size: int = 128,
     ) -> None:
         self._model = model
         self.layer = layer
         if not float(threshold) > 0:
             raise ConfigurationError(f"threshold must be a positive separation, got {threshold!r}")
-        if not 0.0 < float(max_fraction) <= 0.5:
-            raise ConfigurationError(f"max_fraction must be in (0, 0.5], got {max_fraction!r}")
+        if not 0.0 < float(max_fraction) < 1.0:
+            raise ConfigurationError(f"max_fraction must be in (0, 1), got {max_fraction!r}")
+        if not 0.0 <= float(shrinkage) <= 1.0:
+            raise ConfigurationError(f"shrinkage must be in [0, 1], got {shrinkage!r}")
         if not isinstance(min_class_size, int) or min_class_size < 4:
             raise ConfigurationError(f"min_class_size must be an int >= 4, got {min_class_size!r}")
         self.threshold = float(threshold)
         self.max_fraction = float(max_fraction)
         self.min_class_size = min_class_size
+        self.whiten = bool(whiten)
+        self.shrinkage = float(shrinkage)
         self.batch_size = int(batch_size)
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,35 +105,31 @@ class SpectralSignatures(PoisonDetector):
 
     def _fit(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         acts = self.activations(x)
+        classes = [c for c in sorted(set(y.tolist())) if int((y == c).sum()) >= self.min_class_size]
+        geo = class_geometry(acts, y, classes, whiten=self.whiten, shrinkage=self.shrinkage)
         self.splits_: dict[int, ClassSplit] = {}
         self.directions_: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
         self.projections_: dict[int, torch.Tensor] = {}
         assign = torch.zeros(y.shape[0], dtype=torch.long)
         self.outlier_scores_ = torch.zeros(y.shape[0])
-        for c in sorted(set(y.tolist())):
+        for c in classes:
             sel = y == c
-            a = acts[sel]
-            if a.shape[0] < self.min_class_size:
-                continue
-            mean = a.mean(0)
-            v = top_components(a - mean, 1)[:, 0]
-            u = ((a - mean) @ v).double()
+            z = geo.coords(c, acts[sel])
+            v = top_components(z - z.mean(0), 1)[:, 0]
+            u = z @ v
             cut, sep = best_1d_split(u)
             side = (u > cut).long()
-            sizes = torch.bincount(side, minlength=2)
-            minority = int(sizes.argmin())
-            frac = float(sizes[minority]) / a.shape[0]
-            self.splits_[c] = ClassSplit(
-                label=c,
-                n=int(a.shape[0]),
-                minority=minority,
-                minority_size=int(sizes[minority]),
-                statistic=sep,
-                suspicious=bool(sep > self.threshold and frac <= self.max_fraction),
+            self.splits_[c] = make_split(
+                c,
+                side,
+                sep,
+                mixing(z, side, geo.others[c]),
+                threshold=self.threshold,
+                max_fraction=self.max_fraction,
             )
-            self.directions_[c] = (mean, v, cut)
+            self.directions_[c] = (geo.means[c], geo.maps[c] @ v, cut)
             self.projections_[c] = u.float()
-            self.outlier_scores_[sel] = (u * u).float()
+            self.outlier_scores_[sel] = ((u - u.mean()) ** 2).float()
             assign[sel] = side
         self.assignments_ = assign
         self.scores_ = self._masked(split_scores(assign, y, self.splits_), y)
@@ -132,5 +148,5 @@ class SpectralSignatures(PoisonDetector):
         for c, (mean, v, cut) in self.directions_.items():
             sel = y == c
             if bool(sel.any()):
-                assign[sel] = (((acts[sel] - mean) @ v) > cut).long()
+                assign[sel] = (((acts[sel].double() - mean) @ v) > cut).long()
         return self._masked(split_scores(assign, y, self.splits_), y)
