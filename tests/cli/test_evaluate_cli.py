@@ -149,3 +149,20 @@ def test_version_and_help() -> None:
     assert _run("--version").exit_code == 0
     result = _run("evaluate", "evasion", "--help")
     assert result.exit_code == 0 and "--attack" in result.output
+
+
+def test_demo_trains_evaluates_and_repeats_exactly(tmp_path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        result = _run("--threads", "1", "demo", "--out", out, "--quiet")
+        assert result.exit_code == 0, result.output
+        runs.append(json.loads((out / "report.json").read_text()))
+        assert (out / "report.html").exists()
+    first, second = runs
+    assert first["clean_accuracy"] > 0.9
+    assert first["robust_accuracy"] < first["clean_accuracy"]
+    assert set(first["attacks"]) == {"fgsm", "pgd", "apgd-ce", "square", "deepfool"}
+    for key in ("clean_accuracy", "robust_accuracy"):
+        assert first[key] == second[key]
+    assert first["curve"] == second["curve"]

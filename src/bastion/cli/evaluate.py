@@ -255,6 +255,7 @@ def _demo(*, out: Path, eps: float, seed: int, device: str, quiet: bool) -> None
     x, y = data.x[perm], data.y[perm]
     x_train, y_train, x_test, y_test = x[:1400], y[:1400], x[1400:], y[1400:]
     console.print(f"training a small CNN on {len(x_train)} digits (seed {seed}) ...")
+    torch.manual_seed(seed)  # the initial weights too, so the whole demo repeats exactly
     net = small_cnn((1, 8, 8), 10, width=8).to(dev)
     train_classifier(net, x_train, y_train, epochs=10, lr=3e-3, seed=seed)
     clf = TorchClassifier(net, input_shape=(1, 8, 8), num_classes=10, bounds=(0.0, 1.0))
