@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bastion.defences.training import _linear_path
 from bastion.defences.training.accounting import compute_epsilon
 from bastion.defences.training.dp import (
     DPSGDTrainer,
@@ -16,6 +17,7 @@ from bastion.defences.training.dp import (
     clip_and_sum,
     per_sample_gradients,
     poisson_batch,
+    private_gradient,
 )
 from bastion.errors import ConfigurationError, InputError, ModelError
 from bastion.models.zoo import accuracy, small_cnn, small_mlp, train_classifier
@@ -204,3 +206,77 @@ def test_repr_is_stable() -> None:
         "DPSGDTrainer(target_epsilon=2.0, delta=1e-05, max_grad_norm=1.0, batch_size=64, "
         "epochs=3.0, accountant='rdp', lr=0.1, seed=0)"
     )
+
+
+def _dp_grads(
+    module: nn.Module, x: torch.Tensor, y: torch.Tensor, engine: str
+) -> list[torch.Tensor]:
+    for p in module.parameters():
+        p.grad = None
+    private_gradient(
+        module, x, y, max_grad_norm=0.7, noise_std=0.0, expected_batch_size=10.0, engine=engine
+    )
+    return [p.grad.clone() for p in module.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("kind", ["mlp", "deep", "frozen", "sequence", "shared"])
+def test_linear_fast_path_equals_vmap_path(kind: str) -> None:
+    """The Linear-only path (no per-sample gradients materialised) gives vmap's clipped sums;
+    modules it cannot handle exactly (3-d inputs, a frozen first layer, a shared layer) fall
+    back to vmap and still agree."""
+    torch.manual_seed(2)
+    x = 2 * torch.randn(12, 1, 8, 8)
+    y = torch.randint(0, 10, (12,))
+    if kind == "mlp":
+        net: nn.Module = small_mlp(64, 10)
+        fast = True
+    elif kind == "deep":
+        net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64, 32),
+            nn.Tanh(),
+            nn.Sequential(nn.Linear(32, 16), nn.GELU()),
+            nn.Linear(16, 10, bias=False),
+        )
+        fast = True
+    elif kind == "frozen":
+        net = small_mlp(64, 10)
+        next(net.parameters()).requires_grad_(False)  # first layer's weight; its bias trains
+        fast = True
+    elif kind == "sequence":  # Linear over (n, 8, 8): rows are sequences, not vectors
+        net = nn.Sequential(
+            nn.Flatten(1, 2), nn.Linear(8, 10), nn.ReLU(), nn.Flatten(), nn.Linear(80, 10)
+        )
+        fast = True  # structurally supported, but the 3-d input sends it to vmap
+    else:
+        shared = nn.Linear(64, 64)
+        net = nn.Sequential(nn.Flatten(), shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(64, 10))
+        fast = False
+    assert _linear_path.supported(net) is fast
+    auto = _dp_grads(net, x, y, "auto")
+    ref = _dp_grads(net, x, y, "vmap")
+    assert len(auto) == len(ref) > 0
+    for a, r in zip(auto, ref, strict=True):
+        torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-4)
+
+
+def test_fast_path_norms_match_vmap() -> None:
+    torch.manual_seed(3)
+    net, x, y = small_mlp(64, 10), torch.randn(9, 64), torch.randint(0, 10, (9,))
+    out = _linear_path.clipped_sum(net, x, y, 1.0)
+    assert out is not None
+    _, ref_norms = clip_and_sum(per_sample_gradients(net, x, y), 1.0)
+    torch.testing.assert_close(out[1], ref_norms, atol=1e-5, rtol=1e-4)
+
+
+def test_unknown_engine_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="engine"):
+        private_gradient(
+            nn.Linear(2, 2),
+            torch.randn(3, 2),
+            torch.zeros(3, dtype=torch.long),
+            max_grad_norm=1.0,
+            noise_std=0.0,
+            expected_batch_size=3.0,
+            engine="opacus",
+        )

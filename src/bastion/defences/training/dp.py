@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from bastion.defences.training import _linear_path
 from bastion.defences.training.accounting import ACCOUNTANTS, calibrate_noise, compute_epsilon
 from bastion.errors import ConfigurationError, InputError, ModelError
 
@@ -118,13 +119,21 @@ def private_gradient(
     noise_std: float,
     expected_batch_size: float,
     generator: torch.Generator | None = None,
+    engine: str = "auto",
 ) -> None:
     """Set each trainable parameter's ``.grad`` to the DP-SGD gradient of the batch ``(x, y)``:
     ``(Σ clip(g_i) + N(0, noise_std² I)) / expected_batch_size``. An empty batch gives pure noise.
+
+    ``engine``: ``"vmap"`` materialises per-sample gradients with ``torch.func`` (any module);
+    ``"auto"`` (default) takes the faster Linear-only path of
+    :mod:`bastion.defences.training._linear_path` when the module qualifies, else ``"vmap"``.
+    Both give the same clipped sum.
     """
+    if engine not in ("auto", "vmap"):
+        raise ConfigurationError(f"engine must be 'auto' or 'vmap', got {engine!r}")
     params = {k: p for k, p in module.named_parameters() if p.requires_grad}
     if x.shape[0] > 0:
-        summed, _ = clip_and_sum(per_sample_gradients(module, x, y), max_grad_norm)
+        summed = _clipped_sum(module, x, y, max_grad_norm, engine)
     else:
         summed = {k: torch.zeros_like(p) for k, p in params.items()}
     for k, p in params.items():
@@ -132,6 +141,16 @@ def private_gradient(
         if noise_std > 0:
             g = g + torch.normal(0.0, noise_std, size=g.shape, generator=generator, device=g.device)
         p.grad = g / expected_batch_size
+
+
+def _clipped_sum(
+    module: nn.Module, x: torch.Tensor, y: torch.Tensor, max_grad_norm: float, engine: str
+) -> dict[str, torch.Tensor]:
+    if engine == "auto" and _linear_path.supported(module):
+        fast = _linear_path.clipped_sum(module, x, y, max_grad_norm)
+        if fast is not None:
+            return fast[0]
+    return clip_and_sum(per_sample_gradients(module, x, y), max_grad_norm)[0]
 
 
 def poisson_batch(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
