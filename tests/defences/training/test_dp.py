@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bastion.defences.training import _linear_path
+from bastion.defences.training import _fast_path
 from bastion.defences.training.accounting import compute_epsilon
 from bastion.defences.training.dp import (
     DPSGDTrainer,
@@ -219,11 +219,13 @@ def _dp_grads(
     return [p.grad.clone() for p in module.parameters() if p.grad is not None]
 
 
-@pytest.mark.parametrize("kind", ["mlp", "deep", "frozen", "sequence", "shared"])
-def test_linear_fast_path_equals_vmap_path(kind: str) -> None:
-    """The Linear-only path (no per-sample gradients materialised) gives vmap's clipped sums;
-    modules it cannot handle exactly (3-d inputs, a frozen first layer, a shared layer) fall
-    back to vmap and still agree."""
+@pytest.mark.parametrize(
+    "kind", ["mlp", "deep", "frozen", "sequence", "shared", "cnn", "conv-strided", "grouped"]
+)
+def test_fast_path_equals_vmap_path(kind: str) -> None:
+    """The Linear/Conv2d path (no vmap) gives vmap's clipped sums; modules it cannot handle
+    exactly (3-d inputs to a Linear, a shared layer, grouped convolutions) fall back to vmap
+    and still agree."""
     torch.manual_seed(2)
     x = 2 * torch.randn(12, 1, 8, 8)
     y = torch.randint(0, 10, (12,))
@@ -248,11 +250,34 @@ def test_linear_fast_path_equals_vmap_path(kind: str) -> None:
             nn.Flatten(1, 2), nn.Linear(8, 10), nn.ReLU(), nn.Flatten(), nn.Linear(80, 10)
         )
         fast = True  # structurally supported, but the 3-d input sends it to vmap
+    elif kind == "cnn":
+        net = small_cnn((1, 8, 8), 10, width=4)
+        fast = True
+    elif kind == "conv-strided":
+        net = nn.Sequential(
+            nn.Conv2d(1, 3, 3, stride=2, padding=2, dilation=2, bias=False),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(12, 10),
+        )
+        fast = True
+    elif kind == "grouped":
+        net = nn.Sequential(
+            nn.Conv2d(1, 4, 3),
+            nn.ReLU(),
+            nn.Conv2d(4, 4, 3, groups=2),
+            nn.Flatten(),
+            nn.Linear(64, 10),
+        )
+        fast = False
     else:
         shared = nn.Linear(64, 64)
         net = nn.Sequential(nn.Flatten(), shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(64, 10))
         fast = False
-    assert _linear_path.supported(net) is fast
+    assert _fast_path.supported(net) is fast
+    if fast and kind != "sequence":
+        assert _fast_path.clipped_sum(net, x, y, 0.7) is not None
     auto = _dp_grads(net, x, y, "auto")
     ref = _dp_grads(net, x, y, "vmap")
     assert len(auto) == len(ref) > 0
@@ -263,7 +288,7 @@ def test_linear_fast_path_equals_vmap_path(kind: str) -> None:
 def test_fast_path_norms_match_vmap() -> None:
     torch.manual_seed(3)
     net, x, y = small_mlp(64, 10), torch.randn(9, 64), torch.randint(0, 10, (9,))
-    out = _linear_path.clipped_sum(net, x, y, 1.0)
+    out = _fast_path.clipped_sum(net, x, y, 1.0)
     assert out is not None
     _, ref_norms = clip_and_sum(per_sample_gradients(net, x, y), 1.0)
     torch.testing.assert_close(out[1], ref_norms, atol=1e-5, rtol=1e-4)

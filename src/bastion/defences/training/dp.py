@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from bastion.defences.training import _linear_path
+from bastion.defences.training import _fast_path
 from bastion.defences.training.accounting import ACCOUNTANTS, calibrate_noise, compute_epsilon
 from bastion.errors import ConfigurationError, InputError, ModelError
 
@@ -125,8 +125,8 @@ def private_gradient(
     ``(Σ clip(g_i) + N(0, noise_std² I)) / expected_batch_size``. An empty batch gives pure noise.
 
     ``engine``: ``"vmap"`` materialises per-sample gradients with ``torch.func`` (any module);
-    ``"auto"`` (default) takes the faster Linear-only path of
-    :mod:`bastion.defences.training._linear_path` when the module qualifies, else ``"vmap"``.
+    ``"auto"`` (default) takes the faster Linear/Conv2d path of
+    :mod:`bastion.defences.training._fast_path` when the module qualifies, else ``"vmap"``.
     Both give the same clipped sum.
     """
     if engine not in ("auto", "vmap"):
@@ -146,8 +146,8 @@ def private_gradient(
 def _clipped_sum(
     module: nn.Module, x: torch.Tensor, y: torch.Tensor, max_grad_norm: float, engine: str
 ) -> dict[str, torch.Tensor]:
-    if engine == "auto" and _linear_path.supported(module):
-        fast = _linear_path.clipped_sum(module, x, y, max_grad_norm)
+    if engine == "auto" and _fast_path.supported(module):
+        fast = _fast_path.clipped_sum(module, x, y, max_grad_norm)
         if fast is not None:
             return fast[0]
     return clip_and_sum(per_sample_gradients(module, x, y), max_grad_norm)[0]
