@@ -3,6 +3,7 @@
 Run it in the benchmark venv (ART 1.20.1 there, bastion installed editable)::
 
     nice .bench-venv/bin/python benchmarks/poisoning.py --datasets digits,mnist --repeats 3
+    nice .bench-venv/bin/python benchmarks/poisoning.py --datasets digits --rate 0.1
 
 For each data set a BadNets backdoor (3×3 checkerboard, bottom-right, target class 0) is
 planted in ``--rate`` of the training set, ``bastion.models.zoo.small_cnn`` is trained on the
@@ -18,8 +19,8 @@ are wall-clock (median of ``--repeats`` runs, interleaved; each run includes the
 passes for the activations).
 
 Two layers are compared. ``default``: each library's own default (bastion: the penultimate
-activations, the input of the last linear layer; ART: the output of the model's last
-top-level module, i.e. the logits of a Sequential). ``features``: both on the flattened
+activations, taken before the ReLU that feeds the last linear layer; ART: the output of the
+model's last top-level module, i.e. the logits of a Sequential). ``features``: both on the flattened
 convolutional features (module "5" of small_cnn); ART is pointed at it by truncating its
 ``_layer_names`` list (ART always takes the last entry).
 """

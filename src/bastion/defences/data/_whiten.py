@@ -23,8 +23,8 @@ from bastion.defences.data._split import top_components
 
 __all__ = ["ClassGeometry", "class_geometry", "mixing"]
 
-MAX_DIM = 1024  # wider layers are first reduced to their top principal components
-REDUCED_DIM = 256
+MAX_DIM = 256  # wider layers are first reduced to their top principal components
+REDUCED_DIM = 128
 
 
 class ClassGeometry:
@@ -43,18 +43,23 @@ class ClassGeometry:
 
     def coords(self, c: int, acts: torch.Tensor) -> torch.Tensor:
         """Whitened, centred coordinates of ``acts`` under class ``c``'s geometry (float64)."""
-        return (acts.double() - self.means[c]) @ self.maps[c]
+        centred = acts.float() - self.means[c].float()
+        return (centred @ self.maps[c].float()).double()
 
 
-def _inverse_sqrt(cov: torch.Tensor, shrinkage: float) -> torch.Tensor:
+def _whitening_map(cov: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """``W`` with ``W.T @ reg @ W = I`` for the shrunk covariance ``reg``: ``L^{-T}`` of its
+    Cholesky factor (any whitening map serves: what follows is rotation invariant)."""
     d = cov.shape[0]
+    eye = torch.eye(d, dtype=cov.dtype)
     scale = float(cov.trace()) / d
     if scale <= 0.0:
-        return torch.eye(d, dtype=cov.dtype)
-    reg = (1.0 - shrinkage) * cov + shrinkage * scale * torch.eye(d, dtype=cov.dtype)
-    evals, evecs = torch.linalg.eigh(reg)
-    evals = evals.clamp_min(1e-12 * float(evals.max()))
-    return (evecs * evals.rsqrt()) @ evecs.T
+        return eye
+    reg = (1.0 - shrinkage) * cov + (shrinkage + 1e-9) * scale * eye
+    chol, info = torch.linalg.cholesky_ex(reg)
+    if int(info) != 0:  # numerically singular (shrinkage 0 on a degenerate layer)
+        return eye / scale**0.5
+    return torch.linalg.solve_triangular(chol.T, eye, upper=True)
 
 
 def class_geometry(
@@ -70,39 +75,47 @@ def class_geometry(
     Without whitening (or with fewer than two classes to pool) the map is the identity (or
     the principal-component reduction of a wide layer).
     """
-    a = acts.double()
+    a = acts.float()
+    labels = y.to(a.device)
     all_classes = sorted(set(y.tolist()))
-    means = {c: a[y == c].mean(0) for c in all_classes}
+    means = {c: a[labels == c].mean(0) for c in all_classes}
+    d = a.shape[1]
     reduce: torch.Tensor | None = None
-    if whiten and a.shape[1] > MAX_DIM:
-        centred = torch.cat([a[y == c] - means[c] for c in all_classes])
-        reduce = top_components(centred.float(), REDUCED_DIM).double()
+    if whiten and d > MAX_DIM:
+        table = torch.zeros(max(all_classes) + 1, d, dtype=a.dtype)
+        for c in all_classes:
+            table[c] = means[c]
+        if d <= 2048:  # eigenvectors of the scatter: cheaper than an SVD of the data
+            centred = (a - table[labels]).double()
+            _, evecs = torch.linalg.eigh(centred.T @ centred)
+            reduce = evecs[:, -REDUCED_DIM:].flip(1)
+        else:  # a strided subsample of rows and few power iterations find the top subspace
+            step = max(1, a.shape[0] // 2048)
+            rows = a[::step] - table[labels[::step]]
+            reduce = top_components(rows, REDUCED_DIM, power_iters=2).double()
+    r = (a @ reduce.float()).double() if reduce is not None else a.double()
+    r_means = {c: r[labels == c].mean(0) for c in all_classes}
     scatters: dict[int, torch.Tensor] = {}
     counts: dict[int, int] = {}
     if whiten:
         for c in all_classes:
-            cen = a[y == c] - means[c]
-            if reduce is not None:
-                cen = cen @ reduce
+            cen = r[labels == c] - r_means[c]
             scatters[c] = cen.T @ cen
             counts[c] = int(cen.shape[0])
     total = sum(scatters.values()) if scatters else None
     n_total = sum(counts.values())
+    eye = torch.eye(r.shape[1], dtype=torch.float64)
     maps: dict[int, torch.Tensor] = {}
     others: dict[int, torch.Tensor] = {}
     for c in classes:
-        base = reduce if reduce is not None else torch.eye(a.shape[1], dtype=torch.float64)
-        if whiten and isinstance(total, torch.Tensor) and len(all_classes) >= 2:
-            n_other = n_total - counts[c]
-            cov = (total - scatters[c]) / max(n_other - 1, 1)
-            maps[c] = base @ _inverse_sqrt(cov, shrinkage)
-        else:
-            maps[c] = base
-        rest = [means[k] - means[c] for k in all_classes if k != c]
-        others[c] = (
-            torch.stack(rest) @ maps[c] if rest else torch.zeros(0, maps[c].shape[1]).double()
-        )
-    return ClassGeometry({c: means[c] for c in classes}, maps, others)
+        white = eye
+        if isinstance(total, torch.Tensor) and len(all_classes) >= 2:
+            cov = (total - scatters[c]) / max(n_total - counts[c] - 1, 1)
+            white = _whitening_map(cov, shrinkage)
+        maps[c] = reduce @ white if reduce is not None else white
+        rest = [r_means[k] - r_means[c] for k in all_classes if k != c]
+        others[c] = torch.stack(rest) @ white if rest else torch.zeros(0, white.shape[1]).double()
+    return ClassGeometry({c: means[c].double() for c in classes}, maps, others)
 
 
 def mixing(z: torch.Tensor, parts: torch.Tensor, other_means: torch.Tensor) -> tuple[float, float]:
