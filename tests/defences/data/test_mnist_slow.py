@@ -49,3 +49,28 @@ def test_strip_rejects_triggered_mnist_inputs() -> None:
     assert int(strip.predict(x_test[300:600]).sum()) <= 15
     assert float(strip.predict(triggered).float().mean()) >= 0.9
     assert float(strip.predict(held).float().mean()) <= 0.1
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.10])
+def test_activation_detectors_find_mnist_badnets_at_defaults(rate: float) -> None:
+    from bastion.attacks.poisoning import BadNets, attack_success_rate
+    from bastion.defences.data import ActivationClustering, SpectralSignatures
+    from bastion.models.zoo import small_cnn, train_classifier
+
+    data = load_mnist()
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    x, y = data.x[perm], data.y[perm]
+    attack = BadNets(target_class=0, rate=rate, seed=0)
+    poisoned = attack.poison(x[:8000], y[:8000])
+    torch.manual_seed(0)
+    net = train_classifier(
+        small_cnn((1, 28, 28), 10), poisoned.x, poisoned.y, epochs=4, lr=3e-3, seed=0
+    )
+    x_test, y_test = x[8000:9000], y[8000:9000]
+    assert attack_success_rate(net, x_test[y_test != 0], attack.apply_trigger, 0) > 0.9
+    for detector in (ActivationClustering, SpectralSignatures):
+        det = detector(net).fit(poisoned.x, poisoned.y)
+        score = detection_score(det.flags_, poisoned.mask)
+        assert score.recall >= 0.9
+        assert score.precision >= 0.8
+        assert [c for c, sp in det.splits_.items() if sp.suspicious] == [0]
