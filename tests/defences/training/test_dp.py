@@ -305,3 +305,44 @@ def test_unknown_engine_rejected() -> None:
             expected_batch_size=3.0,
             engine="opacus",
         )
+
+
+def test_fit_draws_poisson_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fit() uses variable-size Poisson batches with mean q n, including empty ones."""
+    import bastion.defences.training.dp as dp
+
+    sizes: list[int] = []
+    real = dp.private_gradient
+
+    def spy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, **kw: object) -> None:
+        sizes.append(int(x.shape[0]))
+        real(module, x, y, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dp, "private_gradient", spy)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(200, 5, generator=gen), torch.randint(0, 2, (200,), generator=gen)
+    report = DPSGDTrainer(noise_multiplier=1.0, sample_rate=0.02, epochs=6, seed=0).fit(
+        nn.Linear(5, 2), x, y
+    )
+    assert len(sizes) == report.steps == 300
+    t = torch.tensor(sizes, dtype=torch.float64)
+    # Binomial(200, 0.02): mean 4, variance 3.92; P(empty) = 0.98^200 = 1.8%.
+    assert abs(float(t.mean()) - 4.0) < 4 * math.sqrt(3.92 / 300)
+    assert 3.92 * 0.7 < float(t.var()) < 3.92 * 1.4
+    assert 0 in sizes
+
+
+def test_empty_batches_still_get_noise() -> None:
+    net = nn.Linear(3, 2)
+    before = net.weight.detach().clone()
+    private_gradient(
+        net,
+        torch.zeros(0, 3),
+        torch.zeros(0, dtype=torch.long),
+        max_grad_norm=1.0,
+        noise_std=1.0,
+        expected_batch_size=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert net.weight.grad is not None and float(net.weight.grad.abs().sum()) > 0
+    assert torch.equal(net.weight.detach(), before)
