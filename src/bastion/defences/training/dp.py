@@ -137,10 +137,10 @@ def private_gradient(
     else:
         summed = {k: torch.zeros_like(p) for k, p in params.items()}
     for k, p in params.items():
-        g = summed[k]
+        g = summed[k]  # a fresh tensor: safe to update in place
         if noise_std > 0:
-            g = g + torch.normal(0.0, noise_std, size=g.shape, generator=generator, device=g.device)
-        p.grad = g / expected_batch_size
+            g.add_(torch.normal(0.0, noise_std, size=g.shape, generator=generator, device=g.device))
+        p.grad = g.div_(expected_batch_size)
 
 
 def _clipped_sum(
