@@ -16,9 +16,11 @@ Victims and data (nothing downloads):
 - **digits logistic regression** — bastion's equation solving (Tramèr 2016; ART has none) beside
   both libraries' Knockoff Nets.
 
-Each library gets the same victim, pool, budget and surrogate recipe: the same surrogate
-architecture, initialised from the same seed, Adam at the same learning rate, the same batch
-size and epochs, trained once on all the answers (bastion ``rounds=1``). Copycat CNN trains on
+Each library gets the same victim, pool, budget and surrogate: the same architecture,
+initialised from the same seed, Adam, the same batch size and epochs, trained once on all the
+answers (bastion ``rounds=1``). The learning rate is each library's choice: ART's is constant
+(``--lr``); bastion's (``--recipe own``, the default) peaks at 3 × ``--lr`` and decays to zero
+along a cosine; ``--recipe equal`` gives bastion ART's constant rate. Copycat CNN trains on
 the victim's labels; Knockoff Nets on its probabilities (ART's victim is given a softmax output
 so that its ``use_probability=True`` receives probabilities, as from a prediction API).
 Fidelity (label agreement with the victim on held-out data), queries (rows the victim was

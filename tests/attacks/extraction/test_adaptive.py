@@ -116,3 +116,12 @@ def test_parameters_are_validated(mlp_victim, digits_split) -> None:
             query_budget=10, strategy=AdaptiveStrategy(clusters=torch.zeros(5).long())
         ).extract(mlp_victim, x_pool=x[:20])
     assert mlp_victim.queries == 0
+
+
+def test_catalog_builds_the_adaptive_attack() -> None:
+    from bastion.attacks.extraction.catalog import STRATEGIES, build_extraction_attack
+
+    assert "adaptive" in STRATEGIES
+    attack = build_extraction_attack("adaptive", query_budget=100, labels="hard")
+    assert isinstance(attack, KnockoffNets) and isinstance(attack.strategy, AdaptiveStrategy)
+    assert attack.labels == "hard"

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["STRATEGIES", "build_extraction_attack", "parse_policy"]
 
 #: the ``--strategy`` names of ``bastion evaluate extraction``
-STRATEGIES = ("knockoff", "copycat", "jacobian", "noise", "equation")
+STRATEGIES = ("knockoff", "copycat", "adaptive", "jacobian", "noise", "equation")
 
 
 def build_extraction_attack(
@@ -40,6 +40,7 @@ def build_extraction_attack(
     """The attack behind a strategy name.
 
     ``knockoff``: soft labels on the data pool; ``copycat``: hard labels on the pool;
+    ``adaptive``: Knockoff Nets' bandit policy over the pool with ``labels``;
     ``jacobian`` / ``noise``: Jacobian augmentation / random noise with ``labels``;
     ``equation``: equation solving (linear softmax victims, scores needed).
     """
@@ -57,7 +58,7 @@ def build_extraction_attack(
         return KnockoffNets(strategy="pool", labels=labels, **common)  # type: ignore[arg-type]
     if key == "copycat":
         return CopycatCNN(strategy="pool", labels="hard", **common)  # type: ignore[arg-type]
-    if key in ("jacobian", "noise"):
+    if key in ("adaptive", "jacobian", "noise"):
         return KnockoffNets(strategy=key, labels=labels, **common)  # type: ignore[arg-type]
     raise ConfigurationError(f"unknown extraction strategy {name!r}; use one of {STRATEGIES}")
 
