@@ -32,7 +32,10 @@ def evaluate_extraction_cmd(
     ),
     budget: int = typer.Option(10000, "--budget", "-b", help="Query budget of the attack."),
     strategy: str = typer.Option(
-        "knockoff", "--strategy", "-s", help="knockoff, copycat, jacobian, noise, adaptive or equation."
+        "knockoff",
+        "--strategy",
+        "-s",
+        help="knockoff, copycat, jacobian, noise, adaptive or equation.",
     ),
     access: str = typer.Option(
         "scores", "--access", help="What the attacker sees: scores (probabilities) or labels."
