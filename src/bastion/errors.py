@@ -28,6 +28,7 @@ from __future__ import annotations
 __all__ = [
     "AccessDenied",
     "ArtifactError",
+    "AuthenticationError",
     "BastionError",
     "CapabilityError",
     "ConfigurationError",
@@ -37,6 +38,7 @@ __all__ = [
     "ModelError",
     "ModelLoadError",
     "QueryBudgetExceeded",
+    "RateLimited",
     "RegistryError",
     "SignatureError",
     "UnsafeArtifactError",
@@ -94,6 +96,18 @@ class RegistryError(BastionError):
 
 class AccessDenied(BastionError):
     """An identity lacks the permission for the action it attempted."""
+
+
+class AuthenticationError(AccessDenied):
+    """No credential, or one that is unknown, malformed, expired or revoked (HTTP 401)."""
+
+
+class RateLimited(BastionError):
+    """Too many requests in a time window; ``retry_after`` is the wait in seconds (HTTP 429)."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = float(retry_after)
 
 
 class DataContractError(BastionError):
