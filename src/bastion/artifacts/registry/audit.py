@@ -6,12 +6,17 @@ the newest sequence number and hash. :func:`verify_chain` recomputes every hash,
 entry, a removed entry (in the middle or at the end), an inserted or reordered entry are all
 detected -- unless the attacker can also rewrite every later hash and the head, which is why
 the head hash should also be copied somewhere else (a ticket, a log shipper) from time to time.
+
+The chain itself -- :func:`chain_hash` over canonical JSON and :func:`verify_links` -- is generic
+and shared with the access-control audit log (:mod:`bastion.access.audit`), which stores
+different fields in its own tables.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +30,11 @@ __all__ = [
     "AuditRecord",
     "AuditVerification",
     "append",
+    "chain_hash",
     "entry_hash",
     "lock_head",
     "verify_chain",
+    "verify_links",
 ]
 
 GENESIS = "0" * 64
@@ -59,21 +66,47 @@ class AuditVerification:
     reason: str = ""
 
 
-def _content(seq: int, at: str, actor: str, action: str, model: str | None,
-             version: int | None, outcome: str, details: str) -> bytes:
-    return json.dumps(
-        {"seq": seq, "at": at, "actor": actor, "action": action, "model": model,
-         "version": version, "outcome": outcome, "details": details},
-        sort_keys=True, separators=(",", ":"),
-    ).encode()
+def chain_hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
+    """SHA-256 of ``prev_hash`` followed by the canonical JSON of ``fields`` (sorted keys)."""
+    h = hashlib.sha256(prev_hash.encode())
+    h.update(json.dumps(dict(fields), sort_keys=True, separators=(",", ":")).encode())
+    return h.hexdigest()
 
 
 def entry_hash(prev_hash: str, seq: int, at: str, actor: str, action: str,
                model: str | None, version: int | None, outcome: str, details: str) -> str:
-    """The hash of one entry given the previous entry's hash."""
-    h = hashlib.sha256(prev_hash.encode())
-    h.update(_content(seq, at, actor, action, model, version, outcome, details))
-    return h.hexdigest()
+    """The hash of one registry entry given the previous entry's hash."""
+    return chain_hash(prev_hash, {"seq": seq, "at": at, "actor": actor, "action": action,
+                                  "model": model, "version": version, "outcome": outcome,
+                                  "details": details})
+
+
+def verify_links(links: Iterable[tuple[int, str, str, str]], *, head_seq: int,
+                 head_hash: str) -> AuditVerification:
+    """Check a chain given, oldest first, ``(seq, prev_hash, stored_hash, recomputed_hash)``.
+
+    ``recomputed_hash`` is :func:`chain_hash` of the entry's stored ``prev_hash`` and its stored
+    fields; ``head_seq``/``head_hash`` are what the head row records (``0``/:data:`GENESIS` for
+    an empty log). Detects edited, removed (middle and end), inserted and reordered entries.
+    """
+    prev, expected_seq, count = GENESIS, 1, 0
+    for seq, prev_hash, stored, recomputed in links:
+        if seq != expected_seq:
+            return AuditVerification(False, count, prev, expected_seq,
+                                     f"entry {expected_seq} is missing (next is {seq})")
+        if prev_hash != prev:
+            return AuditVerification(False, count, prev, seq,
+                                     f"entry {seq} does not follow entry {seq - 1}"
+                                     " (removed, inserted or reordered entries)")
+        if recomputed != stored:
+            return AuditVerification(False, count, prev, seq,
+                                     f"entry {seq} was edited (its hash does not match)")
+        prev, expected_seq, count = stored, expected_seq + 1, count + 1
+    if head_seq != count or head_hash != prev:
+        return AuditVerification(False, count, prev, count + 1,
+                                 f"the log ends at entry {count} but the head records entry"
+                                 f" {head_seq}: entries were removed from the end")
+    return AuditVerification(True, count, prev)
 
 
 def lock_head(session: Session) -> AuditHead:
@@ -108,26 +141,10 @@ def append(session: Session, *, actor: str, action: str, model: str | None = Non
 
 def verify_chain(session: Session) -> AuditVerification:
     """Recompute the chain and compare it with the stored hashes and the head."""
-    prev, expected_seq, count = GENESIS, 1, 0
     rows = session.execute(select(AuditEntry).order_by(AuditEntry.seq)).scalars()
-    for e in rows:
-        if e.seq != expected_seq:
-            return AuditVerification(False, count, prev, expected_seq,
-                                     f"entry {expected_seq} is missing (next is {e.seq})")
-        if e.prev_hash != prev:
-            return AuditVerification(False, count, prev, e.seq,
-                                     f"entry {e.seq} does not follow entry {e.seq - 1}"
-                                     " (removed, inserted or reordered entries)")
-        recomputed = entry_hash(prev, e.seq, e.at, e.actor, e.action, e.model, e.version,
-                                e.outcome, e.details)
-        if recomputed != e.hash:
-            return AuditVerification(False, count, prev, e.seq,
-                                     f"entry {e.seq} was edited (its hash does not match)")
-        prev, expected_seq, count = e.hash, expected_seq + 1, count + 1
+    links = ((e.seq, e.prev_hash, e.hash,
+              entry_hash(e.prev_hash, e.seq, e.at, e.actor, e.action, e.model, e.version,
+                         e.outcome, e.details)) for e in rows)
     head = session.get(AuditHead, 1)
     head_seq, head_hash = (head.seq, head.hash) if head is not None else (0, GENESIS)
-    if head_seq != count or head_hash != prev:
-        return AuditVerification(False, count, prev, count + 1,
-                                 f"the log ends at entry {count} but the head records entry"
-                                 f" {head_seq}: entries were removed from the end")
-    return AuditVerification(True, count, prev)
+    return verify_links(links, head_seq=head_seq, head_hash=head_hash)
