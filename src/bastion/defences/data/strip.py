@@ -11,7 +11,20 @@ prediction follows the overlay, so the entropy is high; a trigger keeps dictatin
 class, so the entropy stays low. The score is the negative entropy (higher is more suspicious)
 and the threshold is calibrated on clean inputs to a chosen false-rejection rate.
 
-Defaults: ``n_perturbations=16``, ``mode="add"``, calibrated to ``fpr=0.05`` by :meth:`fit`.
+Calibration is out-of-sample and finite-sample conservative. :meth:`fit` splits the clean set
+(seeded) into an overlay pool and a disjoint calibration set, so no calibration input is ever
+blended with itself, and the threshold is the conformal order statistic: with ``n`` calibration
+scores it lets ``floor(fpr * (n + 1)) - 1`` of them lie above it, which makes the expected
+false-rejection rate on new clean inputs (exchangeable with the calibration set) at most
+``fpr`` -- the plain empirical quantile lets one more through and overshoots by about
+``1 / (n + 1)``. With ``confidence=c`` the threshold instead bounds the held-out false-rejection
+rate by ``fpr`` with probability at least ``c`` over the calibration draw (the exact binomial /
+Beta bound on an order statistic), at the price of a slightly lower detection rate. The
+realised rate still varies with the calibration draw: its standard deviation is about
+``sqrt(fpr * (1 - fpr) / n)``, so calibrate on a few hundred inputs where you can.
+
+Defaults: ``n_perturbations=16``, ``mode="add"``, calibrated to ``fpr=0.05`` by :meth:`fit` on
+half of the clean set (``calibration_fraction=0.5``).
 
 Example
 -------
@@ -20,23 +33,70 @@ Example
 >>> from bastion.defences.data import STRIP
 >>> _ = torch.manual_seed(0)
 >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
->>> strip = STRIP(net, n_perturbations=8).fit(torch.rand(50, 4))
+>>> strip = STRIP(net, n_perturbations=8).fit(torch.rand(80, 4))
+>>> strip.pool_.shape, strip.clean_scores_.shape
+(torch.Size([40, 4]), torch.Size([40]))
 >>> strip.predict(torch.rand(10, 4)).shape
 torch.Size([10])
+>>> conformal_threshold(torch.arange(100.0), 0.05)  # 4 of 100 above: E[FRR] = 5/101
+95.0
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+from scipy.stats import binom
 from torch import nn
 
 from bastion.defences.data._activations import as_module
-from bastion.defences.data.base import check_fpr, check_xy, quantile_threshold
+from bastion.defences.data.base import check_fpr, check_xy
 from bastion.errors import ConfigurationError, InputError
 
-__all__ = ["STRIP"]
+__all__ = ["STRIP", "conformal_threshold"]
+
+
+def _allowed_above(n: int, fpr: float, confidence: float | None) -> int:
+    """How many of ``n`` calibration scores may lie strictly above the threshold."""
+    if confidence is None:
+        # rank of a new exchangeable score is uniform on 1..n+1: P(above the (k+1)-th
+        # largest) = (k + 1) / (n + 1) <= fpr
+        return math.floor(fpr * (n + 1) + 1e-9) - 1
+    # conditional FRR of the (k+1)-th largest is Beta(k + 1, n - k); P(FRR <= fpr) equals
+    # P(Binomial(n, fpr) >= k + 1); take the largest k with that at least `confidence`
+    k = -1
+    while k + 1 < n and float(binom.sf(k + 1, n, fpr)) >= confidence:
+        k += 1
+    return k
+
+
+def conformal_threshold(
+    scores: torch.Tensor, fpr: float, *, confidence: float | None = None
+) -> float:
+    """Threshold on clean calibration ``scores`` (higher is more suspicious) for ``fpr``.
+
+    Without ``confidence``: the expected rate of new clean scores above the threshold is at
+    most ``fpr``. With ``confidence=c``: that rate is at most ``fpr`` with probability ``>= c``
+    over the calibration sample. Raises :class:`InputError` when there are too few scores to
+    guarantee either (at least ``ceil(1 / fpr) - 1`` are needed for the first).
+    """
+    fpr = check_fpr(fpr)
+    if confidence is not None and not 0.0 < float(confidence) < 1.0:
+        raise ConfigurationError(f"confidence must be in (0, 1) or None, got {confidence!r}")
+    s = scores.detach().double().flatten().sort(descending=True).values
+    n = s.numel()
+    k = _allowed_above(n, fpr, confidence)
+    if k < 0:
+        need = math.ceil(1 / fpr) - 1
+        raise InputError(
+            f"{n} clean calibration inputs are too few to guarantee a false-rejection rate of "
+            f"{fpr}"
+            + ("" if confidence is None else f" at confidence {confidence}")
+            + f"; give more clean inputs (at least {need} without a confidence level)"
+        )
+    return float(s[k])
 
 
 class STRIP:
@@ -98,19 +158,49 @@ class STRIP:
         self.batch_size = batch_size
         self.seed = int(seed)
 
-    def fit(self, x_clean: torch.Tensor, *, fpr: float = 0.05) -> STRIP:
-        """Keep ``x_clean`` as the overlay pool and calibrate on it to ``fpr``."""
-        check_xy(x_clean, None, need_y=False)
-        if x_clean.shape[0] < 2:
-            raise InputError("give at least two clean inputs for the overlay pool")
-        self.pool_ = x_clean.detach().float().cpu()
-        return self.calibrate(x_clean, fpr=fpr)
+    def fit(
+        self,
+        x_clean: torch.Tensor,
+        *,
+        fpr: float = 0.05,
+        calibration_fraction: float = 0.5,
+        confidence: float | None = None,
+    ) -> STRIP:
+        """Split ``x_clean`` (seeded) into the overlay pool and a disjoint calibration set.
 
-    def calibrate(self, x_clean: torch.Tensor, *, fpr: float = 0.05) -> STRIP:
-        """Set ``threshold_`` so that at most ``fpr`` of ``x_clean`` are rejected."""
+        ``calibration_fraction`` of the inputs calibrate the threshold (see :meth:`calibrate`),
+        the rest become ``pool_``. Calibrating on the overlay pool itself would blend inputs
+        with themselves and bias the threshold, so the two never overlap.
+        """
+        check_xy(x_clean, None, need_y=False)
+        if not 0.0 < float(calibration_fraction) < 1.0:
+            raise ConfigurationError(
+                f"calibration_fraction must be in (0, 1), got {calibration_fraction!r}"
+            )
+        n = x_clean.shape[0]
+        n_cal = round(n * float(calibration_fraction))
+        if n_cal < 1 or n - n_cal < 2:
+            raise InputError(
+                f"{n} clean inputs cannot be split into an overlay pool of at least two and a "
+                "calibration set; give more clean inputs"
+            )
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        x = x_clean.detach().float().cpu()
+        self.pool_ = x[perm[n_cal:]]
+        return self.calibrate(x[perm[:n_cal]], fpr=fpr, confidence=confidence)
+
+    def calibrate(
+        self, x_clean: torch.Tensor, *, fpr: float = 0.05, confidence: float | None = None
+    ) -> STRIP:
+        """Set ``threshold_`` from clean inputs that are NOT in the overlay pool.
+
+        The threshold is :func:`conformal_threshold` of their scores: new clean inputs are
+        rejected at a rate of at most ``fpr`` in expectation, or with probability at least
+        ``confidence`` when it is given.
+        """
         fpr = check_fpr(fpr)
         self.clean_scores_ = self.score(x_clean)
-        self.threshold_ = quantile_threshold(self.clean_scores_, fpr)
+        self.threshold_ = conformal_threshold(self.clean_scores_, fpr, confidence=confidence)
         self.fpr_ = fpr
         return self
 
