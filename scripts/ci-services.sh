@@ -3,3 +3,4 @@
 # Each script is idempotent and installs what it needs from Debian or PyPI.
 eval "$(scripts/start-postgres.sh)"
 eval "$(scripts/start-s3.sh)"
+eval "$(scripts/start-redis.sh)"

@@ -1,0 +1,402 @@
+"""Shared state of the gateway's guards: counters, token buckets, bounded vector lists.
+
+Rate limits, query budgets, the extraction detector and alert de-duplication keep their state
+behind one small protocol, :class:`StateBackend`, so that one gateway process keeps it in
+memory (:class:`InMemoryState`, the default: nothing to start) and several replicas share it
+through Redis (:class:`RedisState`). :func:`open_state` picks the backend from a URL.
+
+Every operation that reads and then writes (a token bucket, a counter with an expiry, a
+set-if-absent) is atomic: under a lock in memory, in one Lua script or one command in Redis.
+Redis keys are namespaced (``bastion:`` by default) and time in Redis scripts is the server's
+clock, so replicas whose clocks disagree still share one bucket.
+
+>>> state = open_state("memory://")
+>>> state.incr("requests:alice"), state.incr("requests:alice", 2)
+(1, 3)
+>>> state.take_tokens("bucket:alice", rate=1.0, burst=2)
+(True, 0.0)
+>>> state.set_once("alert:alice", ttl=60.0), state.set_once("alert:alice", ttl=60.0)
+(True, False)
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlparse, urlunparse
+
+import numpy as np
+
+from bastion.errors import ConfigurationError, brief
+
+__all__ = ["InMemoryState", "RedisState", "StateBackend", "open_state"]
+
+
+@runtime_checkable
+class StateBackend(Protocol):
+    """The operations the guards need; every read-modify-write is atomic."""
+
+    def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
+        """Add ``amount`` to an integer counter and return the new value.
+
+        A counter that does not exist starts at 0. With ``ttl`` (seconds) a counter that has no
+        expiry yet gets one, so it vanishes ``ttl`` seconds after its first increment (a fixed
+        window); later increments do not extend it.
+        """
+        ...
+
+    def get_int(self, key: str) -> int:
+        """The value of a counter, 0 when it does not exist or has expired."""
+        ...
+
+    def take_tokens(
+        self, key: str, *, rate: float, burst: int, cost: int = 1
+    ) -> tuple[bool, float]:
+        """Take ``cost`` tokens from a bucket of ``burst`` tokens refilled at ``rate`` per second.
+
+        Returns ``(True, 0.0)`` and takes the tokens when enough are there, otherwise
+        ``(False, seconds until enough will be)`` and takes nothing. A new bucket starts full.
+        """
+        ...
+
+    def push_vector(
+        self, key: str, vector: np.ndarray, *, max_len: int, ttl: float | None = None
+    ) -> None:
+        """Append a vector (stored as float32) to a list that keeps the latest ``max_len``.
+
+        ``ttl`` (seconds), when given, makes the whole list expire that long after the last push.
+        """
+        ...
+
+    def vectors(self, key: str) -> np.ndarray:
+        """The list as a float32 array ``(n, d)``, oldest first; ``(0, 0)`` when empty."""
+        ...
+
+    def set_once(self, key: str, ttl: float) -> bool:
+        """Set a marker for ``ttl`` seconds; True if it was not already set."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the state itself survives in Redis."""
+        ...
+
+
+def _check_ttl(ttl: float | None, name: str = "ttl") -> None:
+    if ttl is not None and not (math.isfinite(ttl) and ttl > 0):
+        raise ConfigurationError(
+            f"{name} must be a positive number of seconds or None, got {ttl!r}"
+        )
+
+
+def _check_bucket(rate: float, burst: int, cost: int) -> None:
+    if not (math.isfinite(rate) and rate > 0):
+        raise ConfigurationError(
+            f"rate must be a positive number of tokens per second, got {rate!r}"
+        )
+    if int(burst) != burst or burst < 1:
+        raise ConfigurationError(f"burst must be a positive integer, got {burst!r}")
+    if int(cost) != cost or cost < 0:
+        raise ConfigurationError(f"cost must be a non-negative integer, got {cost!r}")
+
+
+def _as_row(vector: np.ndarray) -> np.ndarray:
+    row = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if row.size == 0:
+        raise ConfigurationError("cannot store an empty vector")
+    return row
+
+
+def _check_max_len(max_len: int) -> None:
+    if int(max_len) != max_len or max_len < 1:
+        raise ConfigurationError(f"max_len must be a positive integer, got {max_len!r}")
+
+
+class InMemoryState:
+    """State in this process, guarded by one lock (thread-safe); lost when the process exits.
+
+    ``clock`` (seconds, monotonic) is injectable so that tests can move time without sleeping.
+    Expired keys are dropped lazily when touched and in a sweep every few thousand writes.
+    """
+
+    _SWEEP_EVERY = 4096
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._ints: dict[str, int] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._vectors: dict[str, np.ndarray] = {}
+        self._markers: dict[str, float] = {}  # key -> expires at
+        self._expiry: dict[str, float] = {}  # ints and vector lists with a TTL
+        self._writes = 0
+
+    def __repr__(self) -> str:
+        return "InMemoryState()"
+
+    # -- helpers (call with the lock held) -------------------------------------------------
+    def _expired(self, key: str, now: float) -> bool:
+        at = self._expiry.get(key)
+        if at is not None and at <= now:
+            self._expiry.pop(key, None)
+            self._ints.pop(key, None)
+            self._vectors.pop(key, None)
+            return True
+        return False
+
+    def _sweep(self, now: float) -> None:
+        self._writes += 1
+        if self._writes % self._SWEEP_EVERY:
+            return
+        for key in [k for k, at in self._expiry.items() if at <= now]:
+            self._expired(key, now)
+        for key in [k for k, at in self._markers.items() if at <= now]:
+            del self._markers[key]
+
+    # -- protocol ------------------------------------------------------------------------
+    def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
+        _check_ttl(ttl)
+        with self._lock:
+            now = self._clock()
+            self._expired(key, now)
+            value = self._ints.get(key, 0) + int(amount)
+            self._ints[key] = value
+            if ttl is not None and key not in self._expiry:
+                self._expiry[key] = now + ttl
+            self._sweep(now)
+            return value
+
+    def get_int(self, key: str) -> int:
+        with self._lock:
+            self._expired(key, self._clock())
+            return self._ints.get(key, 0)
+
+    def take_tokens(
+        self, key: str, *, rate: float, burst: int, cost: int = 1
+    ) -> tuple[bool, float]:
+        _check_bucket(rate, burst, cost)
+        with self._lock:
+            now = self._clock()
+            tokens, at = self._buckets.get(key, (float(burst), now))
+            tokens = min(float(burst), tokens + max(0.0, now - at) * rate)
+            if tokens >= cost:
+                self._buckets[key] = (tokens - cost, now)
+                allowed, wait = True, 0.0
+            else:
+                self._buckets[key] = (tokens, now)
+                allowed, wait = False, (cost - tokens) / rate
+            self._sweep(now)
+            return allowed, wait
+
+    def push_vector(
+        self, key: str, vector: np.ndarray, *, max_len: int, ttl: float | None = None
+    ) -> None:
+        _check_max_len(max_len)
+        _check_ttl(ttl)
+        row = _as_row(vector)
+        with self._lock:
+            now = self._clock()
+            self._expired(key, now)
+            old = self._vectors.get(key)
+            if old is not None and old.shape[1] != row.size:
+                raise ConfigurationError(
+                    f"vector of length {row.size} pushed to {key!r}, which holds vectors of length "
+                    f"{old.shape[1]}"
+                )
+            new = (
+                row[None]
+                if old is None
+                else np.concatenate([old[-(max_len - 1) :] if max_len > 1 else old[:0], row[None]])
+            )
+            self._vectors[key] = new
+            if ttl is not None:
+                self._expiry[key] = now + ttl
+            self._sweep(now)
+
+    def vectors(self, key: str) -> np.ndarray:
+        with self._lock:
+            self._expired(key, self._clock())
+            stored = self._vectors.get(key)
+            return np.zeros((0, 0), np.float32) if stored is None else stored.copy()
+
+    def set_once(self, key: str, ttl: float) -> bool:
+        _check_ttl(ttl)
+        with self._lock:
+            now = self._clock()
+            at = self._markers.get(key)
+            if at is not None and at > now:
+                return False
+            self._markers[key] = now + ttl
+            self._sweep(now)
+            return True
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+# Lua scripts: atomic on the server, using the server's clock (replicas may disagree on time).
+_INCR = """
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if tonumber(ARGV[2]) > 0 and redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return v
+"""
+
+_TAKE = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1])
+local at = tonumber(state[2])
+if tokens == nil then tokens = burst; at = now end
+local elapsed = now - at
+if elapsed < 0 then elapsed = 0 end
+tokens = math.min(burst, tokens + elapsed * rate)
+local allowed = 0
+local wait = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  allowed = 1
+else
+  wait = (cost - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(1000 * (burst / rate + 1)))
+return {allowed, tostring(wait)}
+"""
+
+_PUSH = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
+
+
+def _ms(seconds: float | None) -> int:
+    return 0 if seconds is None else max(1, math.ceil(seconds * 1000))
+
+
+class RedisState:
+    """State in Redis, shared by every gateway replica that opens the same URL.
+
+    ``url`` is a redis-py URL (``redis://[:password@]host:port/db``, ``rediss://`` for TLS,
+    ``unix://``). Keys are prefixed with ``prefix``. The connection is checked at construction:
+    an unreachable server raises :class:`~bastion.errors.ConfigurationError` naming the URL
+    (without its password). Vectors are stored as float32 bytes in a capped list.
+    """
+
+    def __init__(self, url: str, *, prefix: str = "bastion:", socket_timeout: float = 2.0) -> None:
+        import redis
+
+        self.url = url
+        self.prefix = prefix
+        safe = _redact(url)
+        try:
+            self._client: Any = redis.Redis.from_url(
+                url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+            )
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"invalid Redis URL {safe!r} ({brief(exc)}): use redis://host:port/db, "
+                "rediss://... for TLS or unix:///path/to/socket"
+            ) from exc
+        try:
+            self._client.ping()
+        except redis.RedisError as exc:
+            self._client.close()
+            raise ConfigurationError(
+                f"cannot reach Redis at {safe!r} ({brief(exc)}): start the server (for tests: "
+                'eval "$(scripts/start-redis.sh)"), check the URL and password, or leave the '
+                "state URL unset to keep state in memory"
+            ) from exc
+        self._incr = self._client.register_script(_INCR)
+        self._take = self._client.register_script(_TAKE)
+        self._push = self._client.register_script(_PUSH)
+
+    def __repr__(self) -> str:
+        return f"RedisState({_redact(self.url)!r}, prefix={self.prefix!r})"
+
+    def _k(self, key: str) -> str:
+        return self.prefix + key
+
+    def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
+        _check_ttl(ttl)
+        return int(self._incr(keys=[self._k(key)], args=[int(amount), _ms(ttl)]))
+
+    def get_int(self, key: str) -> int:
+        value = self._client.get(self._k(key))
+        return 0 if value is None else int(value)
+
+    def take_tokens(
+        self, key: str, *, rate: float, burst: int, cost: int = 1
+    ) -> tuple[bool, float]:
+        _check_bucket(rate, burst, cost)
+        allowed, wait = self._take(
+            keys=[self._k(key)], args=[repr(float(rate)), int(burst), int(cost)]
+        )
+        return bool(int(allowed)), float(wait)
+
+    def push_vector(
+        self, key: str, vector: np.ndarray, *, max_len: int, ttl: float | None = None
+    ) -> None:
+        _check_max_len(max_len)
+        _check_ttl(ttl)
+        row = _as_row(vector)
+        self._push(keys=[self._k(key)], args=[row.tobytes(), int(max_len), _ms(ttl)])
+
+    def vectors(self, key: str) -> np.ndarray:
+        items = self._client.lrange(self._k(key), 0, -1)
+        if not items:
+            return np.zeros((0, 0), np.float32)
+        sizes = {len(item) for item in items}
+        if len(sizes) != 1:
+            raise ConfigurationError(f"{key!r} holds vectors of different lengths; delete the key")
+        return np.frombuffer(b"".join(items), dtype=np.float32).reshape(len(items), -1).copy()
+
+    def set_once(self, key: str, ttl: float) -> bool:
+        _check_ttl(ttl)
+        return bool(self._client.set(self._k(key), b"1", nx=True, px=_ms(ttl)))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _redact(url: str) -> str:
+    """The URL without its password."""
+    try:
+        parsed = urlparse(url)
+        if parsed.password is None:
+            return url
+        netloc = parsed.netloc.rsplit("@", 1)[1]
+        user = parsed.username or ""
+        return urlunparse(parsed._replace(netloc=f"{user}:***@{netloc}"))
+    except ValueError:
+        return "<unparseable URL>"
+
+
+def open_state(url: str | None) -> StateBackend:
+    """The backend for ``url``: in memory for None, ``""`` or ``memory://``, Redis otherwise.
+
+    >>> open_state(None)
+    InMemoryState()
+    >>> open_state("ftp://example.org")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    bastion.errors.ConfigurationError: unsupported state URL 'ftp://example.org': use memory:// ...
+    """
+    if url is None or url == "" or url.startswith("memory://"):
+        return InMemoryState()
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in {"redis", "rediss", "unix"}:
+        return RedisState(url)
+    raise ConfigurationError(
+        f"unsupported state URL {_redact(url)!r}: use memory:// (one process) or "
+        "redis://host:port/db (shared by replicas)"
+    )

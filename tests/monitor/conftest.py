@@ -1,0 +1,61 @@
+"""Fixtures of the monitor tests.
+
+``state`` runs a test against every state backend: in memory, and a real Redis server read
+from ``BASTION_TEST_REDIS_URL`` (set it with ``eval "$(scripts/start-redis.sh)"``). Locally a
+missing server skips the Redis cases with the reason; in CI (``CI`` set) it fails them.
+Each Redis case gets its own key prefix, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from bastion.monitor.state import InMemoryState, RedisState, StateBackend
+
+
+def _redis_server_url() -> str:
+    url = os.environ.get("BASTION_TEST_REDIS_URL")
+    if url:
+        return url
+    message = (
+        "BASTION_TEST_REDIS_URL is not set: start the server with "
+        '`eval "$(scripts/start-redis.sh)"`'
+    )
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (required in CI)")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def redis_state_factory() -> Iterator[Callable[[], RedisState]]:
+    """``make()``: a new connection to the test server, all sharing one fresh key prefix."""
+    url = _redis_server_url()
+    prefix = f"bastion:test-{uuid.uuid4().hex[:12]}:"
+    made: list[RedisState] = []
+
+    def make() -> RedisState:
+        state = RedisState(url, prefix=prefix)
+        made.append(state)
+        return state
+
+    yield make
+    if made:
+        client = made[0]._client
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    for state in made:
+        state.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def state(request: pytest.FixtureRequest) -> StateBackend:
+    """Each state backend in turn."""
+    if request.param == "memory":
+        return InMemoryState()
+    factory: Callable[[], RedisState] = request.getfixturevalue("redis_state_factory")
+    return factory()
