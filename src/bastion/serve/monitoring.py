@@ -1,0 +1,242 @@
+"""Live monitoring of served traffic: input drift, extraction (PRADA), delayed-label accuracy.
+
+The request path only *enqueues* an event (a few microseconds); a background thread feeds the
+monitors and raises alerts, so a slow detector or a slow webhook never delays an answer. When
+the queue is full (``max_queue`` events) new events are dropped and counted in
+``bastion_monitor_dropped_total`` rather than blocking requests. :meth:`MonitorWorker.drain`
+waits until every queued event is processed (tests and shutdown use it).
+
+Per model:
+
+- drift: a :class:`~bastion.monitor.drift.DriftMonitor` over windows of ``window`` inputs,
+  with the contract's own distribution tests (``method: contract``, :class:`ContractDrift`) or
+  a detector of :mod:`bastion.monitor.drift` calibrated on a reference file. A drifted window
+  raises a ``drift`` alert; every window's p-value goes to ``bastion_drift_p_value``.
+- extraction: :class:`~bastion.monitor.extraction.ExtractionDetector` per (model, key); a
+  verdict raises an ``extraction`` alert naming the key.
+- performance: :class:`~bastion.monitor.performance.PerformanceMonitor`; labels arrive through
+  ``POST /v1/models/{name}/feedback``; a degraded window raises a ``performance`` alert.
+
+Alerts go through one :class:`~bastion.monitor.alerts.AlertManager` (log + optional webhook,
+de-duplicated per key for ``dedup_seconds``).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bastion.data.contracts import Contract, validate
+from bastion.errors import BastionError, ConfigurationError
+from bastion.monitor.alerts import Alert, AlertManager
+from bastion.monitor.drift import DriftDetector, DriftMonitor, DriftResult
+from bastion.serve.config import GatewayPolicy, ModelSettings
+from bastion.serve.metrics import GatewayMetrics
+
+__all__ = ["ContractDrift", "ModelMonitor", "MonitorWorker", "PredictEvent"]
+
+log = logging.getLogger(__name__)
+
+
+class ContractDrift(DriftDetector):
+    """A drift detector from a data contract's reference sketches (no reference data needed).
+
+    ``test(batch)`` runs the contract's distribution checks (KS tests of per-sample features
+    against the reference, Benjamini–Hochberg at ``fdr``); the p-value reported is the
+    smallest q-value, and ``drift`` is true when any feature's q-value is below ``fdr``.
+    """
+
+    method = "contract"
+
+    def __init__(self, contract: Contract, *, fdr: float = 0.05) -> None:
+        if not 0 < fdr < 1:
+            raise ConfigurationError(f"fdr must be in (0, 1), got {fdr}")
+        self.contract, self.fdr = contract, fdr
+
+    @property
+    def n_reference(self) -> int:
+        return int(self.contract.reference.n)
+
+    def _test(self, batch: Any) -> DriftResult:
+        arr = np.asarray(batch)
+        report = validate(arr.astype(getattr(self.contract, "dtype", arr.dtype), copy=False),
+                          self.contract, distribution=True, fdr=self.fdr, min_drift_rows=2)
+        tests = report.drift
+        if not tests:
+            return DriftResult(drift=False, p_value=1.0, statistic=0.0, threshold=self.fdr,
+                               method=self.method, details={"n_batch": int(arr.shape[0])})
+        worst = min(tests, key=lambda t: t.q_value)
+        drifted = [t.column for t in tests if t.drifted]
+        return DriftResult(drift=bool(drifted), p_value=float(worst.q_value),
+                           statistic=float(worst.statistic), threshold=self.fdr,
+                           method=self.method, details={"n_batch": int(arr.shape[0]),
+                                                        "drifted_features": drifted[:20]})
+
+
+@dataclass(frozen=True)
+class PredictEvent:
+    """What the monitors see of one answered request."""
+
+    model: str
+    client: str
+    request_id: str
+    x: np.ndarray
+    predicted: np.ndarray
+
+
+def _drift_detector(policy: GatewayPolicy, model: ModelSettings, contract: Contract | None
+                    ) -> Any:
+    d = policy.monitoring.drift
+    if d.method == "contract":
+        if contract is None:
+            return None
+        return ContractDrift(contract, fdr=d.p_value)
+    from bastion.data.contracts import load_data
+    from bastion.monitor import drift as drift_mod
+
+    reference = np.asarray(load_data(d.reference or ""), dtype=np.float32)
+    cls = {"ks": drift_mod.KSDrift, "mmd": drift_mod.MMDDrift, "psi": drift_mod.PSIDrift}[d.method]
+    kwargs: dict[str, Any] = {} if d.method == "psi" else {"alpha": d.p_value}
+    try:
+        return cls(reference, **kwargs)
+    except BastionError as exc:
+        raise ConfigurationError(f"monitoring.drift for {model.name!r}: {exc}") from exc
+
+
+class ModelMonitor:
+    """The monitors of one model (see the module docstring)."""
+
+    def __init__(self, model: str, *, drift: DriftMonitor | None, extraction: Any | None,
+                 performance: Any | None, alerts: AlertManager, metrics: GatewayMetrics) -> None:
+        self.model = model
+        self.drift, self.extraction, self.performance = drift, extraction, performance
+        self.alerts, self.metrics = alerts, metrics
+        self.drift_results: list[DriftResult] = []
+
+    @classmethod
+    def build(cls, policy: GatewayPolicy, settings: ModelSettings, contract: Contract | None, *,
+              state: Any, alerts: AlertManager, metrics: GatewayMetrics) -> ModelMonitor:
+        mon = policy.monitoring
+        drift = None
+        if mon.drift.enabled:
+            detector = _drift_detector(policy, settings, contract)
+            if detector is not None:
+                drift = DriftMonitor(detector, window=mon.drift.window)
+            else:
+                log.warning("model %s: drift monitoring needs a contract (method 'contract'); off",
+                            settings.name)
+        extraction = None
+        if mon.extraction.enabled:
+            from bastion.monitor.extraction import ExtractionDetector
+
+            kwargs: dict[str, Any] = {}
+            if mon.extraction.threshold is not None:
+                kwargs["threshold_w"] = mon.extraction.threshold
+            if mon.extraction.min_queries is not None:
+                kwargs["min_queries"] = mon.extraction.min_queries
+            extraction = ExtractionDetector(state, **kwargs)
+        performance = None
+        if mon.performance.enabled:
+            from bastion.monitor.performance import PerformanceMonitor
+
+            p = mon.performance
+            performance = PerformanceMonitor(window=p.window, baseline_accuracy=p.baseline_accuracy,
+                                             tolerance=p.tolerance)
+        return cls(settings.name, drift=drift, extraction=extraction, performance=performance,
+                   alerts=alerts, metrics=metrics)
+
+    def _alert(self, kind: str, key: str, severity: str, message: str,
+               details: dict[str, Any]) -> None:
+        if self.alerts.raise_alert(Alert(kind=kind, key=key, severity=severity, message=message,
+                                         details=details)):
+            self.metrics.alerts.labels(kind).inc()
+
+    def observe(self, event: PredictEvent) -> None:
+        if self.performance is not None:
+            self.performance.record(event.request_id, event.predicted)
+        if self.extraction is not None:
+            verdict = self.extraction.observe(f"{self.model}:{event.client}", event.x,
+                                              event.predicted)
+            if verdict is not None and getattr(verdict, "flagged", True):
+                details = verdict.to_dict() if hasattr(verdict, "to_dict") else {}
+                self._alert("extraction", f"extraction:{self.model}:{event.client}", "high",
+                            f"key {event.client} on model {self.model} queries like a model-"
+                            "extraction attack (PRADA)", {"model": self.model,
+                                                          "client": event.client, **details})
+        if self.drift is not None:
+            for result in self.drift.update(event.x):
+                self._on_drift(result)
+
+    def _on_drift(self, result: DriftResult) -> None:
+        self.drift_results.append(result)
+        del self.drift_results[:-100]
+        if result.p_value is not None:
+            self.metrics.drift_p.labels(self.model, result.method).set(result.p_value)
+        self.metrics.drift_windows.labels(self.model, str(result.drift).lower()).inc()
+        if result.drift:
+            self._alert("drift", f"drift:{self.model}", "medium",
+                        f"inputs of model {self.model} drifted ({result.method}, p="
+                        f"{result.p_value if result.p_value is not None else 'n/a'})",
+                        {"model": self.model, **result.to_dict()})
+
+    def label(self, request_id: str, labels: np.ndarray) -> Any:
+        if self.performance is None:
+            return None
+        result = self.performance.label(request_id, labels)
+        if result is not None:
+            acc = getattr(result, "accuracy", None)
+            if acc is not None:
+                self.metrics.accuracy.labels(self.model).set(float(acc))
+            if getattr(result, "degraded", False):
+                self._alert("performance", f"performance:{self.model}", "high",
+                            f"accuracy of model {self.model} fell to {acc}",
+                            {"model": self.model})
+        return result
+
+
+class MonitorWorker:
+    """A background thread that feeds queued events to the monitors (see module doc)."""
+
+    def __init__(self, handler: Callable[[PredictEvent], None], metrics: GatewayMetrics, *,
+                 max_queue: int = 10_000) -> None:
+        self._handler, self._metrics = handler, metrics
+        self._queue: queue.Queue[PredictEvent | None] = queue.Queue(maxsize=max_queue)
+        self._thread = threading.Thread(target=self._loop, name="bastion-monitor", daemon=True)
+        self._closed = False
+        self._thread.start()
+
+    def submit(self, event: PredictEvent) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self._metrics.dropped.inc()
+
+    def _loop(self) -> None:
+        while True:
+            event = self._queue.get()
+            try:
+                if event is None:
+                    return
+                self._handler(event)
+            except Exception:  # a monitor bug must not stop monitoring
+                log.exception("monitoring failed on a request of model %s",
+                              getattr(event, "model", "?"))
+            finally:
+                self._queue.task_done()
+
+    def drain(self) -> None:
+        """Block until every event queued so far has been processed."""
+        self._queue.join()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout=10)
