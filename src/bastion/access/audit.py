@@ -1,0 +1,359 @@
+"""The access-control audit log: append-only and hash-chained, plus a batching writer.
+
+Entry *n* stores the hash of entry *n - 1* and its own hash over the previous hash and its
+canonical JSON fields -- the same chain as the registry's log
+(:func:`bastion.artifacts.registry.audit.chain_hash` and
+:func:`~bastion.artifacts.registry.audit.verify_links`), in the tables
+``bastion_access_audit_log`` and ``bastion_access_audit_head``. :meth:`AuditLog.verify`
+detects an edited entry, a removed entry (in the middle or at the end), and an inserted or
+reordered one. An attacker who can write the database can still rebuild the whole chain and
+the head; copy :meth:`AuditLog.head` somewhere else (a ticket, a log shipper) from time to time
+to detect that too.
+
+Writers are serialised: every append transaction first locks the single head row (``SELECT
+... FOR UPDATE`` on PostgreSQL; SQLite transactions begin with ``BEGIN IMMEDIATE``), so two
+threads or processes never fork the chain.
+
+>>> log = AuditLog("sqlite://")
+>>> log.append(actor="alice", action="grant", resource="model:fraud", outcome="ok")
+>>> log.append_many([{"actor": "bob", "action": "predict", "outcome": "denied"}])
+>>> [e.actor for e in log.entries()], log.verify().ok
+(['alice', 'bob'], True)
+>>> log.close()
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import datetime as dt
+import json
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bastion.access.db import AccessAuditEntry, AccessAuditHead, AccessBase
+from bastion.artifacts.registry.audit import GENESIS, AuditVerification, chain_hash, verify_links
+from bastion.artifacts.registry.db import make_engine
+from bastion.errors import BastionError, ConfigurationError
+
+__all__ = ["AccessAuditRecord", "AuditLog", "AuditVerification", "AuditWriter"]
+
+log = logging.getLogger(__name__)
+
+_FIELDS = frozenset({"actor", "action", "resource", "outcome", "details", "at"})
+_LIMITS = {"actor": 200, "action": 64, "resource": 200, "outcome": 32}
+
+
+@dataclass(frozen=True)
+class AccessAuditRecord:
+    """One entry of the access audit log, as returned by :meth:`AuditLog.entries`."""
+
+    seq: int
+    at: str
+    actor: str
+    action: str
+    resource: str | None
+    outcome: str
+    details: dict[str, Any]
+    hash: str
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+def _fields(seq: int, at: str, actor: str, action: str, resource: str | None, outcome: str,
+            details: str) -> dict[str, Any]:
+    return {"seq": seq, "at": at, "actor": actor, "action": action, "resource": resource,
+            "outcome": outcome, "details": details}
+
+
+def _clean(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate one record; fill ``at`` and canonicalise ``details`` to JSON text."""
+    unknown = set(record) - _FIELDS
+    if unknown:
+        raise ConfigurationError(f"unknown audit field(s) {sorted(unknown)}; use {sorted(_FIELDS)}")
+    out: dict[str, Any] = {}
+    for name in ("actor", "action", "outcome"):
+        value = record.get(name)
+        if not isinstance(value, str) or not value:
+            raise ConfigurationError(f"audit field {name!r} must be a non-empty string")
+        out[name] = value
+    resource = record.get("resource")
+    if resource is not None and not isinstance(resource, str):
+        raise ConfigurationError("audit field 'resource' must be a string or None")
+    out["resource"] = resource
+    for name, limit in _LIMITS.items():
+        if out[name] is not None and len(out[name]) > limit:
+            out[name] = out[name][: limit - 1] + "…"
+    at = record.get("at") or _now()
+    out["at"] = at if isinstance(at, str) else str(at)
+    details = record.get("details") or {}
+    if not isinstance(details, Mapping):
+        raise ConfigurationError("audit field 'details' must be a mapping")
+    out["details"] = json.dumps(dict(details), sort_keys=True, separators=(",", ":"),
+                                default=str)
+    return out
+
+
+class AuditLog:
+    """Append-only, hash-chained audit log in ``url`` (or an existing SQLAlchemy engine).
+
+    ``append`` and ``append_many`` commit synchronously (one transaction each); for a hot path
+    use an :class:`AuditWriter`. ``entries`` returns the oldest first (the newest ``limit`` if
+    given); ``verify`` recomputes the whole chain.
+    """
+
+    def __init__(self, url: str | Engine = "sqlite:///bastion-access.db") -> None:
+        self._own_engine = isinstance(url, str)
+        self.engine: Engine = make_engine(url) if isinstance(url, str) else url
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._lock = threading.Lock()  # one writer per process: no busy waits between threads
+        self._create_schema()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _create_schema(self) -> None:
+        for attempt in range(3):
+            try:
+                AccessBase.metadata.create_all(self.engine)
+                with self._sessions.begin() as s:
+                    self._lock_head(s)
+                return
+            except (IntegrityError, ProgrammingError, OperationalError) as exc:
+                if attempt == 2:
+                    where = self.engine.url.render_as_string(hide_password=True)
+                    raise ConfigurationError(
+                        f"cannot open the access database {where}: {exc.orig or exc}"
+                    ) from exc
+
+    @staticmethod
+    def _lock_head(session: Session) -> AccessAuditHead:
+        head = session.execute(
+            select(AccessAuditHead).where(AccessAuditHead.id == 1).with_for_update()
+        ).scalar_one_or_none()
+        if head is None:
+            head = AccessAuditHead(id=1, seq=0, hash=GENESIS)
+            session.add(head)
+            session.flush()
+        return head
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A write transaction holding the audit write lock; use :meth:`record` inside it."""
+        with self._lock:
+            try:
+                with self._sessions.begin() as s:
+                    self._lock_head(s)
+                    yield s
+            except SQLAlchemyError as exc:
+                orig = getattr(exc, "orig", None) or exc
+                raise BastionError(f"access database error: {orig}") from exc
+
+    def record(self, session: Session, records: Sequence[Mapping[str, Any]]) -> None:
+        """Append ``records`` inside a :meth:`transaction` (the head lock is already held)."""
+        cleaned = [_clean(r) for r in records]
+        head = self._lock_head(session)
+        seq, prev = head.seq, head.hash
+        for r in cleaned:
+            seq += 1
+            digest = chain_hash(prev, _fields(seq, r["at"], r["actor"], r["action"],
+                                              r["resource"], r["outcome"], r["details"]))
+            session.add(AccessAuditEntry(seq=seq, prev_hash=prev, hash=digest, **r))
+            prev = digest
+        head.seq, head.hash = seq, prev
+        session.flush()
+
+    def close(self) -> None:
+        """Release the database connections (only if this log created the engine)."""
+        if self._own_engine:
+            self.engine.dispose()
+
+    # ------------------------------------------------------------------ API
+
+    def append(self, *, actor: str, action: str, resource: str | None = None, outcome: str,
+               details: Mapping[str, Any] | None = None) -> None:
+        """Append one entry and commit."""
+        self.append_many([{"actor": actor, "action": action, "resource": resource,
+                           "outcome": outcome, "details": details}])
+
+    def append_many(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Append several entries in one transaction (all or none). Keys of each record:
+        ``actor``, ``action``, ``outcome`` (required), ``resource``, ``details``, ``at``."""
+        records = list(records)
+        for r in records:
+            _clean(r)  # validate before taking the lock
+        if not records:
+            return
+        with self.transaction() as s:
+            self.record(s, records)
+
+    def entries(self, *, limit: int | None = None) -> list[AccessAuditRecord]:
+        """The entries, oldest first (the newest ``limit`` if given)."""
+        if limit is not None and limit < 0:
+            raise ConfigurationError(f"limit must be >= 0, got {limit}")
+        with self._sessions() as s:
+            q = select(AccessAuditEntry).order_by(AccessAuditEntry.seq.desc())
+            if limit is not None:
+                q = q.limit(limit)
+            rows = list(s.execute(q).scalars())[::-1]
+        return [AccessAuditRecord(seq=r.seq, at=r.at, actor=r.actor, action=r.action,
+                                  resource=r.resource, outcome=r.outcome,
+                                  details=json.loads(r.details), hash=r.hash) for r in rows]
+
+    def head(self) -> tuple[int, str]:
+        """``(seq, hash)`` of the newest entry: copy it elsewhere to anchor the chain."""
+        with self._sessions() as s:
+            row = s.get(AccessAuditHead, 1)
+            return (row.seq, row.hash) if row is not None else (0, GENESIS)
+
+    def verify(self) -> AuditVerification:
+        """Recompute the chain; ``ok`` is false at the first edited, missing or moved entry."""
+        with self._sessions() as s:
+            rows = s.execute(select(AccessAuditEntry).order_by(AccessAuditEntry.seq)).scalars()
+            links = ((e.seq, e.prev_hash, e.hash,
+                      chain_hash(e.prev_hash, _fields(e.seq, e.at, e.actor, e.action,
+                                                      e.resource, e.outcome, e.details)))
+                     for e in rows)
+            head = s.get(AccessAuditHead, 1)
+            head_seq, head_hash = (head.seq, head.hash) if head is not None else (0, GENESIS)
+            return verify_links(links, head_seq=head_seq, head_hash=head_hash)
+
+
+class AuditWriter:
+    """Non-blocking audit appends for a hot path: a background thread writes batches.
+
+    :meth:`submit` only timestamps the record and queues it (microseconds); a daemon thread
+    writes what is queued with :meth:`AuditLog.append_many` -- one transaction per batch of
+    at most ``max_batch`` records -- whenever ``max_batch`` records are waiting or every
+    ``interval`` seconds. Order is kept: batches are written one at a time, in submit order.
+    :meth:`flush` writes everything submitted so far and raises if the database refuses;
+    :meth:`close` (also run at interpreter exit) stops the thread and flushes.
+
+    Crash safety: a batch is one transaction, so the chain is never half-written and stays
+    valid after any crash. What a crash (SIGKILL, power loss) can lose is only what was
+    queued and not yet committed: at most ``interval`` seconds or ``max_batch`` records of
+    traffic, plus whatever piled up while the database was unreachable (a failed batch is put
+    back at the head of the queue and retried, with the error logged). Such loss leaves no
+    gap in the chain, so it cannot be detected afterwards; where every decision must be
+    durable before it takes effect, call :meth:`AuditLog.append` synchronously instead. When
+    ``max_pending`` records are queued (the database is down or too slow), :meth:`submit`
+    blocks until the writer catches up rather than drop entries.
+    """
+
+    def __init__(self, log: AuditLog, *, max_batch: int = 500, interval: float = 0.2,
+                 max_pending: int = 100_000) -> None:
+        if max_batch < 1:
+            raise ConfigurationError(f"max_batch must be >= 1, got {max_batch}")
+        if not interval > 0:
+            raise ConfigurationError(f"interval must be > 0 seconds, got {interval}")
+        if max_pending < max_batch:
+            raise ConfigurationError(
+                f"max_pending ({max_pending}) must be >= max_batch ({max_batch})")
+        self.log = log
+        self.max_batch, self.interval, self.max_pending = max_batch, float(interval), max_pending
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._cond = threading.Condition()
+        self._write_lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="bastion-audit-writer",
+                                        daemon=True)
+        self._thread.start()
+        atexit.register(self._close_at_exit)
+
+    @property
+    def pending(self) -> int:
+        """How many submitted records are not yet written."""
+        return len(self._pending)
+
+    def submit(self, **record: Any) -> None:
+        """Queue one record (``actor``, ``action``, ``outcome``, ``resource``, ``details``)."""
+        if not record.get("at"):
+            record["at"] = _now()
+        with self._cond:
+            if self._closed:
+                raise BastionError("the audit writer is closed; no more entries can be queued")
+            if len(self._pending) >= self.max_pending:
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: len(self._pending) < self.max_pending
+                                    or self._closed)
+            self._pending.append(record)
+            if len(self._pending) >= self.max_batch:
+                self._cond.notify_all()
+
+    def _write_some(self) -> int:
+        """Write one batch (caller holds ``_write_lock``); returns how many were written."""
+        with self._cond:
+            n = min(len(self._pending), self.max_batch)
+            batch = [self._pending.popleft() for _ in range(n)]
+        if not batch:
+            return 0
+        good: list[dict[str, Any]] = []
+        for r in batch:  # a malformed record must not block the ones behind it
+            try:
+                _clean(r)
+                good.append(r)
+            except ConfigurationError as exc:
+                log.error("audit record dropped (%s): %r", exc, {k: r.get(k) for k in
+                                                                  ("actor", "action")})
+        try:
+            self.log.append_many(good)
+        except BaseException:
+            with self._cond:
+                self._pending.extendleft(reversed(good))
+            raise
+        with self._cond:
+            self._cond.notify_all()
+        return n
+
+    def flush(self) -> None:
+        """Write everything submitted so far; raises if the database refuses."""
+        with self._write_lock:
+            while self._write_some():
+                pass
+
+    def _loop(self) -> None:
+        delay = self.interval
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed
+                                    or len(self._pending) >= self.max_batch, timeout=delay)
+                if self._closed:
+                    return
+            try:
+                self.flush()
+                delay = self.interval
+            except Exception as exc:  # keep running; the entries stay queued
+                log.error("audit writer: cannot write %d queued entries, will retry: %s",
+                          self.pending, exc)
+                delay = min(delay * 2, 5.0)
+
+    def close(self) -> None:
+        """Stop the background thread and write everything still queued (idempotent)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        atexit.unregister(self._close_at_exit)
+        self.flush()
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close()
+        except Exception as exc:
+            log.error("audit writer: %d entries could not be written at exit: %s",
+                      self.pending, exc)
+
+    def __enter__(self) -> AuditWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,227 @@
+"""The access audit log: hash chain, tamper detection, concurrency, and the batching writer."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, insert, select, update
+
+from bastion.access import AccessStore, AuditLog, AuditWriter
+from bastion.access.db import AccessAuditEntry, AccessAuditHead
+from bastion.errors import BastionError, ConfigurationError
+
+
+@pytest.fixture
+def log(db_url: str) -> Iterator[AuditLog]:
+    audit = AuditLog(db_url)
+    for i in range(1, 6):
+        audit.append(actor=f"user{i}", action="predict", resource=f"model:m{i}", outcome="allow",
+                     details={"i": i})
+    yield audit
+    audit.close()
+
+
+def _edit(log: AuditLog, which: int, **values: object) -> None:
+    with log.transaction() as s:
+        s.execute(update(AccessAuditEntry).where(AccessAuditEntry.seq == which).values(**values))
+
+
+def _delete(log: AuditLog, seq: int) -> None:
+    with log.transaction() as s:
+        s.execute(delete(AccessAuditEntry).where(AccessAuditEntry.seq == seq))
+
+
+def test_chain_verifies_and_lists(log: AuditLog) -> None:
+    result = log.verify()
+    assert (result.ok, result.entries, result.first_bad_seq) == (True, 5, None)
+    assert log.head() == (5, result.head_hash)
+    newest = log.entries(limit=2)
+    assert [e.seq for e in newest] == [4, 5]
+    assert newest[0].details == {"i": 4} and newest[0].resource == "model:m4"
+    assert len(log.entries()) == 5
+
+
+def test_edited_entry_is_detected(log: AuditLog) -> None:
+    _edit(log, 3, outcome="deny")
+    result = log.verify()
+    assert (result.ok, result.first_bad_seq) == (False, 3)
+    assert "edited" in result.reason
+
+
+def test_edited_details_are_detected(log: AuditLog) -> None:
+    _edit(log, 2, details='{"i":99}')
+    assert log.verify().first_bad_seq == 2
+
+
+def test_removed_middle_entry_is_detected(log: AuditLog) -> None:
+    _delete(log, 3)
+    result = log.verify()
+    assert (result.ok, result.first_bad_seq) == (False, 3)
+    assert "missing" in result.reason
+
+
+def test_removed_middle_entry_with_renumbering_is_detected(log: AuditLog) -> None:
+    _delete(log, 3)
+    for seq in (4, 5):
+        _edit(log, seq, seq=seq - 1)
+    with log.transaction() as s:
+        s.execute(update(AccessAuditHead).values(seq=4))
+    result = log.verify()
+    assert (result.ok, result.first_bad_seq) == (False, 3)
+    assert "does not follow" in result.reason
+
+
+def test_removed_last_entry_is_detected(log: AuditLog) -> None:
+    _delete(log, 5)
+    result = log.verify()
+    assert (result.ok, result.first_bad_seq) == (False, 5)
+    assert "removed from the end" in result.reason
+
+
+def test_inserted_entry_is_detected(log: AuditLog) -> None:
+    with log.transaction() as s:
+        for seq in (5, 4, 3):  # make room after entry 2
+            s.execute(update(AccessAuditEntry).where(AccessAuditEntry.seq == seq)
+                      .values(seq=seq + 1))
+        prev = s.execute(select(AccessAuditEntry.hash)
+                         .where(AccessAuditEntry.seq == 2)).scalar_one()
+        s.execute(insert(AccessAuditEntry).values(
+            seq=3, at="2026-01-01T00:00:00+00:00", actor="mallory", action="grant",
+            resource="*", outcome="ok", details="{}", prev_hash=prev, hash="f" * 64))
+        s.execute(update(AccessAuditHead).values(seq=6))
+    result = log.verify()
+    assert (result.ok, result.first_bad_seq) == (False, 3)
+
+
+def test_reordered_entries_are_detected(log: AuditLog) -> None:
+    with log.transaction() as s:
+        s.execute(update(AccessAuditEntry).where(AccessAuditEntry.seq == 2).values(seq=-2))
+        s.execute(update(AccessAuditEntry).where(AccessAuditEntry.seq == 3).values(seq=2))
+        s.execute(update(AccessAuditEntry).where(AccessAuditEntry.seq == -2).values(seq=3))
+    result = log.verify()
+    assert (result.ok, result.first_bad_seq) == (False, 2)
+    assert "does not follow" in result.reason
+
+
+def test_append_many_is_one_chain_and_validates_first(log: AuditLog) -> None:
+    log.append_many([{"actor": "a", "action": "x", "outcome": "ok"},
+                     {"actor": "b", "action": "y", "outcome": "ok", "resource": "*"}])
+    with pytest.raises(ConfigurationError, match="unknown audit field"):
+        log.append_many([{"actor": "c", "action": "z", "outcome": "ok"},
+                         {"actor": "d", "action": "z", "outcome": "ok", "colour": "red"}])
+    with pytest.raises(ConfigurationError, match="'actor' must be a non-empty string"):
+        log.append(actor="", action="z", outcome="ok")
+    assert [e.actor for e in log.entries(limit=2)] == ["a", "b"]
+    assert log.verify().entries == 7
+
+
+def test_two_threads_appending_keep_the_chain_valid(db_url: str) -> None:
+    # two separate AuditLog objects (two engines, like two processes) and two threads
+    logs = [AuditLog(db_url), AuditLog(db_url)]
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for n in range(40):
+                logs[i].append(actor=f"t{i}", action="predict", outcome="allow",
+                               details={"n": n})
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    result = logs[0].verify()
+    assert (result.ok, result.entries) == (True, 80)
+    mine = [e.details["n"] for e in logs[0].entries() if e.actor == "t1"]
+    assert mine == list(range(40))  # each writer's entries stay in its order
+    for audit in logs:
+        audit.close()
+
+
+def test_writer_batches_and_close_flushes(db_url: str) -> None:
+    audit = AuditLog(db_url)
+    writer = AuditWriter(audit, max_batch=1000, interval=60.0)
+    for n in range(300):
+        writer.submit(actor="gw", action="predict", outcome="allow", details={"n": n})
+    assert writer.pending == 300 and audit.entries() == []  # nothing written yet
+    writer.close()
+    entries = audit.entries()
+    assert [e.details["n"] for e in entries] == list(range(300))
+    assert audit.verify().ok
+    with pytest.raises(BastionError, match="closed"):
+        writer.submit(actor="gw", action="predict", outcome="allow")
+    writer.close()  # idempotent
+    audit.close()
+
+
+def test_writer_flushes_full_batches_in_the_background(db_url: str) -> None:
+    audit = AuditLog(db_url)
+    with AuditWriter(audit, max_batch=50, interval=60.0) as writer:
+        for n in range(120):
+            writer.submit(actor="gw", action="predict", outcome="allow", details={"n": n})
+        for _ in range(200):  # the thread wakes on a full batch, not on the 60 s interval
+            if len(audit.entries()) >= 100:
+                break
+            threading.Event().wait(0.02)
+        assert len(audit.entries()) >= 100
+    assert len(audit.entries()) == 120 and audit.verify().ok
+    audit.close()
+
+
+def test_writer_keeps_entries_when_the_database_fails(tmp_path: Path) -> None:
+    audit = AuditLog(f"sqlite:///{tmp_path / 'a.db'}")
+    writer = AuditWriter(audit, max_batch=10, interval=60.0)
+    writer.submit(actor="gw", action="predict", outcome="allow", details={"n": 0})
+    writer.submit(actor="gw", action="predict", outcome="allow", details={"n": 1})
+    real = audit.append_many
+
+    def broken(records: object) -> None:
+        raise BastionError("access database error: disk I/O error")
+
+    audit.append_many = broken  # type: ignore[method-assign]
+    with pytest.raises(BastionError, match="disk I/O"):
+        writer.flush()
+    assert writer.pending == 2  # put back, in order
+    audit.append_many = real  # type: ignore[method-assign]
+    writer.close()
+    assert [e.details["n"] for e in audit.entries()] == [0, 1]
+    audit.close()
+
+
+def test_writer_drops_only_malformed_records(tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    audit = AuditLog(f"sqlite:///{tmp_path / 'a.db'}")
+    with AuditWriter(audit, interval=60.0) as writer:
+        writer.submit(actor="gw", action="predict", outcome="allow")
+        writer.submit(actor="gw", action="predict")  # no outcome
+        writer.submit(actor="gw", action="read", outcome="allow")
+    assert [e.action for e in audit.entries()] == ["predict", "read"]
+    assert "audit record dropped" in caplog.text
+    audit.close()
+
+
+def test_writer_validation(tmp_path: Path) -> None:
+    audit = AuditLog(f"sqlite:///{tmp_path / 'a.db'}")
+    with pytest.raises(ConfigurationError, match="max_batch"):
+        AuditWriter(audit, max_batch=0)
+    with pytest.raises(ConfigurationError, match="interval"):
+        AuditWriter(audit, interval=0)
+    audit.close()
+
+
+def test_store_and_registry_share_a_database(tmp_path: Path) -> None:
+    from bastion.artifacts.registry import Registry
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    with Registry(url, (tmp_path / "blobs").as_uri(), actor="alice") as reg:
+        with AccessStore(url, cache_ttl=0) as store:
+            store.add_identity("alice", actor="root")
+            assert store.audit.verify().entries == 1
+        assert reg.verify_audit_log().ok
