@@ -128,12 +128,22 @@ def render_html(doc: dict[str, Any]) -> str:
         table_html(
             ["metric", "before", "after", "change"],
             [
-                [m, _fmt(m, r["before"]), _fmt(m, r["after"]), r["change"]]
+                [
+                    m,
+                    _fmt(m, r["before"]),
+                    _fmt(m, r["after"]),
+                    "—" if r["change"] is None else f"{r['change']:+.3f}",
+                ]
                 for m, r in summary.items()
             ],
         )
     )
     parts.append(f"<h2>Attacks ({esc(where)})</h2>")
+    if doc["defence"] == "smooth":
+        parts.append(
+            '<p class="muted">The attacks target the base model; the smoothed classifier\'s '
+            "guarantee is its certified accuracy below.</p>"
+        )
     parts.append(
         table_html(
             ["attack", "robust acc. before", "robust acc. after"],

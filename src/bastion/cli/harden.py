@@ -585,7 +585,7 @@ def _certify(
         "radius": eps,
         "certified_accuracy": dict(curve)[eps],
         "accuracy": dict(curve)[0.0],
-        "abstention_rate": float(res.abstained.float().mean()),
+        "abstention_rate": float(res.abstained.double().mean()),
         "median_radius": float(res.radius.median()),
         "curve": [{"radius": r, "certified_accuracy": a} for r, a in curve],
     }

@@ -219,6 +219,8 @@ def test_calls_reject_bad_input() -> None:
         smoothed.predict(torch.rand(3))
     with pytest.raises(ConfigurationError, match="base must"):
         SmoothedClassifier("model", sigma=0.5, num_classes=2)  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="failed on a batch"):
+        smoothed.predict(torch.rand(2, 5), n=10)
     with pytest.raises(ModelError, match="expected logits"):
         SmoothedClassifier(nn.Linear(3, 4), sigma=0.5, num_classes=2).predict(x, n=10)
     clf = TorchClassifier(nn.Linear(3, 2), input_shape=(3,), num_classes=2)

@@ -106,7 +106,7 @@ class CertifyResult:
             "radius": self.radius.tolist(),
             "p_lower": self.p_lower.tolist(),
             "count": self.count.tolist(),
-            "abstention_rate": float(self.abstained.float().mean()) if len(self) else 0.0,
+            "abstention_rate": float(self.abstained.double().mean()) if len(self) else 0.0,
         }
 
 
@@ -303,7 +303,13 @@ class SmoothedClassifier:
 
     def _labels(self, batch: torch.Tensor) -> torch.Tensor:
         if isinstance(self.base, nn.Module):
-            out = self.base(batch)
+            try:
+                out = self.base(batch)
+            except RuntimeError as exc:
+                raise ModelError(
+                    f"the base module failed on a batch of shape {tuple(batch.shape)}: {exc}; "
+                    "check that x has the shape the module expects"
+                ) from exc
             if out.dim() != 2 or out.shape[1] != self.num_classes:
                 raise ModelError(
                     f"the base module returned shape {tuple(out.shape)}; expected logits "
