@@ -187,3 +187,21 @@ def test_bad_input_exits_2_without_writing(
     assert res.exit_code == 2, res.output
     assert message in " ".join(res.output.split())
     assert not out.exists()
+
+
+def test_same_seed_same_report_and_weights(app: typer.Typer, tmp_path: Path) -> None:
+    tiny = [
+        "smooth", "--arch", "small_mlp", "--baseline-epochs", "1", "--epochs", "1",
+        "--max-samples", "10", "--attack", "fgsm", "--curve-points", "0", "--n0", "10",
+        "--n", "50", "--quiet",
+    ]  # fmt: skip
+    docs, weights = [], []
+    for run in ("a", "b", "c"):
+        seed = "1" if run == "c" else "0"
+        res = _invoke(app, *tiny, "--seed", seed, "--out", tmp_path / run)
+        assert res.exit_code == 0, res.output
+        docs.append(_report(tmp_path / run))
+        weights.append(torch.load(tmp_path / run / "model.pt", weights_only=True))
+    assert docs[0]["before"] == docs[1]["before"] and docs[0]["after"] == docs[1]["after"]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
