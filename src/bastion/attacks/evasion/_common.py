@@ -14,13 +14,16 @@ from bastion.models.base import Classifier
 from bastion.threat import Norm
 
 __all__ = [
+    "ascent_step",
     "ce_loss",
     "clip",
     "dlr_loss",
     "dlr_targeted_loss",
     "flat_norm",
     "input_gradient",
+    "linf_box",
     "margin_loss",
+    "maximise_loss",
     "normalize",
     "project",
     "random_in_ball",
@@ -136,3 +139,79 @@ def input_gradient(
         per_sample = loss(logits)
         (grad,) = torch.autograd.grad(per_sample.sum(), xg)
     return per_sample.detach(), grad.detach(), logits.detach()
+
+
+def linf_box(
+    x: torch.Tensor, eps: float, bounds: tuple[float, float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The L∞ ball of radius ``eps`` around ``x`` intersected with ``bounds``, as ``(low, high)``.
+
+    Clamping to this box is the L∞ projection followed by the clip to the bounds, in one op.
+    """
+    return (x - eps).clamp_(min=bounds[0]), (x + eps).clamp_(max=bounds[1])
+
+
+def ascent_step(
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    norm: Norm,
+    eps: float,
+    step_size: float,
+    bounds: tuple[float, float],
+    box: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """One projected steepest-ascent step: ``x_adv + step_size * normalize(grad)``, projected
+    onto the ``norm`` ball of radius ``eps`` around ``x`` and clipped to ``bounds``.
+
+    A negative ``step_size`` descends. For L∞, ``box`` (from :func:`linf_box`) saves
+    recomputing the projection box when ``x`` does not change between steps.
+    """
+    if norm is Norm.LINF:
+        low, high = box if box is not None else linf_box(x, eps, bounds)
+        return torch.clamp(x_adv + step_size * grad.sign(), low, high)
+    moved = x_adv + step_size * normalize(grad, norm)
+    return (x + project(moved - x, norm, eps)).clamp_(bounds[0], bounds[1])
+
+
+def maximise_loss(
+    loss: LossFn,
+    x: torch.Tensor,
+    x_start: torch.Tensor,
+    *,
+    norm: Norm,
+    eps: float,
+    step_size: float,
+    steps: int,
+    bounds: tuple[float, float],
+) -> torch.Tensor:
+    """A lean PGD loop: ``steps`` projected ascent steps on ``loss(x_adv).sum()`` from ``x_start``.
+
+    ``loss`` maps a batch of inputs to per-sample (or already summed) losses; it runs the model
+    itself, in whatever mode the caller set. Only the input gradient is computed. No early
+    stop, no bookkeeping: this is the inner maximisation of adversarial training. Returns the
+    detached iterate, inside the ball around ``x`` and the bounds.
+    """
+    box = linf_box(x, eps, bounds) if norm is Norm.LINF else None
+    x_adv = x_start.detach()
+    if box is not None:
+        x_adv = torch.clamp(x_adv, box[0], box[1])
+    else:
+        x_adv = (x + project(x_adv - x, norm, eps)).clamp_(bounds[0], bounds[1])
+    for _ in range(steps):
+        with torch.enable_grad():
+            x_adv.requires_grad_(True)
+            (grad,) = torch.autograd.grad(loss(x_adv).sum(), x_adv)
+        with torch.no_grad():
+            x_adv = ascent_step(
+                x_adv.detach(),
+                grad,
+                x,
+                norm=norm,
+                eps=eps,
+                step_size=step_size,
+                bounds=bounds,
+                box=box,
+            )
+    return x_adv.detach()

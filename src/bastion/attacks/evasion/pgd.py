@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bastion.attacks.evasion._common import normalize, project, random_in_ball
+from bastion.attacks.evasion._common import ascent_step, random_in_ball
 from bastion.attacks.evasion.base import EvasionAttack, check_positive
 from bastion.models.base import Classifier
 from bastion.threat import Norm
@@ -145,8 +145,15 @@ class PGD(EvasionAttack):
                         if active.numel() == 0:
                             break
                 x0 = x if active.numel() == x.shape[0] else x[active]
-                xa = xa + (sign * self.step_size) * normalize(grad, self.norm)
-                xa = (x0 + project(xa - x0, self.norm, eps)).clamp_(lo, hi)
+                xa = ascent_step(
+                    xa,
+                    grad,
+                    x0,
+                    norm=self.norm,
+                    eps=eps,
+                    step_size=sign * self.step_size,
+                    bounds=(lo, hi),
+                )
                 if active.numel() == x.shape[0]:
                     x_adv = xa
                 else:

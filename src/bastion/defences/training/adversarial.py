@@ -1,0 +1,548 @@
+"""Adversarial training: PGD-AT (Madry et al.) and TRADES (Zhang et al.).
+
+- **PGD-AT** — Madry, Makelov, Schmidt, Tsipras & Vladu, "Towards Deep Learning Models Resistant
+  to Adversarial Attacks", ICLR 2018, https://arxiv.org/abs/1706.06083. Each batch is replaced by
+  its PGD adversarial examples (uniform random start in the ball, ``steps`` steps maximising
+  cross-entropy) and the model takes a cross-entropy step on them.
+- **TRADES** — Zhang, Yu, Jiao, Xing, El Ghaoui & Jordan, "Theoretically Principled Trade-off
+  between Robustness and Accuracy", ICML 2019, https://arxiv.org/abs/1901.08573. The inner loop
+  starts from ``x + 0.001·N(0, I)`` and maximises ``KL(f(x) ‖ f(x'))``; the outer loss is
+  ``CE(f(x), y) + β · KL(f(x) ‖ f(x'))`` (batch mean).
+
+The inner maximisation is the lean loop :func:`bastion.attacks.evasion._common.maximise_loss`
+(the same projected step as :class:`~bastion.attacks.evasion.PGD`, without its per-sample
+bookkeeping). It runs with the module in **eval** mode, as the TRADES reference code does:
+batch-norm uses its running statistics and is not updated by the attack's forward passes, and
+dropout is off; the outer step then runs in train mode. Only input gradients are computed during
+the attack.
+
+Defaults (chosen for small CNNs such as :func:`bastion.models.zoo.small_cnn`): Adam with
+``lr=1e-3``, no weight decay, a cosine learning-rate schedule over the planned epochs,
+``step_size = 2.5 · eps / steps`` (Madry's rule), ``beta=6`` (TRADES), batch 128. Large L∞
+radii on small nets train more reliably with ``warmup_eps_epochs`` (eps ramps linearly from
+zero over that many epochs). Validation (when ``val`` is given) measures clean accuracy and
+robust accuracy under a fresh random-start PGD of ``val_steps`` steps after every epoch; the
+weights of the best robust epoch are restored at the end and training stops after ``patience``
+epochs without improvement. Deterministic under ``seed`` (shuffling, random starts, dropout).
+
+Shapes: ``x`` is ``(n, ...)`` as the module expects, in ``bounds``; ``y`` is ``(n,)`` labels.
+
+Example
+-------
+>>> import torch
+>>> from torch import nn
+>>> x = torch.rand(64, 4, generator=torch.Generator().manual_seed(0))
+>>> y = (x[:, 0] > 0.5).long()
+>>> trainer = AdversarialTrainer(eps=0.05, steps=3, epochs=2, batch_size=32, lr=0.05)
+>>> report = trainer.fit(nn.Linear(4, 2), (x, y), val=(x, y))
+>>> report.method, report.epochs_run, len(report.history)
+('pgd', 2, 2)
+>>> 0.0 <= report.best_robust_accuracy <= 1.0
+True
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+from torch.utils.data import DataLoader
+
+from bastion._io import atomic_write_bytes
+from bastion.attacks.evasion._common import maximise_loss, random_in_ball
+from bastion.errors import ConfigurationError, InputError, ModelError
+from bastion.threat import Norm, parse_norm
+
+__all__ = ["METHODS", "AdversarialTrainer", "AdversarialTrainingReport", "EpochStats"]
+
+log = logging.getLogger(__name__)
+
+METHODS = ("pgd", "trades")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "constant", "step", "onecycle")
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One epoch: mean training loss and accuracy (on the adversarial batches for PGD-AT, the
+    clean ones for TRADES), validation accuracies (``None`` without ``val``), wall seconds."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_clean_accuracy: float | None
+    val_robust_accuracy: float | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class AdversarialTrainingReport:
+    """What a run did: the method and threat model, epochs run, the best robust epoch, history."""
+
+    method: str
+    eps: float
+    norm: str
+    steps: int
+    epochs_run: int
+    best_epoch: int
+    best_robust_accuracy: float | None
+    history: tuple[EpochStats, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["history"] = [asdict(h) for h in self.history]
+        return d
+
+
+class AdversarialTrainer:
+    """Train a classifier in place with PGD-AT (``method="pgd"``) or TRADES (``"trades"``).
+
+    Parameters
+    ----------
+    method: ``"pgd"`` (Madry PGD-AT) or ``"trades"``.
+    eps, norm: the threat model trained against (``"linf"`` or ``"l2"``).
+    steps, step_size: inner PGD steps and step (default ``2.5 * eps / steps``).
+    beta: TRADES trade-off weight of the KL term (ignored by PGD-AT).
+    epochs, lr, optimizer (``"sgd"`` or ``"adam"``), momentum (SGD), weight_decay, batch_size.
+    schedule: learning rate over the planned epochs, per step: ``"cosine"`` (to zero),
+        ``"constant"``, ``"step"`` (×0.1 at 50% and 75%) or ``"onecycle"`` (linear up to ``lr``
+        over the first 40%, then down to zero).
+    warmup_eps_epochs: eps ramps linearly from 0 to ``eps`` over this many epochs.
+    val_steps: PGD steps of the validation attack (default: ``steps``).
+    patience: stop after this many epochs without a better robust validation accuracy
+        (``None``: never stop early). Needs ``val`` to have any effect.
+    checkpoint_dir: write ``last.pt`` and ``best.pt`` there after every epoch (atomically).
+    bounds: valid input range. device: where to train (default: the module's device).
+    seed: seeds shuffling, random starts and dropout. progress: show a rich progress bar.
+    """
+
+    def __init__(
+        self,
+        *,
+        method: str = "pgd",
+        eps: float,
+        norm: str | Norm = "linf",
+        steps: int = 10,
+        step_size: float | None = None,
+        beta: float = 6.0,
+        epochs: int = 10,
+        lr: float = 1e-3,
+        optimizer: str = "adam",
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        batch_size: int = 128,
+        schedule: str = "cosine",
+        warmup_eps_epochs: int = 0,
+        val_steps: int | None = None,
+        patience: int | None = 3,
+        checkpoint_dir: str | Path | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        device: str | torch.device | None = None,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> None:
+        if method not in METHODS:
+            raise ConfigurationError(f"method must be one of {METHODS}, got {method!r}")
+        if not _positive(eps):
+            raise ConfigurationError(f"eps must be a positive number, got {eps!r}")
+        self.norm = parse_norm(norm)
+        _check_int(steps, "steps", 1)
+        if step_size is not None and not _positive(step_size):
+            raise ConfigurationError(f"step_size must be a positive number, got {step_size!r}")
+        if not (isinstance(beta, int | float) and math.isfinite(beta) and beta >= 0):
+            raise ConfigurationError(f"beta must be a non-negative number, got {beta!r}")
+        _check_int(epochs, "epochs", 1)
+        if not _positive(lr):
+            raise ConfigurationError(f"lr must be a positive number, got {lr!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ConfigurationError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if not (isinstance(momentum, int | float) and 0.0 <= momentum < 1.0):
+            raise ConfigurationError(f"momentum must lie in [0, 1), got {momentum!r}")
+        if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
+            raise ConfigurationError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        _check_int(batch_size, "batch_size", 1)
+        if schedule not in SCHEDULES:
+            raise ConfigurationError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        _check_int(warmup_eps_epochs, "warmup_eps_epochs", 0)
+        if warmup_eps_epochs > epochs:
+            raise ConfigurationError(
+                f"warmup_eps_epochs ({warmup_eps_epochs}) exceeds epochs ({epochs})"
+            )
+        if val_steps is not None:
+            _check_int(val_steps, "val_steps", 1)
+        if patience is not None:
+            _check_int(patience, "patience", 1)
+        lo, hi = bounds
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ConfigurationError(f"bounds must be finite with low < high, got {bounds!r}")
+        self.method = method
+        self.eps = float(eps)
+        self.steps = int(steps)
+        self.step_size = float(step_size) if step_size is not None else 2.5 * self.eps / steps
+        self.beta = float(beta)
+        self.epochs = int(epochs)
+        self.lr = float(lr)
+        self.optimizer = optimizer
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+        self.batch_size = int(batch_size)
+        self.schedule = schedule
+        self.warmup_eps_epochs = int(warmup_eps_epochs)
+        self.val_steps = int(val_steps) if val_steps is not None else self.steps
+        self.patience = patience
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.bounds = (float(lo), float(hi))
+        self.device = torch.device(device) if device is not None else None
+        self.seed = int(seed)
+        self.progress = bool(progress)
+
+    def __repr__(self) -> str:
+        return (
+            f"AdversarialTrainer(method={self.method!r}, eps={self.eps}, "
+            f"norm={self.norm.value!r}, steps={self.steps}, step_size={self.step_size:g}, "
+            f"epochs={self.epochs}, optimizer={self.optimizer!r}, lr={self.lr:g}, "
+            f"schedule={self.schedule!r}, batch_size={self.batch_size}, seed={self.seed})"
+        )
+
+    # ------------------------------------------------------------------ training
+
+    def fit(
+        self,
+        module: nn.Module,
+        train: DataLoader[Any] | tuple[torch.Tensor, torch.Tensor],
+        *,
+        val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> AdversarialTrainingReport:
+        """Train ``module`` in place; return the report. Ends in eval mode with the weights of
+        the best robust validation epoch (the last epoch without ``val``)."""
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise ModelError("the module has no trainable parameters")
+        device = self.device or params[0].device
+        module.to(device)
+        batches = _Batches(train, self.batch_size, device, self.seed)
+        if val is not None:
+            val = _check_xy(val[0], val[1], "val")
+        torch.manual_seed(self.seed)
+        gen = torch.Generator(device=device).manual_seed(self.seed + 1)
+        opt = self._optimizer(params)
+        total_steps = self.epochs * len(batches)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor(total_steps))
+        history: list[EpochStats] = []
+        best_epoch, best_acc = 0, -1.0
+        best_state: dict[str, torch.Tensor] | None = None
+        stale = 0
+        step = 0
+        with _progress(self.progress) as bar:
+            task = bar.add_task(f"{self.method} epochs", total=self.epochs)
+            try:
+                for epoch in range(1, self.epochs + 1):
+                    t0 = time.perf_counter()
+                    loss_sum = torch.zeros((), device=device)
+                    correct = torch.zeros((), device=device, dtype=torch.long)
+                    seen = 0
+                    for xb, yb in batches.epoch():
+                        eps = self._eps_at(step, len(batches))
+                        loss, right = self._train_step(module, opt, xb, yb, eps, gen)
+                        sched.step()
+                        step += 1
+                        loss_sum += loss * xb.shape[0]
+                        correct += right
+                        seen += xb.shape[0]
+                    clean = robust = None
+                    if val is not None:
+                        clean, robust = self.evaluate(module, val[0], val[1], seed=self.seed)
+                    stats = EpochStats(
+                        epoch=epoch,
+                        train_loss=float(loss_sum) / max(1, seen),
+                        train_accuracy=float(correct) / max(1, seen),
+                        val_clean_accuracy=clean,
+                        val_robust_accuracy=robust,
+                        seconds=time.perf_counter() - t0,
+                    )
+                    history.append(stats)
+                    log.info("%s epoch %d: %s", self.method, epoch, stats)
+                    score = robust if robust is not None else float(epoch)  # no val: keep last
+                    improved = score > best_acc
+                    if improved:
+                        best_epoch, best_acc, stale = epoch, score, 0
+                        best_state = _copy_state(module)
+                    else:
+                        stale += 1
+                    self._checkpoint(module, opt, epoch, history, improved)
+                    bar.advance(task)
+                    if val is not None and self.patience is not None and stale >= self.patience:
+                        log.info("early stop after epoch %d (best %d)", epoch, best_epoch)
+                        break
+            finally:
+                if best_state is not None:
+                    module.load_state_dict(best_state)
+                module.eval()
+        report = AdversarialTrainingReport(
+            method=self.method,
+            eps=self.eps,
+            norm=self.norm.value,
+            steps=self.steps,
+            epochs_run=len(history),
+            best_epoch=best_epoch,
+            best_robust_accuracy=best_acc if val is not None else None,
+            history=tuple(history),
+        )
+        self.report_ = report
+        return report
+
+    def _train_step(
+        self,
+        module: nn.Module,
+        opt: torch.optim.Optimizer,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        eps: float,
+        gen: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One outer step; returns the (detached) batch loss and the number of correct preds."""
+        module.eval()
+        if self.method == "pgd":
+            x_adv = self.perturb(module, x, y, eps=eps, steps=self.steps, generator=gen)
+            module.train()
+            logits = module(x_adv)
+            loss = F.cross_entropy(logits, y)
+        else:
+            with torch.no_grad():
+                p_clean = F.softmax(module(x), dim=1)
+            start = x + 0.001 * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+
+            def kl(xa: torch.Tensor) -> torch.Tensor:
+                return F.kl_div(F.log_softmax(module(xa), dim=1), p_clean, reduction="sum")
+
+            x_adv = self._ascend(kl, x, start, eps, self.steps)
+            module.train()
+            logits, adv_logits = module(x), module(x_adv)  # apart, as batch-norm would see them
+            robust_kl = F.kl_div(
+                F.log_softmax(adv_logits, dim=1), F.softmax(logits, dim=1), reduction="batchmean"
+            )
+            loss = F.cross_entropy(logits, y) + self.beta * robust_kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+    def _ascend(
+        self,
+        loss: Any,
+        x: torch.Tensor,
+        start: torch.Tensor,
+        eps: float,
+        steps: int,
+    ) -> torch.Tensor:
+        if eps <= 0:
+            return x
+        step_size = self.step_size * eps / self.eps  # keep the step/eps ratio during warm-up
+        return maximise_loss(
+            loss,
+            x,
+            start,
+            norm=self.norm,
+            eps=eps,
+            step_size=step_size,
+            steps=steps,
+            bounds=self.bounds,
+        )
+
+    def perturb(
+        self,
+        module: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        eps: float | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """PGD adversarial examples (random start, cross-entropy) in the module's current mode."""
+        e = self.eps if eps is None else float(eps)
+        if e <= 0:
+            return x
+        noise = random_in_ball(x, self.norm, e, generator or torch.Generator(device=x.device))
+
+        def ce(xa: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(module(xa), y, reduction="sum")
+
+        return self._ascend(ce, x, x + noise, e, steps or self.steps)
+
+    def evaluate(
+        self,
+        module: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        seed: int = 0,
+        batch_size: int = 512,
+    ) -> tuple[float, float]:
+        """Clean and PGD robust accuracy (``val_steps`` steps, random start) in eval mode."""
+        was_training = module.training
+        module.eval()
+        device = next(module.parameters()).device
+        gen = torch.Generator(device=device).manual_seed(seed + 7)
+        clean = robust = 0
+        try:
+            for i in range(0, x.shape[0], batch_size):
+                xb = x[i : i + batch_size].to(device)
+                yb = y[i : i + batch_size].to(device)
+                with torch.inference_mode():
+                    clean += int((module(xb).argmax(1) == yb).sum())
+                x_adv = self.perturb(module, xb, yb, steps=self.val_steps, generator=gen)
+                with torch.inference_mode():
+                    robust += int((module(x_adv).argmax(1) == yb).sum())
+        finally:
+            module.train(was_training)
+        n = max(1, x.shape[0])
+        return clean / n, robust / n
+
+    # ------------------------------------------------------------------ helpers
+
+    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(
+            params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+
+    def _lr_factor(self, total: int) -> Any:
+        schedule = self.schedule
+
+        def factor(step: int) -> float:
+            t = min(1.0, step / max(1, total))
+            if schedule == "cosine":
+                return 0.5 * (1.0 + math.cos(math.pi * t))
+            if schedule == "step":
+                return 1.0 if t < 0.5 else (0.1 if t < 0.75 else 0.01)
+            if schedule == "onecycle":
+                return max(1e-3, t / 0.4) if t < 0.4 else max(0.0, (1.0 - t) / 0.6)
+            return 1.0
+
+        return factor
+
+    def _eps_at(self, step: int, per_epoch: int) -> float:
+        if self.warmup_eps_epochs == 0:
+            return self.eps
+        ramp = self.warmup_eps_epochs * per_epoch
+        return self.eps * min(1.0, (step + 1) / ramp)
+
+    def _checkpoint(
+        self,
+        module: nn.Module,
+        opt: torch.optim.Optimizer,
+        epoch: int,
+        history: list[EpochStats],
+        improved: bool,
+    ) -> None:
+        if self.checkpoint_dir is None:
+            return
+        state = {
+            "epoch": epoch,
+            "model": module.state_dict(),
+            "optimizer": opt.state_dict(),
+            "history": [asdict(h) for h in history],
+            "trainer": repr(self),
+        }
+        _save(state, self.checkpoint_dir / "last.pt")
+        if improved:
+            _save(state, self.checkpoint_dir / "best.pt")
+
+
+class _Batches:
+    """Mini-batches on ``device``: a seeded shuffle of tensors, or a user's DataLoader."""
+
+    def __init__(
+        self,
+        train: DataLoader[Any] | tuple[torch.Tensor, torch.Tensor],
+        batch_size: int,
+        device: torch.device,
+        seed: int,
+    ) -> None:
+        self.device = device
+        self.loader: Iterable[Any] | None = None
+        if isinstance(train, DataLoader):
+            self.loader = train
+            try:
+                self.count = len(train)
+            except TypeError as exc:
+                raise InputError("the DataLoader must have a length (a sized dataset)") from exc
+            if self.count == 0:
+                raise InputError("the training DataLoader is empty")
+            return
+        if not (isinstance(train, tuple | list) and len(train) == 2):
+            raise InputError("train must be a DataLoader or a tuple (x, y) of tensors")
+        x, y = _check_xy(train[0], train[1], "train")
+        self.x, self.y = x.to(device), y.to(device)
+        self.batch_size = batch_size
+        self.count = math.ceil(x.shape[0] / batch_size)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.loader is not None:
+            for batch in self.loader:
+                if not (isinstance(batch, tuple | list) and len(batch) >= 2):
+                    raise InputError("each DataLoader batch must be (x, y)")
+                yield batch[0].to(self.device), batch[1].to(self.device)
+            return
+        order = torch.randperm(self.x.shape[0], generator=self.generator).to(self.device)
+        for i in range(0, order.shape[0], self.batch_size):
+            idx = order[i : i + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+def _check_xy(x: Any, y: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+        raise InputError(f"{what} must be a pair of tensors (x, y)")
+    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise InputError(
+            f"{what}: x and y must be non-empty and of equal length, got {len(x)} and {len(y)}"
+        )
+    if y.dim() != 1 or y.dtype not in (torch.int64, torch.int32):
+        raise InputError(f"{what}: y must be 1-d integer labels, got {y.dtype} {tuple(y.shape)}")
+    return x, y.long()
+
+
+def _copy_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _save(state: dict[str, Any], path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _check_int(v: Any, name: str, minimum: int) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {v!r}")
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        transient=True,
+        disable=not enabled,
+    )

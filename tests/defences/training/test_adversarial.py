@@ -1,0 +1,342 @@
+"""PGD-AT and TRADES: robustness gained on real data, early stopping, checkpoints, validation.
+
+The fast robustness tests run on scikit-learn digits (8×8) at eps 0.2; the MNIST eps 0.3
+version of the issue's bar is marked slow (and is also measured in the benchmark).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from bastion.attacks.evasion import PGD
+from bastion.attacks.evasion._common import ascent_step, maximise_loss
+from bastion.defences.training import AdversarialTrainer, AdversarialTrainingReport, EpochStats
+from bastion.errors import ConfigurationError, InputError, ModelError
+from bastion.models import TorchClassifier
+from bastion.models.zoo import accuracy, small_cnn, train_classifier
+from bastion.threat import Norm
+
+DIGITS_EPS = 0.2
+Split = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _robust_accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> float:
+    """Bastion's PGD, 40 steps (more than training), fresh random start, another seed."""
+    clf = TorchClassifier(module, input_shape=tuple(x.shape[1:]), num_classes=10)
+    return PGD(eps=eps, steps=40, seed=1234).generate(clf, x, y).robust_accuracy
+
+
+def _cnn(shape: tuple[int, int, int], width: int = 16) -> nn.Module:
+    torch.manual_seed(0)
+    return small_cnn(shape, 10, width=width)
+
+
+def _digits_trainer(method: str, **kw: Any) -> AdversarialTrainer:
+    args: dict[str, Any] = dict(
+        method=method,
+        eps=DIGITS_EPS,
+        steps=5,
+        epochs=7,
+        warmup_eps_epochs=2,
+        batch_size=32,
+        lr=2e-3,
+        patience=None,
+        val_steps=10,
+        seed=0,
+    )
+    args.update(kw)
+    return AdversarialTrainer(**args)
+
+
+@pytest.fixture(scope="module")
+def standard_robust(digits_split: Split) -> float:
+    x, y, xt, yt = digits_split
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = train_classifier(_cnn((1, 8, 8)), x, y, epochs=8, batch_size=32, lr=2e-3)
+        clean = accuracy(model, xt, yt)
+        robust = _robust_accuracy(model, xt, yt, DIGITS_EPS)
+    finally:
+        torch.set_num_threads(saved)
+    assert clean > 0.9  # the baseline is a good classifier...
+    assert robust < 0.1  # ...with near-zero robustness
+    return robust
+
+
+@pytest.mark.parametrize("method", ["pgd", "trades"])
+def test_adversarial_training_raises_robust_accuracy(
+    method: str, digits_split: Split, standard_robust: float
+) -> None:
+    x, y, xt, yt = digits_split
+    model = _cnn((1, 8, 8))
+    report = _digits_trainer(method).fit(model, (x, y), val=(xt[:200], yt[:200]))
+    clean = accuracy(model, xt, yt)
+    robust = _robust_accuracy(model, xt, yt, DIGITS_EPS)
+    assert clean > 0.85
+    assert robust > 0.35
+    assert robust - standard_robust > 0.3
+    assert not model.training
+    assert report.method == method and report.epochs_run == 7
+    assert report.best_robust_accuracy is not None and report.best_robust_accuracy > 0.3
+    # the history's validation numbers come from the trainer's own PGD and are sane
+    last = report.history[-1]
+    assert last.val_clean_accuracy is not None and last.val_robust_accuracy is not None
+    assert last.val_robust_accuracy < last.val_clean_accuracy
+
+
+@pytest.mark.slow
+def test_mnist_eps_03_pgd_at_well_above_half() -> None:
+    from bastion.data import load_mnist
+
+    data = load_mnist()
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    x, y = data.x[perm], data.y[perm]
+    xtr, ytr, xte, yte = x[:2000], y[:2000], x[8000:8500], y[8000:8500]
+    base = train_classifier(_cnn((1, 28, 28)), xtr, ytr, epochs=5, batch_size=32, lr=2e-3)
+    model = _cnn((1, 28, 28))
+    AdversarialTrainer(
+        eps=0.3, steps=5, epochs=6, warmup_eps_epochs=2, batch_size=32, lr=2e-3, patience=None
+    ).fit(model, (xtr, ytr))
+    assert _robust_accuracy(base, xte, yte, 0.3) < 0.1
+    assert _robust_accuracy(model, xte, yte, 0.3) > 0.5
+
+
+# ---------------------------------------------------------------- training loop mechanics
+
+
+def _tiny() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(96, 6, generator=g)
+    return x, (x[:, 0] + x[:, 1] > 1).long()
+
+
+def _linear() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def _scripted(monkeypatch: pytest.MonkeyPatch, robust: list[float]) -> None:
+    """Make validation return the given robust accuracies, epoch after epoch."""
+    values = iter(robust)
+
+    def fake(self: AdversarialTrainer, *a: Any, **k: Any) -> tuple[float, float]:
+        return 0.9, next(values)
+
+    monkeypatch.setattr(AdversarialTrainer, "evaluate", fake)
+
+
+def _weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_early_stopping_restores_best_and_checkpoints(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    x, y = _tiny()
+    _scripted(monkeypatch, [0.2, 0.5, 0.4, 0.45, 0.9])
+    trainer = AdversarialTrainer(
+        eps=0.05, steps=2, epochs=5, batch_size=32, lr=0.05, patience=2, checkpoint_dir=tmp_path
+    )
+    model = _linear()
+    report = trainer.fit(model, (x, y), val=(x, y))
+    assert report.epochs_run == 4  # epochs 3 and 4 did not beat epoch 2: stop
+    assert report.best_epoch == 2 and report.best_robust_accuracy == 0.5
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert best["epoch"] == 2 and last["epoch"] == 4
+    assert len(last["history"]) == 4
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, best["model"][k])  # the best weights were restored
+    assert any(not torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
+    assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_without_patience_all_epochs_run_and_best_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = _tiny()
+    _scripted(monkeypatch, [0.3, 0.7, 0.1, 0.2])
+    model = _linear()
+    report = AdversarialTrainer(
+        eps=0.05, steps=2, epochs=4, batch_size=32, lr=0.05, patience=None
+    ).fit(model, (x, y), val=(x, y))
+    assert report.epochs_run == 4 and report.best_epoch == 2
+
+
+def test_without_val_the_last_epoch_is_kept(tmp_path: Path) -> None:
+    x, y = _tiny()
+    model = _linear()
+    report = AdversarialTrainer(
+        eps=0.05, steps=2, epochs=3, batch_size=32, lr=0.05, checkpoint_dir=tmp_path
+    ).fit(model, (x, y))
+    assert report.epochs_run == 3 and report.best_epoch == 3
+    assert report.best_robust_accuracy is None
+    assert report.history[0].val_robust_accuracy is None
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, last["model"][k])
+
+
+@pytest.mark.parametrize("method", ["pgd", "trades"])
+def test_deterministic_under_seed(method: str) -> None:
+    x, y = _tiny()
+    states = []
+    for seed in (3, 3, 4):
+        model = _linear()
+        AdversarialTrainer(
+            method=method, eps=0.1, steps=3, epochs=2, batch_size=16, lr=0.05, seed=seed
+        ).fit(model, (x, y))
+        states.append(_weights(model))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert any(not torch.equal(states[0][k], states[2][k]) for k in states[0])
+
+
+def test_dataloader_training_and_report_serialises() -> None:
+    x, y = _tiny()
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=False)
+    model = _linear()
+    before = accuracy(model, x, y)
+    report = AdversarialTrainer(
+        method="trades", eps=0.02, steps=2, epochs=8, lr=0.05, optimizer="sgd", schedule="step"
+    ).fit(model, loader, val=(x, y))
+    assert isinstance(report, AdversarialTrainingReport)
+    assert isinstance(report.history[0], EpochStats)
+    assert accuracy(model, x, y) > max(before, 0.75)
+    d = json.loads(json.dumps(report.to_dict()))
+    assert d["method"] == "trades" and d["norm"] == "linf" and len(d["history"]) == 8
+
+
+def test_eps_warmup_ramps_linearly() -> None:
+    trainer = AdversarialTrainer(eps=0.3, epochs=4, warmup_eps_epochs=2)
+    per_epoch = 10
+    values = [trainer._eps_at(s, per_epoch) for s in (0, 9, 19, 25)]
+    assert values == pytest.approx([0.015, 0.15, 0.3, 0.3])
+    assert AdversarialTrainer(eps=0.3)._eps_at(0, 10) == 0.3
+
+
+def test_learning_rate_schedules() -> None:
+    cos = AdversarialTrainer(eps=0.1)._lr_factor(100)
+    assert cos(0) == 1.0 and cos(50) == pytest.approx(0.5) and cos(100) == pytest.approx(0.0)
+    step = AdversarialTrainer(eps=0.1, schedule="step")._lr_factor(100)
+    assert (step(10), step(60), step(90)) == (1.0, 0.1, 0.01)
+    assert AdversarialTrainer(eps=0.1, schedule="constant")._lr_factor(100)(77) == 1.0
+
+
+def test_perturb_stays_in_ball_and_bounds_l2() -> None:
+    x, y = _tiny()
+    trainer = AdversarialTrainer(eps=0.5, norm="l2", steps=5)
+    model = _linear()
+    x_adv = trainer.perturb(model, x, y, generator=torch.Generator().manual_seed(0))
+    assert float((x_adv - x).norm(dim=1).max()) <= 0.5 + 1e-5
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    assert not torch.equal(x_adv, x)
+
+
+def test_maximise_loss_reaches_the_closed_form_corner() -> None:
+    # loss = w·x is maximised over the L∞ ball ∩ [0, 1] at clip(x + eps·sign(w), 0, 1)
+    w = torch.tensor([1.0, -2.0, 0.5, -0.1])
+    x = torch.tensor([[0.5, 0.5, 0.95, 0.02], [0.1, 0.9, 0.5, 0.5]])
+    out = maximise_loss(
+        lambda xa: xa @ w,
+        x,
+        x.clone(),
+        norm=Norm.LINF,
+        eps=0.1,
+        step_size=0.04,
+        steps=5,
+        bounds=(0.0, 1.0),
+    )
+    expected = (x + 0.1 * w.sign()).clamp(0, 1)
+    assert torch.allclose(out, expected, atol=1e-6)
+    # L2: the maximiser is x + eps·w/‖w‖ (interior points here)
+    out2 = maximise_loss(
+        lambda xa: xa @ w,
+        x,
+        x.clone(),
+        norm=Norm.L2,
+        eps=0.05,
+        step_size=0.02,
+        steps=10,
+        bounds=(-5.0, 5.0),
+    )
+    assert torch.allclose(out2, x + 0.05 * w / w.norm(), atol=1e-5)
+
+
+def test_ascent_step_negative_step_descends() -> None:
+    x = torch.full((1, 3), 0.5)
+    g = torch.tensor([[1.0, -1.0, 0.0]])
+    up = ascent_step(x, g, x, norm=Norm.LINF, eps=0.1, step_size=0.05, bounds=(0.0, 1.0))
+    down = ascent_step(x, g, x, norm=Norm.LINF, eps=0.1, step_size=-0.05, bounds=(0.0, 1.0))
+    assert torch.allclose(up, torch.tensor([[0.55, 0.45, 0.5]]))
+    assert torch.allclose(down, torch.tensor([[0.45, 0.55, 0.5]]))
+
+
+# ---------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"eps": 0.0},
+        {"eps": -0.1},
+        {"eps": math.nan},
+        {"eps": 0.1, "method": "fgsm"},
+        {"eps": 0.1, "norm": "l1"},
+        {"eps": 0.1, "steps": 0},
+        {"eps": 0.1, "steps": 2.5},
+        {"eps": 0.1, "step_size": 0.0},
+        {"eps": 0.1, "beta": -1.0},
+        {"eps": 0.1, "epochs": 0},
+        {"eps": 0.1, "lr": 0.0},
+        {"eps": 0.1, "optimizer": "rmsprop"},
+        {"eps": 0.1, "momentum": 1.0},
+        {"eps": 0.1, "weight_decay": -1e-4},
+        {"eps": 0.1, "batch_size": 0},
+        {"eps": 0.1, "schedule": "linear"},
+        {"eps": 0.1, "warmup_eps_epochs": -1},
+        {"eps": 0.1, "epochs": 2, "warmup_eps_epochs": 3},
+        {"eps": 0.1, "val_steps": 0},
+        {"eps": 0.1, "patience": 0},
+        {"eps": 0.1, "bounds": (1.0, 0.0)},
+    ],
+)
+def test_bad_parameters_rejected(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        AdversarialTrainer(**kwargs)
+
+
+def test_bad_inputs_rejected() -> None:
+    x, y = _tiny()
+    trainer = AdversarialTrainer(eps=0.1, epochs=1)
+    with pytest.raises(InputError):
+        trainer.fit(_linear(), (x, y[:10]))
+    with pytest.raises(InputError):
+        trainer.fit(_linear(), (x, y.float()))
+    with pytest.raises(InputError):
+        trainer.fit(_linear(), (x, y), val=(x[:5], y))
+    with pytest.raises(InputError):
+        trainer.fit(_linear(), x)  # type: ignore[arg-type]
+    frozen = _linear().requires_grad_(False)
+    with pytest.raises(ModelError):
+        trainer.fit(frozen, (x, y))
+
+
+def test_repr_is_stable() -> None:
+    r = repr(AdversarialTrainer(method="trades", eps=0.3, steps=10))
+    assert r.startswith("AdversarialTrainer(method='trades', eps=0.3, norm='linf', steps=10")
+    assert "step_size=0.075" in r
