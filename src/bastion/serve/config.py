@@ -226,11 +226,13 @@ class DriftSettings(_Frozen):
 
 
 class ExtractionSettings(_Frozen):
-    """PRADA extraction detection per key (``bastion.monitor.extraction``)."""
+    """PRADA extraction detection per key and model (``bastion.monitor.extraction``):
+    ``threshold`` is the Shapiro–Wilk ``W`` below which a key is flagged, ``min_queries`` the
+    distances needed before a key is judged (``null``: the detector's defaults)."""
 
     enabled: bool = True
-    threshold: float | None = Field(default=None, gt=0, le=1)
-    min_queries: int | None = Field(default=None, ge=2)
+    threshold: float | None = Field(default=None, gt=0, lt=1)
+    min_queries: int | None = Field(default=None, ge=3)
 
 
 class PerformanceSettings(_Frozen):

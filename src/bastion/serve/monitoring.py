@@ -23,6 +23,7 @@ de-duplicated per key for ``dedup_seconds``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -118,6 +119,7 @@ class ModelMonitor:
         self.drift, self.extraction, self.performance = drift, extraction, performance
         self.alerts, self.metrics = alerts, metrics
         self.drift_results: list[DriftResult] = []
+        self.judged = 0  # extraction verdicts reached (clients past min_queries)
 
     @classmethod
     def build(cls, policy: GatewayPolicy, settings: ModelSettings, contract: Contract | None, *,
@@ -163,12 +165,14 @@ class ModelMonitor:
         if self.extraction is not None:
             verdict = self.extraction.observe(f"{self.model}:{event.client}", event.x,
                                               event.predicted)
-            if verdict is not None and getattr(verdict, "flagged", True):
-                details = verdict.to_dict() if hasattr(verdict, "to_dict") else {}
-                self._alert("extraction", f"extraction:{self.model}:{event.client}", "high",
+            self.judged += verdict is not None
+            if verdict is not None and verdict.flagged:
+                details = {k: list(v) if isinstance(v, tuple) else v
+                           for k, v in dataclasses.asdict(verdict).items()}
+                self._alert("extraction", f"extraction:{self.model}:{event.client}", "critical",
                             f"key {event.client} on model {self.model} queries like a model-"
-                            "extraction attack (PRADA)", {"model": self.model,
-                                                          "client": event.client, **details})
+                            f"extraction attack ({', '.join(verdict.reasons)})",
+                            {**details, "model": self.model, "client": event.client})
         if self.drift is not None:
             for result in self.drift.update(event.x):
                 self._on_drift(result)
@@ -180,7 +184,7 @@ class ModelMonitor:
             self.metrics.drift_p.labels(self.model, result.method).set(result.p_value)
         self.metrics.drift_windows.labels(self.model, str(result.drift).lower()).inc()
         if result.drift:
-            self._alert("drift", f"drift:{self.model}", "medium",
+            self._alert("drift", f"drift:{self.model}", "warning",
                         f"inputs of model {self.model} drifted ({result.method}, p="
                         f"{result.p_value if result.p_value is not None else 'n/a'})",
                         {"model": self.model, **result.to_dict()})
@@ -194,7 +198,7 @@ class ModelMonitor:
             if acc is not None:
                 self.metrics.accuracy.labels(self.model).set(float(acc))
             if getattr(result, "degraded", False):
-                self._alert("performance", f"performance:{self.model}", "high",
+                self._alert("performance", f"performance:{self.model}", "critical",
                             f"accuracy of model {self.model} fell to {acc}",
                             {"model": self.model})
         return result
