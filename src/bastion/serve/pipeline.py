@@ -149,12 +149,16 @@ class Gateway:
             for name, served in self.models.items()}
         self.worker = MonitorWorker(self._monitor, self.metrics)
         self._owners: OrderedDict[str, str] = OrderedDict()  # request id -> client
+        self._closed = False
         for name in self.models:
             self.metrics.loaded.labels(name).set(1)
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
-        """Flush the monitors and the audit log; release what the gateway opened."""
+        """Flush the monitors and the audit log; release what the gateway opened (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         self.worker.drain()
         self.worker.close()
         if self.audit is not None:
