@@ -33,9 +33,9 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Table, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -48,6 +48,7 @@ __all__ = ["AccessAuditRecord", "AuditLog", "AuditVerification", "AuditWriter"]
 
 log = logging.getLogger(__name__)
 
+_ENTRIES = cast(Table, AccessAuditEntry.__table__)  # Core insert: one executemany per batch
 _FIELDS = frozenset({"actor", "action", "resource", "outcome", "details", "at"})
 _LIMITS = {"actor": 200, "action": 64, "resource": 200, "outcome": 32}
 
@@ -160,15 +161,21 @@ class AuditLog:
 
     def record(self, session: Session, records: Sequence[Mapping[str, Any]]) -> None:
         """Append ``records`` inside a :meth:`transaction` (the head lock is already held)."""
-        cleaned = [_clean(r) for r in records]
+        self._record_clean(session, [_clean(r) for r in records])
+
+    def _record_clean(self, session: Session, cleaned: list[dict[str, Any]]) -> None:
+        if not cleaned:
+            return
         head = self._lock_head(session)
         seq, prev = head.seq, head.hash
+        rows = []
         for r in cleaned:
             seq += 1
             digest = chain_hash(prev, _fields(seq, r["at"], r["actor"], r["action"],
                                               r["resource"], r["outcome"], r["details"]))
-            session.add(AccessAuditEntry(seq=seq, prev_hash=prev, hash=digest, **r))
+            rows.append({**r, "seq": seq, "prev_hash": prev, "hash": digest})
             prev = digest
+        session.execute(insert(_ENTRIES), rows)  # one executemany
         head.seq, head.hash = seq, prev
         session.flush()
 
@@ -188,13 +195,11 @@ class AuditLog:
     def append_many(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Append several entries in one transaction (all or none). Keys of each record:
         ``actor``, ``action``, ``outcome`` (required), ``resource``, ``details``, ``at``."""
-        records = list(records)
-        for r in records:
-            _clean(r)  # validate before taking the lock
-        if not records:
+        cleaned = [_clean(r) for r in records]  # validate before taking the lock
+        if not cleaned:
             return
         with self.transaction() as s:
-            self.record(s, records)
+            self._record_clean(s, cleaned)
 
     def entries(self, *, limit: int | None = None) -> list[AccessAuditRecord]:
         """The entries, oldest first (the newest ``limit`` if given)."""

@@ -436,12 +436,14 @@ class AccessStore:
             self._decision(p.name, "authenticate", None, True, "ok", {"key_id": p.key_id})
             return p
         key_id: str | None = None
+        who = "anonymous"  # the owner, once the secret has matched
         try:
             key_id, secret = parse_token(token)
             with self._audit._sessions() as s:
                 row = s.get(ApiKeyRow, key_id)
                 if row is None or not secret_matches(key_id, secret, row.secret_hash):
                     raise AuthenticationError(f"unknown or wrong API key bst_{key_id}_…")
+                who = row.owner
                 if row.revoked_at is not None:
                     raise AuthenticationError(f"API key {key_id} was revoked")
                 expires = _utc_opt(row.expires_at)
@@ -455,7 +457,7 @@ class AccessStore:
                 p = Principal(name=row.owner, kind=owner.kind, key_id=key_id,
                               scopes=frozenset(row.scopes), resources=frozenset(row.resources))
         except AuthenticationError as exc:
-            self._decision("anonymous", "authenticate", None, False, "fail",
+            self._decision(who, "authenticate", None, False, "fail",
                            {"key_id": key_id, "reason": str(exc)})
             raise
         if self.cache_ttl > 0:
