@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from bastion.attacks.inference import (
+    DefaultTrainer,
     LabelOnlyAttack,
     LiRA,
     MembershipResult,
@@ -19,7 +20,6 @@ from bastion.attacks.inference import (
 from bastion.data import load_digits
 from bastion.errors import CapabilityError, ConfigurationError, InputError, QueryBudgetExceeded
 from bastion.models import BaseClassifier, Capability, TorchClassifier, from_sklearn
-from bastion.models.zoo import small_mlp, train_classifier
 
 Data = tuple[torch.Tensor, torch.Tensor]
 FitMLP = Callable[..., nn.Module]
@@ -43,9 +43,9 @@ def _clf(net: nn.Module, budget: int | None = None) -> TorchClassifier:
     return TorchClassifier(net, input_shape=(1, 8, 8), num_classes=10, query_budget=budget)
 
 
-def _lira_trainer(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return train_classifier(small_mlp(64, 10, hidden=256), x, y, epochs=60, lr=1e-2, seed=seed)
+# the target's recipe (an MLP of 256 units, 60 epochs at lr 1e-2); DefaultTrainer trains an
+# attack's reference models in one batched loop (equal to one-by-one training up to rounding)
+_lira_trainer = DefaultTrainer((1, 8, 8), 10, arch="mlp", hidden=256, epochs=60, lr=1e-2)
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,15 @@
 """Shared pieces of the inference attacks: per-sample signals, batched queries, reference models.
 
 Reference (shadow) models are the attacker's own: they are trained by a ``train_fn(x, y, seed)
--> nn.Module`` and queried freely; only the target classifier is metered.
+-> nn.Module`` and queried freely; only the target classifier is metered. A ``train_fn`` that
+also has a ``train_many(x, y, subsets, seeds)`` method (as :class:`DefaultTrainer` has) trains
+all of an attack's reference models in one batched loop (:mod:`._ensemble`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +28,7 @@ __all__ = [
     "query_labels",
     "query_logits",
     "scaled_logit",
+    "train_references",
 ]
 
 #: ``train_fn(x, y, seed) -> nn.Module``: trains a fresh reference model on ``(x, y)``
@@ -101,6 +104,11 @@ class DefaultTrainer:
 
     Match the target's training recipe for the strongest attack; pass your own ``train_fn``
     when the target is not a small network.
+
+    With ``batched=True`` (default) :meth:`train_many` trains several models at once
+    (:func:`~bastion.attacks.inference._ensemble.train_ensemble`: the same initialisations,
+    batches and Adam updates as one-by-one calls, equal up to floating-point rounding);
+    ``batched=False`` trains them one by one.
     """
 
     input_shape: tuple[int, ...]
@@ -111,6 +119,7 @@ class DefaultTrainer:
     lr: float = 3e-3
     weight_decay: float = 0.0
     batch_size: int = 64
+    batched: bool = True
 
     def __post_init__(self) -> None:
         if self.arch not in ("auto", "mlp", "cnn"):
@@ -123,20 +132,23 @@ class DefaultTrainer:
         if not (self.lr > 0 and self.weight_decay >= 0):
             raise ConfigurationError("lr must be positive and weight_decay non-negative")
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
-        from bastion.models.zoo import small_cnn, small_mlp, train_classifier
+    def _make(self) -> nn.Module:
+        from bastion.models.zoo import small_cnn, small_mlp
 
-        torch.manual_seed(seed)
         use_cnn = self.arch == "cnn" or (
             self.arch == "auto" and len(self.input_shape) == 3 and min(self.input_shape[1:]) >= 8
         )
         if use_cnn:
             c, h, w = self.input_shape
-            module = small_cnn((c, h, w), self.num_classes, width=8)
-        else:
-            module = small_mlp(math.prod(self.input_shape), self.num_classes, hidden=self.hidden)
+            return small_cnn((c, h, w), self.num_classes, width=8)
+        return small_mlp(math.prod(self.input_shape), self.num_classes, hidden=self.hidden)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+        from bastion.models.zoo import train_classifier
+
+        torch.manual_seed(seed)
         return train_classifier(
-            module,
+            self._make(),
             x,
             y,
             epochs=self.epochs,
@@ -145,6 +157,53 @@ class DefaultTrainer:
             weight_decay=self.weight_decay,
             seed=seed,
         )
+
+    def train_many(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        subsets: Sequence[torch.Tensor],
+        seeds: Sequence[int],
+    ) -> list[nn.Module]:
+        """Model k trained on ``x[subsets[k]]`` under ``seeds[k]``, as one call would."""
+        if not self.batched:
+            return [self(x[s], y[s], int(seed)) for s, seed in zip(subsets, seeds, strict=True)]
+        from bastion.attacks.inference._ensemble import train_ensemble
+
+        return train_ensemble(
+            self._make,
+            x,
+            y,
+            subsets,
+            seeds,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+        )
+
+
+def train_references(
+    train_fn: TrainFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    subsets: Sequence[torch.Tensor],
+    seeds: Sequence[int],
+) -> list[nn.Module]:
+    """Reference model k trained on ``x[subsets[k]]`` under ``seeds[k]``.
+
+    Uses ``train_fn.train_many`` when the trainer has one (all models in one batched loop),
+    else calls ``train_fn`` once per model.
+    """
+    many = getattr(train_fn, "train_many", None)
+    if callable(many):
+        models = many(x, y, list(subsets), [int(s) for s in seeds])
+        if len(models) != len(subsets):
+            raise ConfigurationError(
+                f"train_fn.train_many returned {len(models)} models for {len(subsets)} subsets"
+            )
+        return list(models)
+    return [train_fn(x[s], y[s], int(seed)) for s, seed in zip(subsets, seeds, strict=True)]
 
 
 def check_population(

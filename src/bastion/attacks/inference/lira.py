@@ -42,6 +42,7 @@ from bastion.attacks.inference._common import (
     module_logits,
     query_logits,
     scaled_logit,
+    train_references,
 )
 from bastion.attacks.inference.base import MembershipAttack, check_positive
 from bastion.errors import ConfigurationError
@@ -131,11 +132,12 @@ class LiRA(MembershipAttack):
         self.reference_models_ = []
         if self.online:
             return
-        train = self._trainer(classifier)
         n = x.shape[0]
-        for k in range(self.n_reference):
-            idx = torch.randperm(n, generator=generator)[: n // 2]
-            self.reference_models_.append(train(x[idx], y[idx], self._seed(k)))
+        subsets = [
+            torch.randperm(n, generator=generator)[: n // 2] for _ in range(self.n_reference)
+        ]
+        seeds = [self._seed(k) for k in range(self.n_reference)]
+        self.reference_models_ = train_references(self._trainer(classifier), x, y, subsets, seeds)
         log.info("LiRA offline: trained %d reference models", self.n_reference)
 
     def _score(
@@ -173,14 +175,16 @@ class LiRA(MembershipAttack):
         # each target example is IN for exactly half of the reference models
         inside = torch.argsort(torch.rand(n, k, generator=generator), dim=1) < k // 2
         inside = inside.T.contiguous()
-        train = self._trainer(classifier)
-        phis = []
+        # model j: half the population, then the targets it holds IN (indices into one pool)
+        pool_x, pool_y = torch.cat([xp, x]), torch.cat([yp, y])
+        subsets = []
         for j in range(k):
             pop_idx = torch.randperm(xp.shape[0], generator=generator)[: xp.shape[0] // 2]
-            xs = torch.cat([xp[pop_idx], x[inside[j]]])
-            ys = torch.cat([yp[pop_idx], y[inside[j]]])
-            model = train(xs, ys, self._seed(j))
-            phis.append(scaled_logit(module_logits(model, x), y))
+            subsets.append(torch.cat([pop_idx, xp.shape[0] + torch.nonzero(inside[j]).flatten()]))
+        models = train_references(
+            self._trainer(classifier), pool_x, pool_y, subsets, [self._seed(j) for j in range(k)]
+        )
+        phis = [scaled_logit(module_logits(model, x), y) for model in models]
         log.info("LiRA online: trained %d reference models", k)
         return torch.stack(phis), inside
 

@@ -36,6 +36,7 @@ from bastion.attacks.inference._common import (
     own_log_prob,
     query_logits,
     scaled_logit,
+    train_references,
 )
 from bastion.attacks.inference.base import MembershipAttack, check_positive
 from bastion.errors import ConfigurationError
@@ -126,10 +127,11 @@ class ShadowModelAttack(MembershipAttack):
         n = x.shape[0]
         feats, labels = [], []
         base = 0 if self.seed is None else self.seed
-        for k in range(self.n_shadows):
-            perm = torch.randperm(n, generator=generator)
+        perms = [torch.randperm(n, generator=generator) for _ in range(self.n_shadows)]
+        seeds = [base * 1000 + 500 + k for k in range(self.n_shadows)]
+        models = train_references(train, x, y, [p[: n // 2] for p in perms], seeds)
+        for model, perm in zip(models, perms, strict=True):
             inside, outside = perm[: n // 2], perm[n // 2 :]
-            model = train(x[inside], y[inside], base * 1000 + 500 + k)
             for idx, member in ((inside, 1), (outside, 0)):
                 feats.append(shadow_features(module_logits(model, x[idx]), y[idx]))
                 labels.append(np.full(len(idx), member))
