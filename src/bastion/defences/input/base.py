@@ -279,12 +279,12 @@ class PreprocessedClassifier(BaseClassifier):
         return self.classifier.device
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        xt = self.transform.transform(x, generator=self._generator)
+        xt = self.transform.transform(x.to(self.device), generator=self._generator)
         with unmetered(self.classifier):
             return self.classifier.logits(xt)
 
     def _predict(self, x: torch.Tensor) -> torch.Tensor:
-        xt = self.transform.transform(x, generator=self._generator)
+        xt = self.transform.transform(x.to(self.device), generator=self._generator)
         with unmetered(self.classifier):
             return self.classifier.predict(xt)
 
