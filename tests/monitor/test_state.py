@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -180,3 +181,20 @@ def test_unreachable_redis_is_a_configuration_error_naming_the_url() -> None:
 def test_malformed_redis_url_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="Redis URL"):
         RedisState("redis://127.0.0.1:notaport/0")
+
+
+def test_batch_push_and_read_match_the_single_forms(state: StateBackend) -> None:
+    rows = np.arange(12, dtype=np.float32).reshape(6, 2)
+    batch_state: Any = state  # push_rows / vectors_many are extras of both backends
+    batch_state.push_rows([("a", rows, 4), ("b", rows[:1], 3), ("c", rows[:0], 3)], ttl=60.0)
+    for row in rows:
+        state.push_vector("a2", row, max_len=4)
+    a, b, c, a2 = batch_state.vectors_many(["a", "b", "c", "a2"])
+    np.testing.assert_array_equal(a, rows[-4:])
+    np.testing.assert_array_equal(a, a2)
+    np.testing.assert_array_equal(b, rows[:1])
+    assert c.shape == (0, 0)
+    batch_state.push_rows([("a", rows[:2], 4)])
+    np.testing.assert_array_equal(state.vectors("a"), np.concatenate([rows[-2:], rows[:2]]))
+    with pytest.raises(ConfigurationError, match="2-D"):
+        batch_state.push_rows([("a", np.zeros(3), 4)])

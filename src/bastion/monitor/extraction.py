@@ -51,9 +51,14 @@ on all its queries; concurrent updates of one client from two replicas are not s
 (a query may be judged against a set that misses the other replica's last few), which a
 statistical test tolerates. Idle clients' state expires after ``ttl`` seconds.
 
-Cost: per query one distance computation against at most ``max_per_class`` stored vectors and,
-once armed, one Shapiro-Wilk test on at most ``max_distances`` values (well under a
-millisecond for the defaults); with Redis, each call reads the sets of the classes it touches.
+Cost: per query two distance computations against at most ``max_per_class`` and
+``near_history`` stored vectors and, once armed, one Shapiro-Wilk test on at most
+``max_distances`` values. Each :meth:`~ExtractionDetector.observe` call makes three round trips to
+the backend (read what the batch touches, write, count); with Redis it reads the growing sets of
+the classes in the batch and the recent queries (up to ~1.6 MB for 784-feature inputs at the
+defaults). Measured on the 2-core development machine under load from other jobs, one query
+per call, at steady state: 0.6 ms (64 features) and 1.0 ms (784) in memory, 3 ms and 5 ms on a
+loopback Redis. Run it after the response is sent, not in the request path.
 
 >>> import numpy as np
 >>> from bastion.monitor.state import InMemoryState
@@ -214,8 +219,20 @@ class ExtractionDetector:
     def _key(self, client: str, *parts: object) -> str:
         return ":".join([self.namespace, client, *map(str, parts)])
 
-    def _push(self, key: str, vector: np.ndarray, max_len: int) -> None:
-        self.state.push_vector(key, vector, max_len=max_len, ttl=self.ttl)
+    def _fetch(self, keys: list[str]) -> list[np.ndarray]:
+        many = getattr(self.state, "vectors_many", None)
+        if callable(many):
+            return list(many(keys))
+        return [self.state.vectors(key) for key in keys]
+
+    def _store(self, pushes: list[tuple[str, np.ndarray, int]]) -> None:
+        many = getattr(self.state, "push_rows", None)
+        if callable(many):
+            many(pushes, ttl=self.ttl)
+            return
+        for key, rows, max_len in pushes:
+            for row in rows:
+                self.state.push_vector(key, row, max_len=max_len, ttl=self.ttl)
 
     def observe(
         self, client: str, x: np.ndarray, predicted: np.ndarray
@@ -244,26 +261,56 @@ class ExtractionDetector:
             raise InputError(f"predicted classes must be integers, got dtype {labels.dtype}")
         if not np.isfinite(rows).all():
             raise InputError("queries contain NaN or infinite values")
+        labels = labels.astype(np.int64)
+        classes: list[int] = np.unique(labels).tolist()
 
-        distances = self._update_sets(client, rows, labels.astype(np.int64))
-        for d in distances:
-            self._push(self._key(client, "d"), np.array([d]), self.max_distances)
+        # one read of everything this batch touches, compute, one write
+        keys = [self._key(client, part) for part in ("r", "d", "s")]
+        keys += [self._key(client, "g", c) for c in classes]
+        keys += [self._key(client, "t", c) for c in classes]
+        loaded = self._fetch(keys)
+        recent, old_d, old_s = loaded[:3]
+        groups = dict(zip(classes, loaded[3 : 3 + len(classes)], strict=True))
+        sets = {
+            c: s[0].astype(np.float64) if s.shape[0] else np.zeros(4)
+            for c, s in zip(classes, loaded[3 + len(classes) :], strict=True)
+        }
+        for stored in (recent, *groups.values()):
+            if stored.shape[0] and stored.shape[1] != rows.shape[1]:
+                raise InputError(
+                    f"queries of {rows.shape[1]} features, but {client!r} sent queries of "
+                    f"{stored.shape[1]} features before"
+                )
+        distances, added = _prada_update(groups, sets, rows, labels, self.max_per_class)
         near = self.near_distance
         if near is None:
             near = self.near_rms * math.sqrt(rows.shape[1])
-        for flag in self._near_duplicates(client, rows, near):
-            self._push(self._key(client, "s"), np.array([flag]), self.near_window)
+        flags = _near_flags(recent, rows, near, self.near_history)
+
+        # the distance and near-duplicate windows are stored whole, as one NaN-padded vector
+        dist = _window(old_d, distances, self.max_distances)
+        near_flags = _window(old_s, flags, self.near_window)
+        pushes: list[tuple[str, np.ndarray, int]] = [
+            (self._key(client, "r"), rows[-self.near_history :], self.near_history),
+            (self._key(client, "d"), dist[None], 1),
+            (self._key(client, "s"), near_flags[None], 1),
+        ]
+        for c in classes:
+            if added[c]:
+                rows_c = np.stack(added[c][-self.max_per_class :])
+                pushes.append((self._key(client, "g", c), rows_c, self.max_per_class))
+            pushes.append((self._key(client, "t", c), sets[c][None], 1))
+        self._store([p for p in pushes if p[1].shape[0]])
         n_queries = self.state.incr(self._key(client, "n"), rows.shape[0], ttl=self.ttl)
 
-        stored = self.state.vectors(self._key(client, "d"))
-        if stored.shape[0] < self.min_queries:
+        dist = dist[np.isfinite(dist)].astype(np.float64)
+        if dist.shape[0] < self.min_queries:
             return None
-        dist = stored[:, 0].astype(np.float64)
+        near_flags = near_flags[np.isfinite(near_flags)]
         w = _shapiro_w(dist)
         mean = float(dist.mean())
         cv = float(dist.std() / mean) if mean > 0 else 0.0
-        flags = self.state.vectors(self._key(client, "s"))
-        near_frac = float(flags[:, 0].mean()) if flags.shape[0] else 0.0
+        near_frac = float(near_flags.mean()) if near_flags.shape[0] else 0.0
         reasons = tuple(
             name
             for name, fired in (
@@ -287,65 +334,67 @@ class ExtractionDetector:
             n_distances=int(dist.shape[0]),
         )
 
-    def _near_duplicates(self, client: str, rows: np.ndarray, near: float) -> list[float]:
-        """1.0 for each query within ``near`` of one of the client's recent queries, else 0.0."""
-        key = self._key(client, "r")
-        recent = self.state.vectors(key)
-        if recent.shape[0] and recent.shape[1] != rows.shape[1]:
-            raise InputError(
-                f"queries of {rows.shape[1]} features, but {client!r} sent {recent.shape[1]} before"
-            )
-        history = np.concatenate([recent, rows]) if recent.shape[0] else rows
-        offset = history.shape[0] - rows.shape[0]
-        flags: list[float] = []
-        for i in range(rows.shape[0]):
-            j = offset + i
-            earlier = history[max(0, j - self.near_history) : j]
-            if earlier.shape[0] == 0:
-                continue  # the client's very first query has nothing to be near
-            diff = earlier - history[j]
-            flags.append(float(np.einsum("ij,ij->i", diff, diff).min() <= near * near))
-        for row in rows[-self.near_history :]:
-            self._push(key, row, self.near_history)
-        return flags
 
-    def _update_sets(self, client: str, rows: np.ndarray, labels: np.ndarray) -> list[float]:
-        """Run PRADA's growing-set update over the batch; return the new distances in order."""
-        groups: dict[int, np.ndarray] = {}
-        stats_: dict[int, np.ndarray] = {}  # [T_c, n, sum, sum of squares] of joined distances
-        added: dict[int, list[np.ndarray]] = {}
-        for c in np.unique(labels).tolist():
-            group = self.state.vectors(self._key(client, "g", c))
-            if group.shape[0] and group.shape[1] != rows.shape[1]:
-                raise InputError(
-                    f"queries of {rows.shape[1]} features, but {client!r} sent "
-                    f"{group.shape[1]} before"
-                )
-            groups[c] = group if group.shape[0] else np.zeros((0, rows.shape[1]), np.float32)
-            s = self.state.vectors(self._key(client, "t", c))
-            stats_[c] = s[0].astype(np.float64) if s.shape[0] else np.zeros(4)
-            added[c] = []
-        distances: list[float] = []
-        for row, c in zip(rows, labels.tolist(), strict=True):
-            group, st = groups[c], stats_[c]
-            join = group.shape[0] == 0
-            if not join:
-                diff = group - row
-                d = math.sqrt(max(0.0, float(np.einsum("ij,ij->i", diff, diff).min())))
-                distances.append(d)
-                join = d > st[0]
-                if join:  # T_c <- max(T_c, mean - std) over the distances that joined G_c
-                    st[1:] += (1.0, d, d * d)
-                    mean = st[2] / st[1]
-                    st[0] = max(st[0], mean - math.sqrt(max(0.0, st[3] / st[1] - mean * mean)))
-            if join:
-                groups[c] = np.concatenate([group, row[None]])[-self.max_per_class :]
-                added[c].append(row)
-        for c, new_rows in added.items():
-            for row in new_rows[-self.max_per_class :]:
-                self._push(self._key(client, "g", c), row, self.max_per_class)
-            self._push(self._key(client, "t", c), stats_[c], 1)
-        return distances
+def _prada_update(
+    groups: dict[int, np.ndarray],
+    sets: dict[int, np.ndarray],
+    rows: np.ndarray,
+    labels: np.ndarray,
+    max_per_class: int,
+) -> tuple[list[float], dict[int, list[np.ndarray]]]:
+    """PRADA's growing-set update over a batch, in order.
+
+    ``groups[c]`` is ``G_c``; ``sets[c]`` holds ``[T_c, n, sum, sum of squares]`` of the
+    distances that joined ``G_c`` and is updated in place. Returns the new distances and the
+    rows that joined each ``G_c``.
+    """
+    added: dict[int, list[np.ndarray]] = {c: [] for c in groups}
+    distances: list[float] = []
+    for row, c in zip(rows, labels.tolist(), strict=True):
+        group, st = groups[c], sets[c]
+        join = group.shape[0] == 0
+        if not join:
+            diff = group - row
+            d = math.sqrt(max(0.0, float(np.einsum("ij,ij->i", diff, diff).min())))
+            distances.append(d)
+            join = d > st[0]
+            if join:  # T_c <- max(T_c, mean - std) over the distances that joined G_c
+                st[1:] += (1.0, d, d * d)
+                mean = st[2] / st[1]
+                st[0] = max(st[0], mean - math.sqrt(max(0.0, st[3] / st[1] - mean * mean)))
+        if join:
+            groups[c] = (np.concatenate([group, row[None]]) if group.shape[0] else row[None])[
+                -max_per_class:
+            ]
+            added[c].append(row)
+    return distances, added
+
+
+def _window(stored: np.ndarray, new: list[float], size: int) -> np.ndarray:
+    """The latest ``size`` values of a stored window plus ``new``, NaN-padded at the front."""
+    old = stored[-1] if stored.shape[0] else np.zeros(0, np.float32)
+    if old.shape[0] != size:  # first use, or the window size changed: keep what fits
+        old = old[-size:]
+    values = np.concatenate([old[np.isfinite(old)], np.asarray(new, np.float32)])[-size:]
+    out = np.full(size, np.nan, np.float32)
+    if values.shape[0]:
+        out[-values.shape[0] :] = values
+    return out
+
+
+def _near_flags(recent: np.ndarray, rows: np.ndarray, near: float, history: int) -> list[float]:
+    """1.0 for each query within ``near`` of one of the ``history`` queries before it."""
+    past = np.concatenate([recent, rows]) if recent.shape[0] else rows
+    offset = past.shape[0] - rows.shape[0]
+    flags: list[float] = []
+    for i in range(rows.shape[0]):
+        j = offset + i
+        earlier = past[max(0, j - history) : j]
+        if earlier.shape[0] == 0:
+            continue  # the client's very first query has nothing to be near
+        diff = earlier - past[j]
+        flags.append(float(np.einsum("ij,ij->i", diff, diff).min() <= near * near))
+    return flags
 
 
 def _shapiro_w(values: np.ndarray) -> float:

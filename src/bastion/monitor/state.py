@@ -10,6 +10,9 @@ set-if-absent) is atomic: under a lock in memory, in one Lua script or one comma
 Redis keys are namespaced (``bastion:`` by default) and time in Redis scripts is the server's
 clock, so replicas whose clocks disagree still share one bucket.
 
+Both backends also offer batch forms, ``push_rows`` and ``vectors_many`` (one round trip to
+Redis instead of one per vector); the extraction detector uses them when a backend has them.
+
 >>> state = open_state("memory://")
 >>> state.incr("requests:alice"), state.incr("requests:alice", 2)
 (1, 3)
@@ -24,7 +27,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse, urlunparse
 
@@ -109,6 +112,13 @@ def _as_row(vector: np.ndarray) -> np.ndarray:
     return row
 
 
+def _as_rows(rows: np.ndarray) -> np.ndarray:
+    block = np.asarray(rows, dtype=np.float32)
+    if block.ndim != 2 or block.shape[1] == 0:
+        raise ConfigurationError(f"rows must be a 2-D array (n, d) with d > 0, got {block.shape}")
+    return block
+
+
 def _check_max_len(max_len: int) -> None:
     if int(max_len) != max_len or max_len < 1:
         raise ConfigurationError(f"max_len must be a positive integer, got {max_len!r}")
@@ -190,6 +200,21 @@ class InMemoryState:
             self._sweep(now)
             return allowed, wait
 
+    def _append(
+        self, key: str, rows: np.ndarray, max_len: int, ttl: float | None, now: float
+    ) -> None:
+        self._expired(key, now)
+        old = self._vectors.get(key)
+        if old is not None and old.shape[1] != rows.shape[1]:
+            raise ConfigurationError(
+                f"vector of length {rows.shape[1]} pushed to {key!r}, which holds vectors of "
+                f"length {old.shape[1]}"
+            )
+        self._vectors[key] = (rows if old is None else np.concatenate([old, rows]))[-max_len:]
+        if ttl is not None:
+            self._expiry[key] = now + ttl
+        self._sweep(now)
+
     def push_vector(
         self, key: str, vector: np.ndarray, *, max_len: int, ttl: float | None = None
     ) -> None:
@@ -197,29 +222,31 @@ class InMemoryState:
         _check_ttl(ttl)
         row = _as_row(vector)
         with self._lock:
+            self._append(key, row[None], max_len, ttl, self._clock())
+
+    def push_rows(
+        self, pushes: Sequence[tuple[str, np.ndarray, int]], *, ttl: float | None = None
+    ) -> None:
+        """Batch form of :meth:`push_vector`: append each ``(key, rows (n, d), max_len)``."""
+        _check_ttl(ttl)
+        checked = [(key, _as_rows(rows), max_len) for key, rows, max_len in pushes]
+        for _, _, max_len in checked:
+            _check_max_len(max_len)
+        with self._lock:
             now = self._clock()
-            self._expired(key, now)
-            old = self._vectors.get(key)
-            if old is not None and old.shape[1] != row.size:
-                raise ConfigurationError(
-                    f"vector of length {row.size} pushed to {key!r}, which holds vectors of length "
-                    f"{old.shape[1]}"
-                )
-            new = (
-                row[None]
-                if old is None
-                else np.concatenate([old[-(max_len - 1) :] if max_len > 1 else old[:0], row[None]])
-            )
-            self._vectors[key] = new
-            if ttl is not None:
-                self._expiry[key] = now + ttl
-            self._sweep(now)
+            for key, rows, max_len in checked:
+                if rows.shape[0]:
+                    self._append(key, rows, max_len, ttl, now)
 
     def vectors(self, key: str) -> np.ndarray:
         with self._lock:
             self._expired(key, self._clock())
             stored = self._vectors.get(key)
             return np.zeros((0, 0), np.float32) if stored is None else stored.copy()
+
+    def vectors_many(self, keys: Sequence[str]) -> list[np.ndarray]:
+        """Batch form of :meth:`vectors`."""
+        return [self.vectors(key) for key in keys]
 
     def set_once(self, key: str, ttl: float) -> bool:
         _check_ttl(ttl)
@@ -272,9 +299,9 @@ return {allowed, tostring(wait)}
 """
 
 _PUSH = """
-redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
-if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+redis.call('RPUSH', KEYS[1], ARGV[3])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
+if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
 
@@ -349,14 +376,41 @@ class RedisState:
         _check_max_len(max_len)
         _check_ttl(ttl)
         row = _as_row(vector)
-        self._push(keys=[self._k(key)], args=[row.tobytes(), int(max_len), _ms(ttl)])
+        self._push(keys=[self._k(key)], args=[int(max_len), _ms(ttl), row.tobytes()])
+
+    def push_rows(
+        self, pushes: Sequence[tuple[str, np.ndarray, int]], *, ttl: float | None = None
+    ) -> None:
+        """Batch form of :meth:`push_vector`: one MULTI/EXEC transaction, one round trip."""
+        _check_ttl(ttl)
+        pipe = self._client.pipeline(transaction=True)
+        for key, rows, max_len in pushes:
+            _check_max_len(max_len)
+            block = _as_rows(rows)
+            if block.shape[0] == 0:
+                continue
+            name = self._k(key)
+            pipe.rpush(name, *(r.tobytes() for r in block[-max_len:]))
+            pipe.ltrim(name, -int(max_len), -1)
+            if ttl is not None:
+                pipe.pexpire(name, _ms(ttl))
+        pipe.execute()
 
     def vectors(self, key: str) -> np.ndarray:
-        items = self._client.lrange(self._k(key), 0, -1)
+        return self._decode(key, self._client.lrange(self._k(key), 0, -1))
+
+    def vectors_many(self, keys: Sequence[str]) -> list[np.ndarray]:
+        """Batch form of :meth:`vectors`, in one round trip."""
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.lrange(self._k(key), 0, -1)
+        return [self._decode(key, items) for key, items in zip(keys, pipe.execute(), strict=True)]
+
+    @staticmethod
+    def _decode(key: str, items: list[bytes]) -> np.ndarray:
         if not items:
             return np.zeros((0, 0), np.float32)
-        sizes = {len(item) for item in items}
-        if len(sizes) != 1:
+        if len({len(item) for item in items}) != 1:
             raise ConfigurationError(f"{key!r} holds vectors of different lengths; delete the key")
         return np.frombuffer(b"".join(items), dtype=np.float32).reshape(len(items), -1).copy()
 
