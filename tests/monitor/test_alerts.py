@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bastion.errors import ConfigurationError
-from bastion.monitor.alerts import Alert, AlertManager, LogSink, WebhookSink
+from bastion.monitor.alerts import Alert, AlertManager, LogSink, QueuedSink, WebhookSink
 from bastion.monitor.state import InMemoryState, RedisState, StateBackend
 
 
@@ -196,3 +196,38 @@ def test_parameters_are_validated() -> None:
         AlertManager([], InMemoryState(), dedup_seconds=0)
     with pytest.raises(ConfigurationError, match="sink"):
         AlertManager([object()], InMemoryState())  # type: ignore[list-item]
+
+
+class Gated:
+    """A sink that blocks until released, recording what it got."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.got: list[str] = []
+
+    def send(self, alert: Alert) -> None:
+        self.release.wait(timeout=10)
+        self.got.append(alert.key)
+
+
+def test_queued_sink_never_blocks_and_drops_on_overflow(caplog: pytest.LogCaptureFixture) -> None:
+    gated = Gated()
+    sink = QueuedSink(gated, max_queue=2)
+    with caplog.at_level(logging.WARNING, logger="bastion.monitor.alerts"):
+        for i in range(6):  # the worker holds one, two wait, the rest are dropped
+            sink.send(_alert(key=f"k{i}"))
+    assert gated.got == []  # send returned while the sink was blocked
+    assert 3 <= sink.dropped <= 4 and "dropped" in caplog.text
+    gated.release.set()
+    sink.flush()
+    assert gated.got[0] == "k0" and len(gated.got) == 6 - sink.dropped
+    sink.close()
+
+
+def test_queued_webhook_delivers_on_close(receiver: Receiver) -> None:
+    sink = QueuedSink(WebhookSink(receiver.url, retries=0))
+    manager = AlertManager([sink], InMemoryState())
+    for key in ("a", "b", "a", "c"):
+        manager.raise_alert(_alert(key=key))
+    manager.close()
+    assert sorted(b["key"] for b in receiver.bodies) == ["a", "b", "c"]

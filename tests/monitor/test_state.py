@@ -198,3 +198,17 @@ def test_batch_push_and_read_match_the_single_forms(state: StateBackend) -> None
     np.testing.assert_array_equal(state.vectors("a"), np.concatenate([rows[-2:], rows[:2]]))
     with pytest.raises(ConfigurationError, match="2-D"):
         batch_state.push_rows([("a", np.zeros(3), 4)])
+
+
+def test_in_memory_state_forgets_expired_keys_and_full_buckets() -> None:
+    clock = FakeClock()
+    state = InMemoryState(clock=clock)
+    state._SWEEP_EVERY = 1  # sweep on every write
+    for i in range(50):
+        state.take_tokens(f"bucket-{i}", rate=1.0, burst=2)
+        state.incr(f"window-{i}", ttl=5.0)
+        state.set_once(f"alert-{i}", ttl=5.0)
+    clock.now += 10.0  # every bucket refilled, every TTL past
+    state.incr("fresh")
+    assert len(state._buckets) == 0 and len(state._markers) == 0
+    assert set(state._ints) == {"fresh"}

@@ -20,6 +20,8 @@ import datetime
 import json
 import logging
 import math
+import queue
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +32,15 @@ import httpx
 from bastion.errors import ConfigurationError
 from bastion.monitor.state import StateBackend
 
-__all__ = ["SEVERITIES", "Alert", "AlertManager", "AlertSink", "LogSink", "WebhookSink"]
+__all__ = [
+    "SEVERITIES",
+    "Alert",
+    "AlertManager",
+    "AlertSink",
+    "LogSink",
+    "QueuedSink",
+    "WebhookSink",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +206,73 @@ class WebhookSink:
 
     def close(self) -> None:
         self._client.close()
+
+
+class QueuedSink:
+    """Delivers to another sink from a background thread, so that ``send`` never blocks.
+
+    Wrap a :class:`WebhookSink` in it on the request path: ``send`` only enqueues. When
+    ``max_queue`` alerts are waiting, new ones are dropped and logged. :meth:`flush` waits
+    until the queue is empty; :meth:`close` delivers what is queued, then stops the thread
+    (and closes the wrapped sink).
+    """
+
+    def __init__(self, sink: AlertSink, *, max_queue: int = 1000) -> None:
+        if not isinstance(sink, AlertSink):
+            raise ConfigurationError(
+                f"{sink!r} is not an alert sink (it needs a send(alert) method)"
+            )
+        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
+            raise ConfigurationError(f"max_queue must be a positive integer, got {max_queue!r}")
+        self.sink = sink
+        self.dropped = 0
+        self._queue: queue.Queue[Alert | None] = queue.Queue(maxsize=max_queue)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="bastion-alerts", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"QueuedSink({self.sink!r})"
+
+    def _run(self) -> None:
+        while True:
+            alert = self._queue.get()
+            try:
+                if alert is None:
+                    return
+                self.sink.send(alert)
+            except Exception:
+                logger.exception("alert sink %r failed on alert %s", self.sink, alert and alert.key)
+            finally:
+                self._queue.task_done()
+
+    def send(self, alert: Alert) -> None:
+        """Queue ``alert`` for delivery; drop it (logged) when the queue is full or closed."""
+        if self._closed:
+            logger.warning("alert %s dropped: the queued sink is closed", alert.key)
+            return
+        try:
+            self._queue.put_nowait(alert)
+        except queue.Full:
+            self.dropped += 1
+            logger.warning(
+                "alert %s dropped: %d alerts already waiting", alert.key, self._queue.maxsize
+            )
+
+    def flush(self) -> None:
+        """Wait until every queued alert has been handed to the wrapped sink."""
+        self._queue.join()
+
+    def close(self) -> None:
+        """Deliver what is queued, stop the thread, close the wrapped sink."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+        close = getattr(self.sink, "close", None)
+        if callable(close):
+            close()
 
 
 class AlertManager:

@@ -137,7 +137,7 @@ class InMemoryState:
         self._clock = clock
         self._lock = threading.Lock()
         self._ints: dict[str, int] = {}
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._buckets: dict[str, tuple[float, float, float]] = {}  # key -> (tokens, at, full at)
         self._vectors: dict[str, np.ndarray] = {}
         self._markers: dict[str, float] = {}  # key -> expires at
         self._expiry: dict[str, float] = {}  # ints and vector lists with a TTL
@@ -164,6 +164,8 @@ class InMemoryState:
             self._expired(key, now)
         for key in [k for k, at in self._markers.items() if at <= now]:
             del self._markers[key]
+        for key in [k for k, (_, _, full) in self._buckets.items() if full <= now]:
+            del self._buckets[key]  # a full bucket is the same as no bucket
 
     # -- protocol ------------------------------------------------------------------------
     def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
@@ -189,13 +191,14 @@ class InMemoryState:
         _check_bucket(rate, burst, cost)
         with self._lock:
             now = self._clock()
-            tokens, at = self._buckets.get(key, (float(burst), now))
+            tokens, at, _ = self._buckets.get(key, (float(burst), now, now))
             tokens = min(float(burst), tokens + max(0.0, now - at) * rate)
             if tokens >= cost:
-                self._buckets[key] = (tokens - cost, now)
+                tokens -= cost
+                self._buckets[key] = (tokens, now, now + (burst - tokens) / rate)
                 allowed, wait = True, 0.0
             else:
-                self._buckets[key] = (tokens, now)
+                self._buckets[key] = (tokens, now, now + (burst - tokens) / rate)
                 allowed, wait = False, (cost - tokens) / rate
             self._sweep(now)
             return allowed, wait
