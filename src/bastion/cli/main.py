@@ -44,7 +44,18 @@ def _root(
 
 
 def _register_all() -> None:
-    from bastion.cli import data, evaluate, extraction, inference, poison, registry, scan
+    from bastion.cli import (
+        access,
+        data,
+        evaluate,
+        extraction,
+        harden,
+        inference,
+        poison,
+        registry,
+        scan,
+        serve,
+    )
 
     evaluate_app = evaluate.register(app)
     extraction.register(evaluate_app)
@@ -53,6 +64,9 @@ def _register_all() -> None:
     registry.register(app)
     data.register(app)
     poison.register(data.data_app)
+    harden.register(app)
+    serve.register(app)
+    access.register(app)
 
 
 _register_all()
