@@ -304,3 +304,34 @@ def test_bad_input_and_parameters_are_rejected() -> None:
         ExtractionDetector(near_fraction=0.0)
     with pytest.raises(InputError, match="no client"):
         calibrate_extraction([("c", np.zeros((5, 4)), np.zeros(5, dtype=np.int64))])
+
+
+def test_client_names_cannot_reach_another_clients_state() -> None:
+    rng = np.random.default_rng(0)
+    detector = ExtractionDetector(min_queries=10)
+    detector.observe("a", rng.random((20, 4)), np.zeros(20, dtype=np.int64))
+    verdict = detector.observe("a:g:0", rng.random((12, 4)), np.zeros(12, dtype=np.int64))
+    assert verdict is not None and verdict.n_queries == 12 and verdict.n_distances == 11
+
+
+@pytest.mark.slow
+def test_mnist_calibration_reproduces_the_documented_figures() -> None:
+    """The calibration in the module docstring: 4 shuffles x 20 clients x 500 MNIST queries."""
+    data = load_mnist()
+    lowest = []
+    for seed in range(4):
+        perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+        x, y = data.x[perm].reshape(len(data), -1), data.y[perm]
+        net = train_classifier(small_mlp(784, 10), x[:5000], y[:5000], epochs=5, lr=2e-3, seed=seed)
+        predicted = _oracle(net, x)
+        xn = x.numpy()
+        clients = [
+            (f"c{c}", xn[c * 500 : (c + 1) * 500], predicted[c * 500 : (c + 1) * 500])
+            for c in range(20)
+        ]
+        cal = calibrate_extraction(clients)
+        assert cal.n_verdicts == 20 * 391 and cal.flagged_clients == ()
+        lowest.append((cal.lowest_w, cal.lowest_cv, cal.highest_near_fraction))
+    assert min(w for w, _, _ in lowest) > 0.85
+    assert min(cv for _, cv, _ in lowest) > 0.10
+    assert max(nf for _, _, nf in lowest) < 0.5

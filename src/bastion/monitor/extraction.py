@@ -217,7 +217,8 @@ class ExtractionDetector:
         )
 
     def _key(self, client: str, *parts: object) -> str:
-        return ":".join([self.namespace, client, *map(str, parts)])
+        safe = client.replace("%", "%25").replace(":", "%3A")  # no client can forge another's key
+        return ":".join([self.namespace, safe, *map(str, parts)])
 
     def _fetch(self, keys: list[str]) -> list[np.ndarray]:
         many = getattr(self.state, "vectors_many", None)
