@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import urlencode, urlparse, urlunparse
 
 import pytest
 
@@ -30,9 +30,9 @@ def _postgres_base() -> str:
     pytest.skip(message)
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh database on the test server, dropped afterwards."""
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """One fresh database on the test server for the session, dropped afterwards."""
     base = _postgres_base()
     import psycopg
 
@@ -46,6 +46,25 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> Iterator[str]:
+    """A URL whose connections work in a fresh schema of the session database (cheaper
+    than a database per test); the schema is dropped afterwards."""
+    import psycopg
+
+    parsed = urlparse(postgres_database)
+    plain = urlunparse(parsed._replace(scheme="postgresql"))
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    query = urlencode({"options": f"-csearch_path={schema}"})
+    try:
+        yield urlunparse(parsed._replace(query=query))
+    finally:
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

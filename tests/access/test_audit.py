@@ -225,3 +225,46 @@ def test_store_and_registry_share_a_database(tmp_path: Path) -> None:
             store.add_identity("alice", actor="root")
             assert store.audit.verify().entries == 1
         assert reg.verify_audit_log().ok
+
+
+def test_hashes_follow_the_shared_chain_definition(log: AuditLog) -> None:
+    from bastion.artifacts.registry.audit import GENESIS, chain_hash
+
+    first, second = log.entries()[:2]
+    expected = chain_hash(GENESIS, {"seq": 1, "at": first.at, "actor": "user1",
+                                    "action": "predict", "resource": "model:m1",
+                                    "outcome": "allow", "details": '{"i":1}'})
+    assert first.hash == expected
+    assert second.hash == chain_hash(first.hash, {
+        "seq": 2, "at": second.at, "actor": "user2", "action": "predict",
+        "resource": "model:m2", "outcome": "allow", "details": '{"i":2}'})
+
+
+def test_writer_and_direct_appends_interleave_safely(db_url: str) -> None:
+    audit = AuditLog(db_url)
+    writer = AuditWriter(audit, max_batch=7, interval=0.01)
+
+    def direct() -> None:
+        for n in range(30):
+            audit.append(actor="admin", action="grant", outcome="ok", details={"n": n})
+
+    thread = threading.Thread(target=direct)
+    thread.start()
+    for n in range(100):
+        writer.submit(actor="gw", action="predict", outcome="allow", details={"n": n})
+    thread.join()
+    writer.close()
+    entries = audit.entries()
+    assert audit.verify().ok and len(entries) == 130
+    assert [e.details["n"] for e in entries if e.actor == "gw"] == list(range(100))
+    audit.close()
+
+
+def test_writer_applies_back_pressure_instead_of_dropping(tmp_path: Path) -> None:
+    audit = AuditLog(f"sqlite:///{tmp_path / 'a.db'}")
+    with AuditWriter(audit, max_batch=4, interval=0.01, max_pending=4) as writer:
+        for n in range(40):  # blocks whenever 4 are queued, until the thread drains them
+            writer.submit(actor="gw", action="predict", outcome="allow", details={"n": n})
+            assert writer.pending <= 4
+    assert [e.details["n"] for e in audit.entries()] == list(range(40))
+    audit.close()

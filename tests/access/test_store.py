@@ -259,8 +259,10 @@ def test_remove_identity_revokes_its_keys(store: AccessStore) -> None:
         store.principal("app")
 
 
-def test_constructor_validation(tmp_path: object) -> None:
+def test_constructor_validation() -> None:
     with pytest.raises(ConfigurationError, match="cache_ttl"):
         AccessStore("sqlite://", cache_ttl=-1)
+    with pytest.raises(ConfigurationError, match="in-memory SQLite"):
+        AccessStore("sqlite://")
     with pytest.raises(ConfigurationError, match="not supported"):
         AccessStore("mysql://x/y")

@@ -263,6 +263,11 @@ class AuditWriter:
         if max_pending < max_batch:
             raise ConfigurationError(
                 f"max_pending ({max_pending}) must be >= max_batch ({max_batch})")
+        url = log.engine.url
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            raise ConfigurationError(
+                "an in-memory SQLite database is private to one thread, so the background"
+                " writer cannot reach it; use a file (sqlite:///PATH) or PostgreSQL")
         self.log = log
         self.max_batch, self.interval, self.max_pending = max_batch, float(interval), max_pending
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
@@ -286,10 +291,12 @@ class AuditWriter:
         with self._cond:
             if self._closed:
                 raise BastionError("the audit writer is closed; no more entries can be queued")
-            if len(self._pending) >= self.max_pending:
+            if len(self._pending) >= self.max_pending:  # back-pressure, never drop
                 self._cond.notify_all()
                 self._cond.wait_for(lambda: len(self._pending) < self.max_pending
                                     or self._closed)
+                if self._closed:
+                    raise BastionError("the audit writer was closed while this entry waited")
             self._pending.append(record)
             if len(self._pending) >= self.max_batch:
                 self._cond.notify_all()

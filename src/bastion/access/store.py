@@ -24,7 +24,9 @@ A key's effective rights are the intersection of its scopes (actions and resourc
 owner's grants *at the time of use*; ``create_key`` also refuses a key whose scopes no grant of
 the owner allows.
 
->>> store = AccessStore("sqlite://", cache_ttl=0)
+>>> import os, tempfile
+>>> db = "sqlite:///" + os.path.join(tempfile.mkdtemp(), "access.db")
+>>> store = AccessStore(db, cache_ttl=0)
 >>> store.add_identity("fraud-svc", kind="service", actor="root")
 >>> store.grant("fraud-svc", "consumer", "model:fraud", actor="root")
 >>> key = store.create_key("fraud-svc", resources=["model:fraud"], actor="root")
@@ -77,6 +79,7 @@ from bastion.errors import AccessDenied, AuthenticationError, ConfigurationError
 __all__ = ["AccessStore", "GrantInfo", "IdentityInfo", "Principal"]
 
 _KINDS = ("user", "service")
+_NO_HASH = "0" * 64  # compared against when the key id is unknown
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,12 @@ class AccessStore:
         self.audit_allowed = audit_allowed
         self.max_cached = max_cached
         self._audit = AuditLog(url)
-        self._writer = AuditWriter(self._audit, max_batch=audit_batch, interval=audit_interval)
+        try:
+            self._writer = AuditWriter(self._audit, max_batch=audit_batch,
+                                       interval=audit_interval)
+        except ConfigurationError:
+            self._audit.close()
+            raise
         self._keys: dict[bytes, tuple[Principal, float, float | None]] = {}
         self._grants: dict[str, tuple[tuple[tuple[Role, str], ...], float]] = {}
         self._cache_lock = threading.Lock()
@@ -441,7 +449,8 @@ class AccessStore:
             key_id, secret = parse_token(token)
             with self._audit._sessions() as s:
                 row = s.get(ApiKeyRow, key_id)
-                if row is None or not secret_matches(key_id, secret, row.secret_hash):
+                stored = row.secret_hash if row is not None else _NO_HASH  # same work either way
+                if not secret_matches(key_id, secret, stored) or row is None:
                     raise AuthenticationError(f"unknown or wrong API key bst_{key_id}_…")
                 who = row.owner
                 if row.revoked_at is not None:
