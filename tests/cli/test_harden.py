@@ -85,7 +85,7 @@ def test_adversarial_training_raises_robust_accuracy(app: typer.Typer, tmp_path:
 
 def test_dp_reports_epsilon_within_the_target(app: typer.Typer, tmp_path: Path) -> None:
     out = tmp_path / "dp"
-    res = _invoke(app, "dp", *FAST, "--target-epsilon", "2", "--out", out)
+    res = _invoke(app, "dp", *FAST, "--epochs", "5", "--target-epsilon", "2", "--out", out)
     assert res.exit_code == 0, res.output
     doc = _report(out)
     before, after = doc["before"], doc["after"]

@@ -151,7 +151,7 @@ def dp_cmd(
     eps: float = typer.Option(0.1, "--eps", help="Budget of the evaluation attacks."),
     epochs: int = _EPOCHS,
     baseline_epochs: int = _BASE_EPOCHS,
-    lr: float = typer.Option(2.0, "--lr", help="Learning rate (SGD)."),
+    lr: float = typer.Option(0.5, "--lr", help="Learning rate (SGD)."),
     batch_size: int = typer.Option(100, "--batch-size", help="Expected Poisson batch size."),
     attack: list[str] = _ATTACK,
     steps: int | None = _STEPS,
