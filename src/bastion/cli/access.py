@@ -33,10 +33,10 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 users_app = typer.Typer(help="Users, service accounts and their roles.", no_args_is_help=True)
 audit_app = typer.Typer(help="Verify and read the access audit log.", no_args_is_help=True)
 
-_DB = typer.Option(None, "--db", help="Access database URL [env BASTION_ACCESS_DB, default "
-                   f"{DEFAULT_DB}].")
-_ACTOR = typer.Option(None, "--actor", help="Who is acting (recorded in the audit log) "
-                      "[env BASTION_ACTOR, default the login name].")
+_DB = typer.Option(None, "--db", help="Access database URL (default: $BASTION_ACCESS_DB or "
+                   f"{DEFAULT_DB}).")
+_ACTOR = typer.Option(None, "--actor", help="Who is acting, recorded in the audit log "
+                      "(default: $BASTION_ACTOR or the login name).")
 
 
 def _url(db: str | None) -> str:
