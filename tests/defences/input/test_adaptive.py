@@ -200,3 +200,17 @@ def test_evaluate_validation() -> None:
         evaluate_input_defence(clf, BitDepth(), x + 2, y, eps=0.1)
     with pytest.raises(CapabilityError, match="gradients"):
         evaluate_input_defence(_LabelOnly(), JPEGCompression(), x, y, eps=0.1)
+
+
+def test_evaluate_runs_in_l2_and_is_deterministic() -> None:
+    torch.manual_seed(0)
+    clf = TorchClassifier(nn.Linear(4, 3), input_shape=(4,), num_classes=3)
+    x = torch.rand(24, 4, generator=torch.Generator().manual_seed(1))
+    y = clf.predict(x)
+    runs = [
+        evaluate_input_defence(clf, GaussianNoise(sigma=0.05), x, y, eps=0.3, norm="l2", steps=5)
+        for _ in range(2)
+    ]
+    a, b = (dict(r.to_dict(), seconds=0) for r in runs)
+    assert a == b and a["norm"] == "l2" and a["adaptive_attack"] == "pgd+eot"
+    assert runs[0].adaptive <= runs[0].clean_accuracy

@@ -204,6 +204,11 @@ class EnergyDetector(InputDetector):
     """Free-energy score ``-T * logsumexp(logits / T)`` (Liu et al.); nothing to fit.
 
     ``temperature`` ``T`` > 0 (default 1). Needs a classifier that returns scores.
+
+    The score only sees the logits' magnitude: inputs far from the data that drive the logits
+    up (uniform noise or inverted digits on a small MNIST CNN) get a *lower* energy than the
+    training distribution and are missed. It is suited to near-distribution outliers (unseen
+    classes); use :class:`MahalanobisDetector` for far ones.
     """
 
     name = "energy"
