@@ -266,3 +266,19 @@ def test_constructor_validation() -> None:
         AccessStore("sqlite://")
     with pytest.raises(ConfigurationError, match="not supported"):
         AccessStore("mysql://x/y")
+
+
+def test_database_errors_are_translated(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from bastion.errors import BastionError
+
+    with pytest.raises(ConfigurationError, match="cannot open the access database"):
+        AccessStore("postgresql+psycopg://nobody@127.0.0.1:9/none")
+    with AccessStore(f"sqlite:///{tmp_path / 'a.db'}", cache_ttl=0) as store:
+        with store.engine.begin() as conn:
+            conn.execute(text("DROP TABLE bastion_access_keys"))
+        with pytest.raises(BastionError, match="access database error: .*no such table"):
+            store.authenticate("bst_0123456789abcdef_" + "a" * 43)
+        with pytest.raises(BastionError, match="access database error"):
+            store.list_keys()

@@ -159,6 +159,16 @@ class AuditLog:
                 orig = getattr(exc, "orig", None) or exc
                 raise BastionError(f"access database error: {orig}") from exc
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only session; database errors become :class:`BastionError`."""
+        try:
+            with self._sessions() as s:
+                yield s
+        except SQLAlchemyError as exc:
+            orig = getattr(exc, "orig", None) or exc
+            raise BastionError(f"access database error: {orig}") from exc
+
     def record(self, session: Session, records: Sequence[Mapping[str, Any]]) -> None:
         """Append ``records`` inside a :meth:`transaction` (the head lock is already held)."""
         self._record_clean(session, [_clean(r) for r in records])
@@ -205,7 +215,7 @@ class AuditLog:
         """The entries, oldest first (the newest ``limit`` if given)."""
         if limit is not None and limit < 0:
             raise ConfigurationError(f"limit must be >= 0, got {limit}")
-        with self._sessions() as s:
+        with self.reading() as s:
             q = select(AccessAuditEntry).order_by(AccessAuditEntry.seq.desc())
             if limit is not None:
                 q = q.limit(limit)
@@ -216,13 +226,13 @@ class AuditLog:
 
     def head(self) -> tuple[int, str]:
         """``(seq, hash)`` of the newest entry: copy it elsewhere to anchor the chain."""
-        with self._sessions() as s:
+        with self.reading() as s:
             row = s.get(AccessAuditHead, 1)
             return (row.seq, row.hash) if row is not None else (0, GENESIS)
 
     def verify(self) -> AuditVerification:
         """Recompute the chain; ``ok`` is false at the first edited, missing or moved entry."""
-        with self._sessions() as s:
+        with self.reading() as s:
             rows = s.execute(select(AccessAuditEntry).order_by(AccessAuditEntry.seq)).scalars()
             links = ((e.seq, e.prev_hash, e.hash,
                       chain_hash(e.prev_hash, _fields(e.seq, e.at, e.actor, e.action,

@@ -270,7 +270,7 @@ class AccessStore:
 
     def list_identities(self) -> list[IdentityInfo]:
         """Every identity with its grants, by name."""
-        with self._audit._sessions() as s:
+        with self._audit.reading() as s:
             rows = s.execute(select(IdentityRow).order_by(IdentityRow.name)).scalars().all()
             grants = s.execute(select(GrantRow).order_by(GrantRow.id)).scalars().all()
         by: dict[str, list[GrantInfo]] = {}
@@ -335,7 +335,7 @@ class AccessStore:
         hit = self._grants.get(name)
         if hit is not None and hit[1] > now:
             return hit[0]
-        with self._audit._sessions() as s:
+        with self._audit.reading() as s:
             rows = s.execute(select(GrantRow.role, GrantRow.resource)
                              .where(GrantRow.identity == name)).all()
         grants = tuple((Role(role), res) for role, res in rows)
@@ -423,7 +423,7 @@ class AccessStore:
         q = select(ApiKeyRow).order_by(ApiKeyRow.created_at, ApiKeyRow.key_id)
         if owner is not None:
             q = q.where(ApiKeyRow.owner == owner)
-        with self._audit._sessions() as s:
+        with self._audit.reading() as s:
             rows = s.execute(q).scalars().all()
         return [KeyInfo(key_id=r.key_id, owner=r.owner, scopes=tuple(r.scopes),
                         resources=tuple(r.resources), label=r.label,
@@ -448,7 +448,7 @@ class AccessStore:
         who = "anonymous"  # the owner, once the secret has matched
         try:
             key_id, secret = parse_token(token)
-            with self._audit._sessions() as s:
+            with self._audit.reading() as s:
                 row = s.get(ApiKeyRow, key_id)
                 stored = row.secret_hash if row is not None else _NO_HASH  # same work either way
                 if not secret_matches(key_id, secret, stored) or row is None:
@@ -484,7 +484,7 @@ class AccessStore:
 
         For trusted callers such as the CLI; the identity must exist.
         """
-        with self._audit._sessions() as s:
+        with self._audit.reading() as s:
             row = self._identity(s, name)
             return Principal(name=row.name, kind=row.kind, key_id=None, scopes=ACTIONS,
                              resources=frozenset({"*"}))
