@@ -278,7 +278,7 @@ def test_database_errors_are_translated(tmp_path: Path) -> None:
     with AccessStore(f"sqlite:///{tmp_path / 'a.db'}", cache_ttl=0) as store:
         with store.engine.begin() as conn:
             conn.execute(text("DROP TABLE bastion_access_keys"))
-        with pytest.raises(BastionError, match="access database error: .*no such table"):
+        with pytest.raises(BastionError, match=r"access database error: .*no such table"):
             store.authenticate("bst_0123456789abcdef_" + "a" * 43)
         with pytest.raises(BastionError, match="access database error"):
             store.list_keys()
