@@ -282,3 +282,35 @@ def test_database_errors_are_translated(tmp_path: Path) -> None:
             store.authenticate("bst_0123456789abcdef_" + "a" * 43)
         with pytest.raises(BastionError, match="access database error"):
             store.list_keys()
+
+
+def test_concurrent_decisions_keep_the_log_complete_and_valid(
+        make_store: Callable[..., AccessStore]) -> None:
+    import threading
+
+    store = make_store(cache_ttl=5.0, audit_batch=16, audit_interval=0.01)
+    store.add_identity("a", actor="t")
+    store.grant("a", "consumer", "model:m", actor="t")
+    tokens = [store.create_key("a", actor="t").token for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def work(token: str) -> None:
+        try:
+            for _ in range(40):
+                who = store.authenticate(token)
+                store.authorise(who, "predict", "model:m")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in tokens]
+    for t in threads:
+        t.start()
+    store.add_identity("b", actor="t")  # an admin write while decisions are queued
+    for t in threads:
+        t.join()
+    store.flush_audit()
+    assert errors == []
+    entries = store.audit.entries()
+    assert sum(e.action == "authenticate" for e in entries) == 120
+    assert sum(e.action == "predict" and e.outcome == "allow" for e in entries) == 120
+    assert store.audit.verify().ok
