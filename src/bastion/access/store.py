@@ -135,6 +135,9 @@ def _names(values: Sequence[str] | str, what: str) -> tuple[str, ...]:
 class AccessStore:
     """Identities, grants, API keys and the audit log in the database at ``url``.
 
+    ``url`` is ``sqlite:///PATH`` (a file: in-memory SQLite is refused, because the audit
+    writer runs in another thread) or ``postgresql+psycopg://USER@HOST:PORT/DB``.
+
     ``cache_ttl`` (seconds) bounds how long a revocation may take to reach this process (see
     the module docstring). ``audit_allowed=False`` audits only failed authentications and
     denied authorisations (for a gateway that writes its own entry per request).
