@@ -12,7 +12,11 @@ depth and a 2x2 median filter) is the default for image inputs.
 
 The detector is a cheap screen, not a defence against an adaptive adversary: an attack that
 also keeps the squeezing distance small (BPDA through the rounding) evades it; see
-:func:`bastion.defences.input.evaluate_input_defence`.
+:func:`bastion.defences.input.evaluate_input_defence`. Measured with bastion's adaptive attack
+(small CNNs): on scikit-learn digits with a 3-bit squeezer at L-inf eps 0.2, plain PGD is
+caught 77% of the time, the adaptive attack evades on 82% of inputs (weak). On MNIST with the
+default squeezers, the 1-bit squeezer binarises the image, which itself resists small L-inf
+perturbations: the adaptive attack evades on about 35% at L-inf 0.3 but 62% at L2 3.0 (weak).
 
 Example
 -------
