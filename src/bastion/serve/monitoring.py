@@ -159,23 +159,45 @@ class ModelMonitor:
                                          details=details)):
             self.metrics.alerts.labels(kind).inc()
 
-    def observe(self, event: PredictEvent) -> None:
+    def observe(self, events: list[PredictEvent]) -> None:
+        """Feed a batch of this model's events, in arrival order, to the monitors.
+
+        Events of one key are concatenated into one ``observe`` call of the extraction
+        detector (its statistics are computed once per call, not once per request), and all
+        inputs into one drift update.
+        """
         if self.performance is not None:
-            self.performance.record(event.request_id, event.predicted)
+            for event in events:
+                self.performance.record(event.request_id, event.predicted)
         if self.extraction is not None:
-            verdict = self.extraction.observe(f"{self.model}:{event.client}", event.x,
-                                              event.predicted)
-            self.judged += verdict is not None
-            if verdict is not None and verdict.flagged:
-                details = {k: list(v) if isinstance(v, tuple) else v
-                           for k, v in dataclasses.asdict(verdict).items()}
-                self._alert("extraction", f"extraction:{self.model}:{event.client}", "critical",
-                            f"key {event.client} on model {self.model} queries like a model-"
-                            f"extraction attack ({', '.join(verdict.reasons)})",
-                            {**details, "model": self.model, "client": event.client})
+            by_client: dict[str, list[PredictEvent]] = {}
+            for event in events:
+                by_client.setdefault(event.client, []).append(event)
+            for client, mine in by_client.items():
+                self._extraction(client, mine)
         if self.drift is not None:
-            for result in self.drift.update(event.x):
+            x = events[0].x if len(events) == 1 else np.concatenate([e.x for e in events])
+            for result in self.drift.update(x):
                 self._on_drift(result)
+
+    def _extraction(self, client: str, events: list[PredictEvent]) -> None:
+        detector = self.extraction
+        if detector is None:
+            return
+        if len(events) == 1:
+            x, predicted = events[0].x, events[0].predicted
+        else:
+            x = np.concatenate([e.x for e in events])
+            predicted = np.concatenate([e.predicted for e in events])
+        verdict = detector.observe(f"{self.model}:{client}", x, predicted)
+        self.judged += verdict is not None
+        if verdict is not None and verdict.flagged:
+            details = {k: list(v) if isinstance(v, tuple) else v
+                       for k, v in dataclasses.asdict(verdict).items()}
+            self._alert("extraction", f"extraction:{self.model}:{client}", "critical",
+                        f"key {client} on model {self.model} queries like a model-"
+                        f"extraction attack ({', '.join(verdict.reasons)})",
+                        {**details, "model": self.model, "client": client})
 
     def _on_drift(self, result: DriftResult) -> None:
         self.drift_results.append(result)
@@ -205,12 +227,23 @@ class ModelMonitor:
 
 
 class MonitorWorker:
-    """A background thread that feeds queued events to the monitors (see module doc)."""
+    """A background thread that feeds queued events to the monitors (see module doc).
 
-    def __init__(self, handler: Callable[[PredictEvent], None], metrics: GatewayMetrics, *,
-                 max_queue: int = 10_000) -> None:
+    It wakes at most every ``interval`` seconds and handles everything queued by then (at
+    most ``max_batch`` events) in one call of ``handler``: the detectors' per-call costs are
+    paid once per batch instead of once per request, and the request path is not interrupted
+    by a monitor thread waking for every request.
+    """
+
+    def __init__(self, handler: Callable[[list[PredictEvent]], None], metrics: GatewayMetrics,
+                 *, max_queue: int = 10_000, interval: float = 0.05,
+                 max_batch: int = 1000) -> None:
+        if interval < 0 or max_batch < 1 or max_queue < 1:
+            raise ConfigurationError("interval must be >= 0, max_batch and max_queue >= 1")
         self._handler, self._metrics = handler, metrics
+        self._interval, self._max_batch = interval, max_batch
         self._queue: queue.Queue[PredictEvent | None] = queue.Queue(maxsize=max_queue)
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bastion-monitor", daemon=True)
         self._closed = False
         self._thread.start()
@@ -223,24 +256,41 @@ class MonitorWorker:
 
     def _loop(self) -> None:
         while True:
-            event = self._queue.get()
+            batch = [self._queue.get()]
+            if batch[0] is not None and self._interval > 0:
+                self._wake.wait(self._interval)  # let a batch gather (drain() cuts it short)
+                self._wake.clear()
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            events = [e for e in batch if e is not None]
             try:
-                if event is None:
-                    return
-                self._handler(event)
-            except Exception:  # a monitor bug must not stop monitoring
-                log.exception("monitoring failed on a request of model %s",
-                              getattr(event, "model", "?"))
+                by_model: dict[str, list[PredictEvent]] = {}
+                for event in events:
+                    by_model.setdefault(event.model, []).append(event)
+                for model_events in by_model.values():
+                    try:
+                        self._handler(model_events)
+                    except Exception:  # a monitor bug must not stop monitoring
+                        log.exception("monitoring failed on requests of model %s",
+                                      model_events[0].model)
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
+            if len(events) < len(batch):
+                return
 
     def drain(self) -> None:
         """Block until every event queued so far has been processed."""
+        self._wake.set()
         self._queue.join()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._wake.set()
         self._queue.put(None)
         self._thread.join(timeout=10)

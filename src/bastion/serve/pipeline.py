@@ -309,8 +309,8 @@ class Gateway:
         if len(self._owners) > _MAX_OWNERS:
             self._owners.popitem(last=False)
 
-    def _monitor(self, event: PredictEvent) -> None:
-        self.monitors[event.model].observe(event)
+    def _monitor(self, events: list[PredictEvent]) -> None:
+        self.monitors[events[0].model].observe(events)
 
     async def feedback(self, name: str, headers: Mapping[str, str],
                        stream: AsyncIterator[bytes], ctx: RequestContext) -> dict[str, Any]:
