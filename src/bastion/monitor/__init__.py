@@ -26,6 +26,7 @@ from bastion.monitor.drift import (
     KSDrift,
     MMDDrift,
     PSIDrift,
+    make_detector,
 )
 from bastion.monitor.extraction import (
     ExtractionCalibration,
@@ -63,5 +64,6 @@ __all__ = [
     "StateBackend",
     "WebhookSink",
     "calibrate_extraction",
+    "make_detector",
     "open_state",
 ]

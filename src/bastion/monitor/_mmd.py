@@ -137,14 +137,14 @@ class MMDDrift(NumericDetector):
             a_r, a_b = a[:, :n], a[:, n:]
             # rows of A·K, computed block-wise so the (n+m)² matrix is never assembled
             ak = torch.cat([a_r @ self._k_rr + a_b @ k_rb.T, a_r @ k_rb + a_b @ k_bb], dim=1)
-            ak64, a64 = ak.double(), a.double()
-            s_xx = (ak64 * a64).sum(1)  # within pseudo-reference
-            s_all = ak64.sum(1)  # pseudo-reference against everything
+            f64 = torch.float64
+            s_xx = (ak * a).sum(1, dtype=f64)  # within pseudo-reference
+            s_all = ak.sum(1, dtype=f64)  # pseudo-reference against everything
             total = float(self._k_rr.double().sum() + 2 * k_rb.double().sum() + k_bb.double().sum())
             s_xy = s_all - s_xx
             s_yy = total - s_xx - 2 * s_xy
             diag = torch.cat([self._k_rr.diagonal(), k_bb.diagonal()]).double()
-            d_x = a64 @ diag
+            d_x = a.double() @ diag
             d_y = float(diag.sum()) - d_x
             mmd2 = (
                 (s_xx - d_x) / (n * (n - 1))

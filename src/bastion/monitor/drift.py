@@ -62,6 +62,7 @@ from bastion.monitor._mmd import MMDDrift
 from bastion.monitor._psi import PSIDrift
 
 __all__ = [
+    "DETECTORS",
     "ChiSquareDrift",
     "DriftDetector",
     "DriftMonitor",
@@ -69,6 +70,7 @@ __all__ = [
     "KSDrift",
     "MMDDrift",
     "PSIDrift",
+    "make_detector",
 ]
 
 class KSDrift(NumericDetector):
@@ -251,6 +253,31 @@ class ChiSquareDrift(DriftDetector):
                 "drifted_columns": listed(adjusted, self.alpha),
             },
         )
+
+
+DETECTORS: dict[str, Callable[..., DriftDetector]] = {
+    "ks": KSDrift,
+    "chi2": ChiSquareDrift,
+    "psi": PSIDrift,
+    "mmd": MMDDrift,
+}
+
+
+def make_detector(method: str, reference: Any, **options: Any) -> DriftDetector:
+    """A detector by name: ``"ks"``, ``"chi2"``, ``"psi"`` or ``"mmd"`` (e.g. from a policy file).
+
+    Example:
+        >>> import numpy as np
+        >>> make_detector("ks", np.zeros((10, 2)), alpha=0.01)
+        KSDrift(n_reference=10, alpha=0.01)
+    """
+    cls = DETECTORS.get(method)
+    if cls is None:
+        raise ConfigurationError(f"unknown drift method {method!r}; use one of {sorted(DETECTORS)}")
+    try:
+        return cls(reference, **options)
+    except TypeError as exc:  # an option the detector does not take
+        raise ConfigurationError(f"bad options for {method!r} drift detector: {exc}") from exc
 
 
 def _as_numpy(batch: Any) -> np.ndarray:
