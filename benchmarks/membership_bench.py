@@ -19,6 +19,13 @@ here with one ROC routine for all), queries sent to the victim, and the best (an
 seconds of ``--repeats`` interleaved runs, attack training included (the best run is the one
 least disturbed by other load on a shared machine).
 
+Like for like with bastion's shadow attack, ART's shadow-model pipeline
+(``ShadowModels`` with as many shadow models, each on a random half of the same population,
+trained with the victim's recipe -- same MLP, epochs, batch size, Adam and learning rate --
+feeding ``MembershipInferenceBlackBox`` with the shadows' predictions) is timed the same way.
+Bastion trains its reference models in one batched loop (``DefaultTrainer``); the rows marked
+"one by one" train the same models sequentially (``batched=False``), for the speed-up.
+
 Model inversion: ART's ``MIFace`` and bastion's ``MIFace`` (white-box, and score-based)
 reconstruct the ten classes of an MLP trained on 900 digits, with the same iteration budget.
 Reported: the victim's mean confidence in the reconstructions, the fraction recognised by an
@@ -43,6 +50,7 @@ import torch
 from torch import nn
 
 from bastion.attacks.inference import (
+    DefaultTrainer,
     InversionResult,
     LiRA,
     MIFace,
@@ -58,15 +66,21 @@ from bastion.models.zoo import small_mlp, train_classifier
 HIDDEN = 256
 
 
-def _trainer(epochs: int, lr: float) -> Any:
-    def train(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
-        n_features = int(np.prod(x.shape[1:]))
-        torch.manual_seed(seed)  # initialisation too, not only the batch order
-        return train_classifier(
-            small_mlp(n_features, 10, hidden=HIDDEN), x, y, epochs=epochs, lr=lr, seed=seed
-        )
+BATCH = 64
 
-    return train
+
+def _trainer(shape: tuple[int, ...], epochs: int, lr: float, *, batched: bool = True) -> Any:
+    """The victim's recipe: ``small_mlp(hidden=256)``, Adam, batches of 64, seeded init."""
+    return DefaultTrainer(
+        shape,
+        10,
+        arch="mlp",
+        hidden=HIDDEN,
+        epochs=epochs,
+        lr=lr,
+        batch_size=BATCH,
+        batched=batched,
+    )
 
 
 def _metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -84,6 +98,32 @@ def _art_classifier(net: nn.Module, shape: tuple[int, ...]) -> Any:
     return PyTorchClassifier(
         model=net,
         loss=nn.CrossEntropyLoss(),
+        input_shape=shape,
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+    )
+
+
+def _art_shadow_template(shape: tuple[int, ...], epochs: int, lr: float) -> Any:
+    """An untrained ART estimator whose ``fit`` uses the victim's epochs and batch size.
+
+    ``ShadowModels`` clones it (``clone_for_refitting`` keeps the subclass) and calls
+    ``fit(x, y)`` without arguments, so the recipe goes in as the defaults.
+    """
+    from art.estimators.classification import PyTorchClassifier
+
+    class Recipe(PyTorchClassifier):  # type: ignore[misc]
+        def fit(
+            self, x: Any, y: Any, batch_size: int = BATCH, nb_epochs: int = epochs, **kwargs: Any
+        ) -> None:
+            super().fit(x, y, batch_size=batch_size, nb_epochs=nb_epochs, **kwargs)
+
+    torch.manual_seed(0)
+    net = small_mlp(int(np.prod(shape)), 10, hidden=HIDDEN)
+    return Recipe(
+        model=net,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.Adam(net.parameters(), lr=lr),
         input_shape=shape,
         nb_classes=10,
         clip_values=(0.0, 1.0),
@@ -115,10 +155,14 @@ def membership_victim(
     lr: float,
     n_ref: int,
     repeats: int,
+    rows_filter: tuple[str, ...] = (),
+    art_shadow_kinds: tuple[str, ...] = ("nn", "rf"),
 ) -> dict[str, Any]:
     from art.attacks.inference.membership_inference import MembershipInferenceBlackBox
 
-    train = _trainer(epochs, lr)
+    shape = tuple(x.shape[1:])
+    train = _trainer(shape, epochs, lr)
+    one_by_one = _trainer(shape, epochs, lr, batched=False)
     xm, ym, xn, yn = x[:m], y[:m], x[m : 2 * m], y[m : 2 * m]
     xp, yp = x[2 * m :], y[2 * m :]
     net = train(xm, ym, 0)
@@ -127,7 +171,6 @@ def membership_victim(
     xe, ye = torch.cat([xm[h:], xn[h:]]), torch.cat([ym[h:], yn[h:]])
     truth = np.r_[np.ones(m - h, bool), np.zeros(m - h, bool)]
     rows: dict[str, Any] = {}
-    shape = tuple(x.shape[1:])
     with torch.no_grad():
         acc_train = float((net(xm).argmax(1) == ym).float().mean())
         acc_test = float((net(xn).argmax(1) == yn).float().mean())
@@ -159,6 +202,38 @@ def membership_victim(
             input_type, kind
         )
 
+    half = n_ref // 2
+
+    def art_shadow_runner(kind: str) -> Any:
+        def run() -> tuple[np.ndarray, int]:
+            from art.attacks.inference.membership_inference import ShadowModels
+
+            torch.manual_seed(0)
+            np.random.seed(0)
+            est = _art_classifier(net, shape)
+            counter = _Counter(est)
+            shadows = ShadowModels(
+                _art_shadow_template(shape, epochs, lr), num_shadow_models=half, random_state=0
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                (mx, my, mp), (nx, ny, npred) = shadows.generate_shadow_dataset(
+                    xp.numpy(), yp.numpy(), member_ratio=0.5
+                )
+                attack = MembershipInferenceBlackBox(
+                    est, input_type="prediction", attack_model_type=kind
+                )
+                attack.fit(mx, my, nx, ny, mp, npred)
+                proba = attack.infer(xe.numpy(), ye.numpy(), probabilities=True)
+            return np.asarray(proba).reshape(len(xe), -1)[:, -1], counter.n
+
+        return run
+
+    for kind in art_shadow_kinds:
+        runners[f"ART ShadowModels ({half} shadows) + BlackBox (prediction, {kind})"] = (
+            art_shadow_runner(kind)
+        )
+
     def ours_runner(make: Any) -> Any:
         def run() -> tuple[np.ndarray, int]:
             attack = make()
@@ -170,7 +245,6 @@ def membership_victim(
 
         return run
 
-    half = n_ref // 2
     runners["bastion loss threshold"] = ours_runner(lambda: ThresholdAttack())
     runners[f"bastion shadow ({half} shadows)"] = ours_runner(
         lambda: ShadowModelAttack(n_shadows=half, train_fn=train)
@@ -184,6 +258,14 @@ def membership_victim(
     runners[f"bastion LiRA online ({n_ref} refs)"] = ours_runner(
         lambda: LiRA(n_reference=n_ref, online=True, train_fn=train)
     )
+    runners[f"bastion shadow ({half} shadows), one by one"] = ours_runner(
+        lambda: ShadowModelAttack(n_shadows=half, train_fn=one_by_one)
+    )
+    runners[f"bastion LiRA online ({n_ref} refs), one by one"] = ours_runner(
+        lambda: LiRA(n_reference=n_ref, online=True, train_fn=one_by_one)
+    )
+    if rows_filter:  # rerun only some rows
+        runners = {k: v for k, v in runners.items() if any(f in k for f in rows_filter)}
     times: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(repeats):  # interleaved, so that load on a shared machine hits all alike
         for label, run in runners.items():
@@ -294,7 +376,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inversion-steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
+    parser.add_argument(
+        "--rows", default="", help="comma-separated substrings: run only the rows they match"
+    )
+    parser.add_argument(
+        "--art-shadow-kinds",
+        default="nn,rf",
+        help="attack models of the ART shadow-model rows (nn is slow: 100 epochs on the "
+        "shadow records)",
+    )
+    parser.add_argument("--skip-inversion", action="store_true")
     args = parser.parse_args(argv)
+    rows_filter = tuple(r.strip() for r in args.rows.split(",") if r.strip())
+    kinds = tuple(k.strip() for k in args.art_shadow_kinds.split(",") if k.strip())
     torch.set_num_threads(args.threads)
     import art
 
@@ -309,7 +403,16 @@ def main(argv: list[str] | None = None) -> None:
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
     results["membership"].append(
         membership_victim(
-            "digits-mlp", data.x[perm], data.y[perm], 400, 60, 1e-2, args.n_reference, args.repeats
+            "digits-mlp",
+            data.x[perm],
+            data.y[perm],
+            400,
+            60,
+            1e-2,
+            args.n_reference,
+            args.repeats,
+            rows_filter,
+            kinds,
         )
     )
     try:
@@ -321,10 +424,20 @@ def main(argv: list[str] | None = None) -> None:
         x, y = mnist.x[perm][:6000], mnist.y[perm][:6000]
         results["membership"].append(
             membership_victim(
-                "mnist-mlp", x, y, args.mnist_members, 40, 3e-3, args.n_reference, args.repeats
+                "mnist-mlp",
+                x,
+                y,
+                args.mnist_members,
+                40,
+                3e-3,
+                args.n_reference,
+                args.repeats,
+                rows_filter,
+                kinds,
             )
         )
-    results["inversion"] = inversion_bench(args.inversion_steps)
+    if not args.skip_inversion:
+        results["inversion"] = inversion_bench(args.inversion_steps)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     for v in results["membership"]:
@@ -339,6 +452,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {name} | {r['auc']:.3f} | {r['tpr_at_1pct_fpr']:.3f} | "
                 f"{r['tpr_at_0_1pct_fpr']:.3f} | {r['queries']} | {r['seconds']:.2f} |"
             )
+    if "inversion" not in results:
+        return
     inv = results["inversion"]
     print(f"\n### inversion: {inv['victim']}\n")
     print("| attack | confidence | recognised | closer to own mean | SSIM | queries | seconds |")
