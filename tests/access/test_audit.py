@@ -268,3 +268,31 @@ def test_writer_applies_back_pressure_instead_of_dropping(tmp_path: Path) -> Non
             assert writer.pending <= 4
     assert [e.details["n"] for e in audit.entries()] == list(range(40))
     audit.close()
+
+
+def test_verify_while_appending_sees_a_consistent_snapshot(db_url: str) -> None:
+    writer_log, reader_log = AuditLog(db_url), AuditLog(db_url)
+    stop, started = threading.Event(), threading.Event()
+
+    def append() -> None:
+        while not stop.is_set():
+            writer_log.append_many([{"actor": "gw", "action": "predict", "outcome": "allow"}
+                                    for _ in range(5)])
+            started.set()
+
+    thread = threading.Thread(target=append)
+    thread.start()
+    results = []
+    try:
+        started.wait(30)
+        for _ in range(300):  # verify repeatedly until the log has grown under our feet
+            results.append(reader_log.verify())
+            if len(results) >= 10 and results[-1].entries >= results[0].entries + 20:
+                break
+    finally:
+        stop.set()
+        thread.join()
+        writer_log.close()
+        reader_log.close()
+    assert all(r.ok for r in results), [r.reason for r in results if not r.ok]
+    assert results[-1].entries >= results[0].entries + 20

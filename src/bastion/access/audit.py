@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, insert, select
+from sqlalchemy import Engine, Table, create_engine, event, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -105,6 +105,33 @@ def _clean(record: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _snapshot_engine(engine: Engine) -> Engine:
+    """An engine whose transactions read one snapshot and take no write lock.
+
+    PostgreSQL: the same pool at REPEATABLE READ (the default READ COMMITTED takes a new
+    snapshot per statement). SQLite file: a second engine whose transactions begin with a
+    plain (deferred) ``BEGIN`` -- a WAL read snapshot -- instead of the writers' ``BEGIN
+    IMMEDIATE``, so reads neither wait for nor block the writers. In-memory SQLite: the same
+    engine (one connection, one thread).
+    """
+    url = engine.url
+    if url.get_backend_name() == "postgresql":
+        return engine.execution_options(isolation_level="REPEATABLE READ")
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return engine
+    reader = create_engine(url, connect_args={"timeout": 60.0, "check_same_thread": False})
+
+    @event.listens_for(reader, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+
+    @event.listens_for(reader, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return reader
+
+
 class AuditLog:
     """Append-only, hash-chained audit log in ``url`` (or an existing SQLAlchemy engine).
 
@@ -117,6 +144,8 @@ class AuditLog:
         self._own_engine = isinstance(url, str)
         self.engine: Engine = make_engine(url) if isinstance(url, str) else url
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_engine = _snapshot_engine(self.engine)
+        self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
         self._lock = threading.Lock()  # one writer per process: no busy waits between threads
         self._create_schema()
 
@@ -161,9 +190,11 @@ class AuditLog:
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Session]:
-        """A read-only session; database errors become :class:`BastionError`."""
+        """A read-only session on one consistent snapshot (so that :meth:`verify` never sees
+        entries without their head, or the reverse, while others append), which does not
+        block writers; database errors become :class:`BastionError`."""
         try:
-            with self._sessions() as s:
+            with self._read_sessions() as s:
                 yield s
         except SQLAlchemyError as exc:
             orig = getattr(exc, "orig", None) or exc
@@ -191,6 +222,9 @@ class AuditLog:
 
     def close(self) -> None:
         """Release the database connections (only if this log created the engine)."""
+        if self._read_engine.url.get_backend_name() == "sqlite" \
+                and self._read_engine is not self.engine:
+            self._read_engine.dispose()  # the second engine made by _snapshot_engine
         if self._own_engine:
             self.engine.dispose()
 
