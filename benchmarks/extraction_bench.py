@@ -298,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fee-seconds", type=int, default=300)
     ap.add_argument("--skip-fee", action="store_true")
+    ap.add_argument(
+        "--cases",
+        default="mnist-cnn,digits-mlp,digits-lr",
+        help="victims to run (rerun a subset: e.g. mnist-cnn)",
+    )
+    ap.add_argument("--attacks", default="copycat,knockoff", help="learning-based attacks to run")
     ap.add_argument("--cache", type=Path, default=Path("bench-out"))
     ap.add_argument("--out", type=Path, default=Path("bench-out/extraction.json"))
     args = ap.parse_args(argv)
@@ -326,8 +332,13 @@ def main(argv: list[str] | None = None) -> int:
         ("bastion", run_bastion_recipe),
         ("art", run_art),
     )
-    cases = [("mnist-cnn", mnist_case(args.cache)), ("digits-mlp", digits_mlp_case())]
+    wanted = {c.strip() for c in args.cases.split(",") if c.strip()}
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    cases = [("mnist-cnn", mnist_case(args.cache))]
+    if "digits-mlp" in wanted:
+        cases.append(("digits-mlp", digits_mlp_case()))
     warm = cases[0][1]
+    cases = [(name, case) for name, case in cases if name in wanted]
     for _, fn in libs:  # warm-up (allocator, kernels), not recorded
         fn(
             "copycat",
@@ -343,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, case in cases:
         case_budgets = budgets if name == "mnist-cnn" else [min(budgets)]
         for budget in case_budgets:
-            kinds = ["copycat", "knockoff"]
+            kinds = list(attacks)
             if args.adaptive and budget == min(budgets):
                 kinds.append("knockoff-adaptive")
             for kind in kinds:
@@ -380,6 +391,40 @@ def main(argv: list[str] | None = None) -> int:
             row = run_fee(case, 16, args.fee_seconds, seeds[0])
             record({"victim": name, **row})
 
+    if "digits-lr" in wanted:
+        _digits_lr(args, budgets, seeds, libs, record)
+
+    doc = {
+        "argv": sys.argv[1:],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "recipe": args.recipe,
+        "rows": rows,
+    }
+    try:
+        import art
+
+        doc["art"] = art.__version__
+    except ImportError:  # pragma: no cover
+        doc["art"] = None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2))
+    print(markdown(rows))
+    log(f"wrote {args.out}")
+    return 0
+
+
+def _digits_lr(
+    args: argparse.Namespace,
+    budgets: list[int],
+    seeds: list[int],
+    libs: tuple[tuple[str, Callable[..., tuple[nn.Module, int, float]]], ...],
+    record: Callable[[dict[str, Any]], None],
+) -> None:
+    """Equation solving and both Knockoffs on the digits logistic regression."""
     lr_case = digits_lr_case()
     counting = CountingNet(lr_case["victim"])
     victim = black_box(TorchClassifier(counting, input_shape=(64,), num_classes=10))
@@ -423,28 +468,6 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": secs,
             }
         )
-
-    doc = {
-        "argv": sys.argv[1:],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "epochs": args.epochs,
-        "lr": args.lr,
-        "recipe": args.recipe,
-        "rows": rows,
-    }
-    try:
-        import art
-
-        doc["art"] = art.__version__
-    except ImportError:  # pragma: no cover
-        doc["art"] = None
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2))
-    print(markdown(rows))
-    log(f"wrote {args.out}")
-    return 0
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

@@ -20,9 +20,10 @@ label choices as defaults. The default strategy samples the pool at random (Knoc
 "random" policy); ``strategy="adaptive"`` is the paper's gradient-bandit policy
 (:class:`~bastion.attacks.extraction.AdaptiveStrategy`).
 
-Training recipe: Adam at ``lr``, constant or (``schedule="cosine"``) decayed to zero along a
-cosine over each round's steps; ``min_steps`` raises a round's epochs so that small query sets
-still get that many optimiser steps (a 1,000-sample set is only 16 batches an epoch).
+Training recipe: Adam (torch's fused kernel) at ``lr``, constant or (``schedule="cosine"``)
+decayed to zero along a cosine over each round's steps; ``min_steps`` raises a round's epochs
+so that small query sets still get that many optimiser steps (a 1,000-sample set is only 16
+batches an epoch).
 
 Defaults: strategy ``"pool"``, surrogate ``"mlp"`` (64 hidden units), ``rounds=5``,
 ``epochs=20``, Adam with ``lr=3e-3``, training batches of 64.
@@ -190,7 +191,11 @@ class LearningExtraction(ExtractionAttack):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             model = build_surrogate(self.surrogate, shape, k).float()
-        opt = torch.optim.Adam(model.parameters(), lr=self.lr)
+        params = list(model.parameters())
+        # the fused kernel: the same Adam update in one pass over memory (about 3x cheaper
+        # than the default per-tensor loop on CPU; equal up to floating-point rounding)
+        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        opt = torch.optim.Adam(params, lr=self.lr, fused=fused)
         xs = torch.empty((0, *shape))
         ys = torch.empty(0, dtype=torch.long)
         targets = torch.empty((0, k)) if self.labels == "soft" else torch.empty(0, dtype=torch.long)
