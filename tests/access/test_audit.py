@@ -296,3 +296,32 @@ def test_verify_while_appending_sees_a_consistent_snapshot(db_url: str) -> None:
         reader_log.close()
     assert all(r.ok for r in results), [r.reason for r in results if not r.ok]
     assert results[-1].entries >= results[0].entries + 20
+
+
+def test_registry_verify_sees_a_consistent_snapshot(db_url: str, tmp_path: Path) -> None:
+    # the registry's log uses the same chain code (bastion.artifacts.registry.audit), and
+    # its verify_chain must not report a false "removed from the end" while others append
+    from bastion.artifacts.registry import Registry
+
+    blobs = (tmp_path / "blobs").as_uri()
+    stop, started = threading.Event(), threading.Event()
+    with Registry(db_url, blobs, actor="w") as writer, Registry(db_url, blobs, actor="r") as reader:
+        def append() -> None:
+            while not stop.is_set():
+                writer.list()  # every call appends an audit entry
+                started.set()
+
+        thread = threading.Thread(target=append)
+        thread.start()
+        results = []
+        try:
+            started.wait(30)
+            for _ in range(300):
+                results.append(reader.verify_audit_log())
+                if len(results) >= 10 and results[-1].entries >= results[0].entries + 20:
+                    break
+        finally:
+            stop.set()
+            thread.join()
+    assert all(r.ok for r in results), [r.reason for r in results if not r.ok]
+    assert results[-1].entries >= results[0].entries + 20

@@ -140,7 +140,16 @@ def append(session: Session, *, actor: str, action: str, model: str | None = Non
 
 
 def verify_chain(session: Session) -> AuditVerification:
-    """Recompute the chain and compare it with the stored hashes and the head."""
+    """Recompute the chain and compare it with the stored hashes and the head.
+
+    The entries and the head must come from one snapshot, or an append committed between the
+    two reads looks like entries removed from the end: on PostgreSQL (READ COMMITTED takes a
+    snapshot per statement) a fresh ``session`` is switched to REPEATABLE READ; SQLite
+    sessions of the registry already hold ``BEGIN IMMEDIATE``.
+    """
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql" and not session.in_transaction():
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     rows = session.execute(select(AuditEntry).order_by(AuditEntry.seq)).scalars()
     links = ((e.seq, e.prev_hash, e.hash,
               entry_hash(e.prev_hash, e.seq, e.at, e.actor, e.action, e.model, e.version,
