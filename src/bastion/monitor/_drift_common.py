@@ -32,8 +32,8 @@ from bastion.errors import ConfigurationError, InputError
 REDUCTIONS = ("pca", "random")
 
 
-def as_matrix(x: Any, *, name: str = "batch") -> torch.Tensor:
-    """``x`` (array or tensor, shape ``(n, ...)``) as a finite float32 matrix ``(n, features)``."""
+def as_tensor(x: Any, *, name: str = "batch") -> torch.Tensor:
+    """``x`` (array or tensor, shape ``(n, ...)``) as a finite float32 CPU tensor, same shape."""
     if isinstance(x, torch.Tensor):
         t = x.detach().to(device="cpu", dtype=torch.float32)
     else:
@@ -46,10 +46,15 @@ def as_matrix(x: Any, *, name: str = "batch") -> torch.Tensor:
         raise InputError(f"{name} must have shape (n, ...); got a scalar")
     if t.shape[0] == 0:
         raise InputError(f"{name} is empty; pass at least one sample")
-    t = t.reshape(t.shape[0], -1) if t.ndim > 1 else t.reshape(-1, 1)
     if not bool(torch.isfinite(t).all()):
         raise InputError(f"{name} contains NaN or infinite values; clean or validate it first")
     return t
+
+
+def as_matrix(x: Any, *, name: str = "batch") -> torch.Tensor:
+    """``x`` (array or tensor, shape ``(n, ...)``) as a finite float32 matrix ``(n, features)``."""
+    t = as_tensor(x, name=name)
+    return t.reshape(t.shape[0], -1) if t.ndim > 1 else t.reshape(-1, 1)
 
 
 def sorted_features(x: torch.Tensor) -> torch.Tensor:
@@ -214,20 +219,18 @@ class NumericDetector(DriftDetector):
         return int(self.reference_.shape[1])
 
     def _features(self, x: Any, *, name: str = "batch", fitting: bool = False) -> torch.Tensor:
-        if isinstance(x, torch.Tensor | np.ndarray):
-            shape = tuple(x.shape[1:])
-            if fitting:
-                self._input_shape = shape
-            elif shape != self._input_shape and math.prod(shape) != math.prod(
-                self._input_shape or ()
-            ):
-                raise InputError(
-                    f"{name} samples have shape {shape}, the reference's {self._input_shape}"
-                )
-        t = as_matrix(x, name=name)
-        if self.preprocess is not None:
+        t = as_tensor(x, name=name)
+        shape = tuple(t.shape[1:])
+        if fitting:
+            self._input_shape = shape
+        elif shape != self._input_shape and math.prod(shape) != math.prod(self._input_shape or ()):
+            raise InputError(
+                f"{name} samples have shape {shape}, the reference's {self._input_shape}"
+            )
+        if self.preprocess is not None:  # on the samples as given, e.g. images for a CNN
             with torch.no_grad():
-                t = as_matrix(self.preprocess(t), name=f"preprocess({name})")
+                t = as_tensor(self.preprocess(t), name=f"preprocess({name})")
+        t = t.reshape(t.shape[0], -1) if t.ndim > 1 else t.reshape(-1, 1)
         if not fitting:
             if self.reduction_ is not None:
                 if t.shape[1] != self.reduction_.matrix.shape[0]:

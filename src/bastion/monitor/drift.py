@@ -19,13 +19,18 @@ detector                  statistic                                    calibrate
 ``drift`` is ``p_value < threshold`` for the tests with a p-value (``threshold`` is ``alpha``),
 and ``statistic > threshold`` for PSI (``threshold`` is the calibrated PSI value). ``alpha`` is
 the false-alarm rate *per tested batch*: a monitor testing ``W`` windows of a stable stream
-raises about ``alpha·W`` false alarms, so long-running monitors want a small ``alpha``
-(``1e-3`` or less).
+raises about ``alpha·W`` false alarms on average, so long-running monitors want a small
+``alpha`` (``1e-3`` or less). The reference is fixed, so false alarms are not independent
+across windows: an unusual reference sample raises the rate for every window tested against
+it. A larger reference lowers that spread.
 
-Inputs are arrays or tensors of shape ``(n, ...)``, flattened to ``(n, features)``. For images,
-``reduce="pca"`` (or ``"random"``) with ``dim`` shrinks the features with a map fitted once on
-the reference (see :mod:`bastion.monitor._drift_common`); ``preprocess`` applies any function
-first (e.g. a model's penultimate layer).
+Inputs are arrays or tensors of shape ``(n, ...)``. ``preprocess`` (optional) is applied to
+the samples as given (e.g. images ``(n, 1, 28, 28)`` through a model's penultimate layer) under
+``torch.no_grad``; the result is flattened to ``(n, features)``. For images, ``reduce="pca"``
+(or ``"random"``) with ``dim`` then shrinks the features with a linear map fitted once on the
+reference (see :mod:`bastion.monitor._drift_common`). On MNIST, KS and MMD on raw pixels catch
+brightness, noise and class-mix shifts; PCA features lose the noise shift (it lies outside the
+top components), a random projection keeps it.
 
 State is in-process: :class:`DriftMonitor` keeps its window buffer in memory (per replica).
 
