@@ -265,16 +265,27 @@ class AuditLog:
             return (row.seq, row.hash) if row is not None else (0, GENESIS)
 
     def verify(self) -> AuditVerification:
-        """Recompute the chain; ``ok`` is false at the first edited, missing or moved entry."""
+        """Recompute the chain; ``ok`` is false at the first edited, missing or moved entry.
+
+        Streams the entries (constant memory) on one snapshot, so appends by others while it
+        runs neither disturb it nor wait for it.
+        """
+        e = AccessAuditEntry
         with self.reading() as s:
-            rows = s.execute(select(AccessAuditEntry).order_by(AccessAuditEntry.seq)).scalars()
-            links = ((e.seq, e.prev_hash, e.hash,
-                      chain_hash(e.prev_hash, _fields(e.seq, e.at, e.actor, e.action,
-                                                      e.resource, e.outcome, e.details)))
-                     for e in rows)
             head = s.get(AccessAuditHead, 1)
             head_seq, head_hash = (head.seq, head.hash) if head is not None else (0, GENESIS)
-            return verify_links(links, head_seq=head_seq, head_hash=head_hash)
+            rows = s.execute(
+                select(e.seq, e.at, e.actor, e.action, e.resource, e.outcome, e.details,
+                       e.prev_hash, e.hash).order_by(e.seq).execution_options(yield_per=2000))
+            links = ((seq, prev, digest,
+                      chain_hash(prev, _fields(seq, at, actor, action, resource, outcome,
+                                               details)))
+                     for seq, at, actor, action, resource, outcome, details, prev, digest
+                     in rows)
+            try:
+                return verify_links(links, head_seq=head_seq, head_hash=head_hash)
+            finally:
+                rows.close()  # a server-side cursor on PostgreSQL, maybe not exhausted
 
 
 class AuditWriter:
