@@ -306,7 +306,8 @@ class AuditWriter:
     gap in the chain, so it cannot be detected afterwards; where every decision must be
     durable before it takes effect, call :meth:`AuditLog.append` synchronously instead. When
     ``max_pending`` records are queued (the database is down or too slow), :meth:`submit`
-    blocks until the writer catches up rather than drop entries.
+    blocks until the writer catches up rather than drop entries. An entry's ``at`` is the
+    time it was submitted; its ``seq`` the order in which it was written.
     """
 
     def __init__(self, log: AuditLog, *, max_batch: int = 500, interval: float = 0.2,
