@@ -93,6 +93,60 @@ def prepare(work: Path) -> dict[str, Any]:
     return {"token": token, "accuracy": acc}
 
 
+BENTO_PY = ROOT / ".bench-venv-serve" / "bin" / "python"
+BENTO_SERVICE = '''
+import bentoml
+import numpy as np
+import torch
+from torch import nn
+
+WEIGHTS = {weights!r}
+
+
+@bentoml.service(workers=1)
+class Digits:
+    """The same MLP (Flatten, Linear(64, 64), ReLU, Linear(64, 10)), its weights loaded."""
+
+    def __init__(self) -> None:
+        torch.set_num_threads(1)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        self.net.load_state_dict(torch.load(WEIGHTS, weights_only=True))
+        self.net.eval()
+
+    @bentoml.api
+    def predict(self, inputs: list) -> dict:
+        x = torch.from_numpy(np.asarray(inputs, dtype=np.float32))
+        with torch.inference_mode():
+            probs = torch.softmax(self.net(x), dim=1)
+        top = probs.topk(3, dim=1)
+        out = torch.zeros_like(probs).scatter(1, top.indices, top.values)
+        return {{"predictions": probs.argmax(1).tolist(), "probabilities": out.tolist()}}
+'''
+
+
+def start_bentoml(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """BentoML serving the same weights from its own venv (``.bench-venv-serve``)."""
+    (work / "bento_digits.py").write_text(BENTO_SERVICE.format(weights=str(work / "digits.pt")))
+    port = free_port()
+    env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([str(BENTO_PY), "-m", "bentoml", "serve", "bento_digits:Digits",
+                             "--port", str(port), "--host", "127.0.0.1",
+                             "--working-dir", str(work)], cwd=work, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import httpx
+
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc, port
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("the BentoML server did not start")
+
+
 def bare_app(policy_path: str) -> Any:
     """FastAPI app: parse JSON, predict. The same parser and forward as the gateway."""
     from bastion.serve.config import load_policy
@@ -137,9 +191,23 @@ def serve(kind: str, policy: str, port: int) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its live descendants, all threads (/proc)."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, _) in stats.items():
+            if ppid == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(stats[p][1] for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
 
 
 def stage_means(port: int) -> dict[str, float]:
@@ -262,6 +330,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--loadgen", choices=["httpx", "hey"], default="httpx")
+    ap.add_argument("--with-bentoml", action="store_true",
+                    help="also serve the same weights with BentoML (.bench-venv-serve)")
     ap.add_argument("--with-drift", action="store_true",
                     help="also run benchmarks/drift_bench.py (the drift detectors' benchmark)")
     ap.add_argument("--serve", choices=["bare", "full"], help=argparse.SUPPRESS)
@@ -289,21 +359,26 @@ def main() -> None:
         for kind in ("bare", "full"):
             procs[kind] = start(kind, work / f"{kind}.yaml", python)
         urls = {k: f"http://127.0.0.1:{p}/v1/models/digits/predict" for k, (_, p) in procs.items()}
+        kinds = ["bare", "full"]
+        if args.with_bentoml:
+            procs["bentoml"] = start_bentoml(work)
+            urls["bentoml"] = f"http://127.0.0.1:{procs['bentoml'][1]}/predict"
+            kinds.append("bentoml")
 
         def run(kind: str, n: int, c: int) -> dict[str, Any]:
             if args.loadgen == "hey":
                 return load_hey(urls[kind], info["token"], work, n, c)
             return load_httpx(python, urls[kind], info["token"], work, n, c)
 
-        for kind in ("bare", "full"):  # warm-up
+        for kind in kinds:  # warm-up
             w = run(kind, args.warmup, 1)
             if w["errors"]:
                 raise SystemExit(f"{kind} server answered errors during warm-up: {w}")
         rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for c in args.concurrency:
-            rows[str(c)] = {"bare": [], "full": []}
+            rows[str(c)] = {k: [] for k in kinds}
             for rep in range(args.reps):
-                order = ("bare", "full") if rep % 2 == 0 else ("full", "bare")
+                order = kinds if rep % 2 == 0 else kinds[::-1]
                 for kind in order:
                     pid = procs[kind][0].pid
                     cpu0 = cpu_seconds(pid)

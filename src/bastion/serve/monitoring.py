@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -266,6 +267,7 @@ class MonitorWorker:
                 except queue.Empty:
                     break
             events = [e for e in batch if e is not None]
+            cpu0 = time.thread_time()
             try:
                 by_model: dict[str, list[PredictEvent]] = {}
                 for event in events:
@@ -277,6 +279,7 @@ class MonitorWorker:
                         log.exception("monitoring failed on requests of model %s",
                                       model_events[0].model)
             finally:
+                self._metrics.monitor_cpu.inc(time.thread_time() - cpu0)
                 for _ in batch:
                     self._queue.task_done()
             if len(events) < len(batch):
