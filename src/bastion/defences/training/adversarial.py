@@ -498,7 +498,7 @@ class _Batches:
             for batch in self.loader:
                 if not (isinstance(batch, tuple | list) and len(batch) >= 2):
                     raise InputError("each DataLoader batch must be (x, y)")
-                yield batch[0].to(self.device), batch[1].to(self.device)
+                yield batch[0].to(self.device), batch[1].to(self.device).long()
             return
         order = torch.randperm(self.x.shape[0], generator=self.generator).to(self.device)
         for i in range(0, order.shape[0], self.batch_size):
