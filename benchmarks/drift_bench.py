@@ -21,6 +21,7 @@ same unbiased MMD² (both drop the kernel diagonal).
 Usage (from the repository root):
     bash benchmarks/setup_drift_venv.sh
     .venv/bin/python benchmarks/drift_bench.py --reps 5
+    .venv/bin/python benchmarks/drift_bench.py --reliability 10   # bastion's test settings
 """
 
 from __future__ import annotations
@@ -174,6 +175,103 @@ def versions(lib: str) -> dict[str, str]:
     return out
 
 
+# --- reliability of bastion's settings (project venv only) ---------------------------------------
+
+
+def _tabular(n: int, rng: Any) -> Any:
+    import numpy as np
+
+    z = rng.normal(size=(n, 4))
+    mix = np.array([[1.0, 0.5, 0.0, 0.0], [0.0, 1.0, 0.3, 0.0], [0.0, 0.0, 1.0, 0.2],
+                    [0.0, 0.0, 0.0, 1.0]])
+    return np.column_stack([z @ mix, rng.lognormal(size=n), rng.poisson(3.0, size=n)])
+
+
+def reliability(seeds: int) -> str:
+    """The test suite's detector settings over ``seeds`` shuffles instead of one."""
+    import numpy as np
+    import torch
+
+    from bastion.data import load_mnist
+    from bastion.monitor import ChiSquareDrift, DriftMonitor, KSDrift, MMDDrift, PSIDrift
+
+    torch.set_num_threads(1)
+    data = load_mnist()
+    names = ["ks", "mmd", "psi", "chi2"]
+    alarms = dict.fromkeys(names, 0)
+    caught: dict[str, int] = {}
+    for seed in range(seeds):
+        perm = torch.randperm(len(data.x), generator=torch.Generator().manual_seed(seed))
+        x, y = data.x[perm], data.y[perm]
+        ref, ref_y, stream, sy = x[:5000], y[:5000], x[5000:], y[5000:]
+        dets = {
+            "ks": KSDrift(ref, alpha=1e-3),
+            "mmd": MMDDrift(ref[:1000], alpha=1e-3, n_permutations=1000, seed=seed),
+            "psi": PSIDrift(ref, alpha=1e-3, n_calibration=1000, reduce="random", dim=16,
+                            seed=seed),
+            "chi2": ChiSquareDrift(ref_y, alpha=1e-3),
+        }
+        for name, det in dets.items():
+            mon = DriftMonitor(det, window=250)
+            mon.update(sy if name == "chi2" else stream)
+            alarms[name] += mon.drift_count
+        w = stream[:250]
+        g = torch.Generator().manual_seed(seed)
+        low = sy < 5
+        shifted = {"brightened": (w + 0.1).clamp(0, 1),
+                   "noised": (w + 0.1 * torch.randn(w.shape, generator=g)).clamp(0, 1),
+                   "class shift": stream[low][:250]}
+        for kind, win in shifted.items():
+            for name in ("ks", "mmd"):
+                key = f"MNIST {kind}, {name}"
+                caught[key] = caught.get(key, 0) + int(dets[name].test(win).drift)
+        key = "MNIST class shift, chi2 on labels"
+        caught[key] = caught.get(key, 0) + int(dets["chi2"].test(sy[low][:250]).drift)
+    tab_names = ["ks", "ks fdr", "psi", "mmd"]
+    tab_alarms = dict.fromkeys(tab_names, 0)
+    for seed in range(seeds):
+        rng = np.random.default_rng(100 + seed)
+        ref_t = _tabular(3000, rng)
+        mu = torch.tensor(ref_t.mean(0)).float()
+        sd = torch.tensor(ref_t.std(0)).float()
+        dets_t = {
+            "ks": KSDrift(ref_t, alpha=1e-3),
+            "ks fdr": KSDrift(ref_t, alpha=1e-3, correction="fdr"),
+            "psi": PSIDrift(ref_t, alpha=1e-3, n_calibration=1000, seed=seed),
+            "mmd": MMDDrift(ref_t[:1000], alpha=1e-3, n_permutations=1000, seed=seed,
+                            preprocess=lambda t, mu=mu, sd=sd: (t - mu) / sd),
+        }
+        for name, det in dets_t.items():
+            mon = DriftMonitor(det, window=200)
+            for _ in range(20):
+                mon.update(_tabular(200, rng))
+            tab_alarms[name] += mon.drift_count
+            s = _tabular(200, rng)
+            s[:, 1] += 0.75
+            key = f"tabular +0.75 sd on one column, {name}"
+            if name == "mmd":
+                key += " (standardised)"
+            caught[key] = caught.get(key, 0) + int(mon.update(s)[0].drift)
+    flat = data.x.reshape(len(data.x), -1)
+    p_values = []
+    for t in range(300):
+        perm = torch.randperm(len(flat), generator=torch.Generator().manual_seed(1000 + t))
+        det = MMDDrift(flat[perm[:500]], alpha=0.05, n_permutations=200, seed=t)
+        p_values.append(det.test(flat[perm[500:750]]).p_value)
+    p = np.array(p_values)
+    lines = [f"Stable streams, alpha = 1e-3, {seeds} seeds x 20 windows = {20 * seeds} windows:",
+             "", "| stream | detector | false alarms |", "|---|---|---:|"]
+    lines += [f"| MNIST, windows of 250 | {k} | {v} |" for k, v in alarms.items()]
+    lines += [f"| tabular, windows of 200 | {k} | {v} |" for k, v in tab_alarms.items()]
+    lines += ["", f"Injected drift caught within one window, out of {seeds}:", "",
+              "| drift, detector | caught |", "|---|---:|"]
+    lines += [f"| {k} | {v}/{seeds} |" for k, v in caught.items()]
+    lines += ["", "MMD p-value under H0 (300 random MNIST splits, reference 500, batch 250, "
+              f"200 permutations): P(p<0.05) = {(p < 0.05).mean():.3f}, "
+              f"P(p<0.01) = {(p < 0.01).mean():.4f}, P(p<0.5) = {(p < 0.5).mean():.3f}"]
+    return "\n".join(lines)
+
+
 # --- orchestration --------------------------------------------------------------------------------
 
 
@@ -246,7 +344,15 @@ def main() -> None:
     ap.add_argument("--worker", choices=["bastion", "alibi"], help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, default=OUT / "data.npz")
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--reliability", type=int, metavar="SEEDS", default=0,
+                    help="instead: the test suite's settings over SEEDS shuffles (bastion only)")
     args = ap.parse_args()
+    if args.reliability:
+        text = reliability(args.reliability)
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "reliability.md").write_text(text + "\n")
+        print(text)
+        return
     if args.worker:
         rows = worker(args.worker, args.data, args.seed)
         print(json.dumps({"rows": rows, "versions": versions(args.worker)}))

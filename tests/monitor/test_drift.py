@@ -165,7 +165,7 @@ def test_mnist_drift_detected_within_one_window(mnist, kind: str, method: str) -
     images, predicted = _shifted_windows(stream, labels)[kind]
     detector, window = {
         "ks": lambda: (KSDrift(ref, alpha=1e-3), images),
-        "mmd": lambda: (MMDDrift(ref[:500], alpha=1e-3, n_permutations=1000, seed=0), images),
+        "mmd": lambda: (MMDDrift(ref[:1000], alpha=1e-3, n_permutations=1000, seed=0), images),
         "chi2": lambda: (ChiSquareDrift(ref_labels, alpha=1e-3), predicted),
     }[method]()
     monitor = DriftMonitor(detector, window=WINDOW)
@@ -178,7 +178,7 @@ def test_mnist_stable_stream_raises_no_alarm_over_20_windows(mnist) -> None:  # 
     ref, ref_labels, stream, labels = mnist
     detectors = [
         KSDrift(ref, alpha=1e-3),
-        MMDDrift(ref[:500], alpha=1e-3, n_permutations=1000, seed=0),
+        MMDDrift(ref[:1000], alpha=1e-3, n_permutations=1000, seed=0),
         PSIDrift(ref, alpha=1e-3, n_calibration=1000, reduce="random", dim=16),
     ]
     monitors = [DriftMonitor(d, window=WINDOW) for d in detectors]
@@ -205,11 +205,14 @@ def test_predicted_label_shift_detected(mnist) -> None:  # type: ignore[no-untyp
 def test_tabular_stable_stream_and_shift() -> None:
     rng = np.random.default_rng(5)
     ref = _tabular(3000, rng)
+    mu, sd = torch.tensor(ref.mean(0)).float(), torch.tensor(ref.std(0)).float()
     make = [
         lambda: KSDrift(ref, alpha=1e-3),
         lambda: KSDrift(ref, alpha=1e-3, correction="fdr"),
         lambda: PSIDrift(ref, alpha=1e-3, n_calibration=1000),
-        lambda: MMDDrift(ref[:1000], alpha=1e-3, n_permutations=1000),
+        # MMD's Gaussian kernel wants comparable scales: standardise by the reference
+        lambda: MMDDrift(ref[:1000], alpha=1e-3, n_permutations=1000,
+                         preprocess=lambda t: (t - mu) / sd),
     ]
     for factory in make:
         monitor = DriftMonitor(factory(), window=200)
