@@ -155,7 +155,10 @@ def make_gateway(model_files: dict[str, Path], tmp_path: Path, portal: BlockingP
             made_store = store
         else:
             made_store = None
-        data = deep_update(base_policy(model_files, url), changes or {})
+        changes = dict(changes or {})
+        model_changes = changes.pop("model", {})  # merged into the one served model
+        data = deep_update(base_policy(model_files, url), changes)
+        deep_update(data["models"][0], model_changes)
         policy = parse_policy(yaml.safe_dump(data))
         app = create_app(policy, access=store, **gateway_kwargs)
         client = Client(app, portal)
