@@ -340,3 +340,40 @@ def test_repr_is_stable() -> None:
     r = repr(AdversarialTrainer(method="trades", eps=0.3, steps=10))
     assert r.startswith("AdversarialTrainer(method='trades', eps=0.3, norm='linf', steps=10")
     assert "step_size=0.075" in r
+
+
+class _ViewNet(nn.Module):
+    """A CNN whose forward ``view``s its features: channels-last tensors break it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_channels_last_is_transparent(digits_split: Split) -> None:
+    x, y = digits_split[0][:96], digits_split[1][:96]
+    states = []
+    for cl in (False, True, None):
+        model = _cnn((1, 8, 8), width=4)
+        AdversarialTrainer(
+            eps=0.1, steps=2, epochs=1, batch_size=32, lr=0.01, channels_last=cl
+        ).fit(model, (x, y))
+        assert next(model.parameters()).is_contiguous()  # handed back in the contiguous format
+        states.append(_weights(model))
+    for other in states[1:]:
+        assert all(torch.allclose(states[0][k], other[k], atol=1e-5) for k in states[0])
+
+
+def test_channels_last_falls_back_for_modules_that_reject_it(digits_split: Split) -> None:
+    x, y = digits_split[0][:64], digits_split[1][:64]
+    torch.manual_seed(0)
+    model = _ViewNet()
+    report = AdversarialTrainer(eps=0.1, steps=2, epochs=1, batch_size=32).fit(model, (x, y))
+    assert report.epochs_run == 1 and model.conv.weight.is_contiguous()
+    with pytest.raises(ModelError, match="channels-last"):
+        AdversarialTrainer(eps=0.1, steps=2, epochs=1, channels_last=True).fit(_ViewNet(), (x, y))
