@@ -21,6 +21,7 @@ same unbiased MMD² (both drop the kernel diagonal).
 Usage (from the repository root):
     bash benchmarks/setup_drift_venv.sh
     .venv/bin/python benchmarks/drift_bench.py --reps 5
+    .venv/bin/python benchmarks/drift_bench.py --reps 3 --same-venv   # bastion under numpy<2 too
     .venv/bin/python benchmarks/drift_bench.py --reliability 10   # bastion's test settings
 """
 
@@ -344,6 +345,8 @@ def main() -> None:
     ap.add_argument("--worker", choices=["bastion", "alibi"], help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, default=OUT / "data.npz")
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--same-venv", action="store_true",
+                    help="run bastion in the alibi venv too (numpy<2) instead of the project venv")
     ap.add_argument("--reliability", type=int, metavar="SEEDS", default=0,
                     help="instead: the test suite's settings over SEEDS shuffles (bastion only)")
     args = ap.parse_args()
@@ -363,7 +366,7 @@ def main() -> None:
     rounds: list[list[dict[str, Any]]] = []
     vers: dict[str, dict[str, str]] = {}
     for r in range(args.reps):
-        order = [("bastion", BASTION_PY), ("alibi", ALIBI_PY)]
+        order = [("bastion", ALIBI_PY if args.same_venv else BASTION_PY), ("alibi", ALIBI_PY)]
         if r % 2:
             order.reverse()
         rows: list[dict[str, Any]] = []
@@ -373,9 +376,12 @@ def main() -> None:
             vers[lib] = res["versions"]
         rounds.append(rows)
         print(f"round {r + 1}/{args.reps} done", file=sys.stderr, flush=True)
-    (OUT / "results.json").write_text(json.dumps({"rounds": rounds, "versions": vers}, indent=1))
+    suffix = "-same-venv" if args.same_venv else ""
+    (OUT / f"results{suffix}.json").write_text(
+        json.dumps({"rounds": rounds, "versions": vers}, indent=1)
+    )
     table = report(rounds, vers)
-    (OUT / "table.md").write_text(table + "\n")
+    (OUT / f"table{suffix}.md").write_text(table + "\n")
     print(table)
 
 
