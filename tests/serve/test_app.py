@@ -261,3 +261,28 @@ def _audit_table(conn) -> str:
 
     names = inspect(conn).get_table_names()
     return next(n for n in names if "audit" in n and "head" not in n)
+
+
+def test_repeated_failed_authentication_is_throttled_per_address(make_gateway, digits_np):
+    h = make_gateway({"limits": {"auth_failures": 3}})
+    x = digits_np[0][:1].tolist()
+    bad = {"Authorization": "Bearer bst_0123456789abcdef_" + "A" * 43}
+    codes = [h.client.post("/v1/models/digits/predict", json={"inputs": x}, headers=bad
+                           ).status_code for _ in range(5)]
+    assert codes == [401, 401, 401, 429, 429]
+    r = h.predict(digits_np[0][:1])  # even a good key, from that address, for the minute
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+
+
+def test_a_failing_model_answers_500_json_without_internals(make_gateway, digits_np):
+    h = make_gateway()
+    served = h.gateway.models["digits"]
+
+    def broken(x):
+        raise RuntimeError("secret internal detail /srv/model.pt line 3")
+
+    object.__setattr__(served, "predict", broken)
+    r = h.predict(digits_np[0][:1])
+    assert r.status_code == 500
+    assert r.json()["error"] == "internal"
+    assert "secret" not in r.text and "Traceback" not in r.text

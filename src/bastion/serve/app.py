@@ -64,6 +64,11 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
                     media_type="application/json")
 
 
+def _peer(request: Request) -> str:
+    """The client's address as the server sees it (a proxy's, behind one)."""
+    return request.client.host if request.client is not None else "-"
+
+
 def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     if host.startswith("["):  # [::1]:8000
         name = host[1:].split("]", 1)[0]
@@ -222,20 +227,20 @@ def create_app(policy: GatewayPolicy | None = None, *, gateway: Gateway | None =
               responses=_responses(400, 401, 403, 404, 413, 415, 422, 429),
               openapi_extra=_body_schema(PredictRequest), summary="Predict a batch")
     async def predict(name: str, request: Request) -> Response:
-        ctx = RequestContext(new_request_id(), "predict", f"model:{name}")
+        ctx = RequestContext(new_request_id(), "predict", f"model:{name}", _peer(request))
         return await run(ctx, lambda: gw.predict(name, request.headers, stream(request), ctx))
 
     @app.post("/v1/models/{name}/feedback", response_model=FeedbackResponse,
               responses=_responses(400, 401, 403, 404, 409, 413, 415, 422, 429),
               openapi_extra=_body_schema(FeedbackRequest), summary="Report true labels")
     async def feedback(name: str, request: Request) -> Response:
-        ctx = RequestContext(new_request_id(), "feedback", f"model:{name}")
+        ctx = RequestContext(new_request_id(), "feedback", f"model:{name}", _peer(request))
         return await run(ctx, lambda: gw.feedback(name, request.headers, stream(request), ctx))
 
     @app.get("/v1/models", response_model=list[ModelInfo], responses=_responses(401),
              summary="Models this key may use")
     async def list_models(request: Request) -> Response:
-        ctx = RequestContext(new_request_id(), "list_models", None)
+        ctx = RequestContext(new_request_id(), "list_models", None, _peer(request))
 
         async def work() -> Any:
             return gw.list_models(request.headers, ctx)

@@ -202,12 +202,15 @@ class ModelSettings(_Frozen):
 
 class LimitSettings(_Frozen):
     """Per-key limits: a token bucket of ``rate`` requests/s (``burst`` at once) and a budget
-    of ``budget`` inputs (rows) per ``budget_window`` seconds (``null``: for the key's life)."""
+    of ``budget`` inputs (rows) per ``budget_window`` seconds (``null``: for the key's life).
+    ``auth_failures``: failed authentications per client address and minute (per replica)
+    after which that address is refused until the minute is over."""
 
     rate: float = Field(default=10.0, gt=0)
     burst: int = Field(default=20, ge=1)
     budget: int = Field(default=10_000, ge=1)
     budget_window: float | None = Field(default=None, gt=0)
+    auth_failures: int = Field(default=30, ge=1)
 
 
 class DriftSettings(_Frozen):

@@ -1,6 +1,8 @@
 """The prediction pipeline: every request goes through the same stages, in this order.
 
-1. authenticate (``Authorization: Bearer <key>`` or ``X-API-Key: <key>``) -> 401
+1. authenticate (``Authorization: Bearer <key>`` or ``X-API-Key: <key>``) -> 401; an address
+   with ``limits.auth_failures`` failed attempts in a minute is refused for the rest of that
+   minute (429), so guessing keys does not turn into one database lookup per request
 2. authorise ``predict`` on ``model:NAME`` -> 403
 3. rate limit (token bucket per key) -> 429 with ``Retry-After``; per-key query budget: the
    first input of the request is charged here, so a spent key is refused before its body is
@@ -32,7 +34,13 @@ from typing import Any
 import numpy as np
 
 from bastion.data.contracts import ContractFailed, TensorContract, validate
-from bastion.errors import AccessDenied, AuthenticationError, ConfigurationError, InputError
+from bastion.errors import (
+    AccessDenied,
+    AuthenticationError,
+    ConfigurationError,
+    InputError,
+    RateLimited,
+)
 from bastion.serve.config import GatewayPolicy
 from bastion.serve.inputs import parse_feedback, parse_inputs
 from bastion.serve.metrics import GatewayMetrics
@@ -44,6 +52,7 @@ __all__ = ["Gateway", "RequestContext"]
 
 log = logging.getLogger(__name__)
 _MAX_OWNERS = 100_000
+_AUTH_WINDOW = 60.0
 
 
 @dataclass
@@ -53,6 +62,7 @@ class RequestContext:
     request_id: str
     action: str
     resource: str | None
+    peer: str = "-"
     actor: str = "anonymous"
     client: str = "-"
     samples: int = 0
@@ -150,6 +160,7 @@ class Gateway:
         self.worker = MonitorWorker(self._monitor, self.metrics)
         self._owners: OrderedDict[str, str] = OrderedDict()  # request id -> client
         self._closed = False
+        self._auth_failures: dict[str, tuple[int, float]] = {}  # peer -> (failures, since)
         for name in self.models:
             self.metrics.loaded.labels(name).set(1)
 
@@ -193,7 +204,21 @@ class Gateway:
         return t1
 
     def authenticate(self, headers: Mapping[str, str], ctx: RequestContext) -> Any:
-        principal = self.access.authenticate(_token(headers))
+        """The caller's principal; too many failures from one address -> 429 for a minute."""
+        now = time.monotonic()
+        count, since = self._auth_failures.get(ctx.peer, (0, now))
+        if now - since > _AUTH_WINDOW:
+            count, since = 0, now
+        if count >= self.policy.limits.auth_failures:
+            raise RateLimited(f"{count} failed authentications from {ctx.peer} in the last "
+                              "minute", retry_after=_AUTH_WINDOW - (now - since))
+        try:
+            principal = self.access.authenticate(_token(headers))
+        except AuthenticationError:
+            if len(self._auth_failures) >= _MAX_OWNERS:
+                self._auth_failures.clear()
+            self._auth_failures[ctx.peer] = (count + 1, since)
+            raise
         ctx.actor = principal.name
         ctx.client = principal.key_id or principal.name
         return principal
