@@ -63,3 +63,20 @@ def test_the_example_policy_is_valid_and_secure_by_default():
     assert policy.server.host == "127.0.0.1" and policy.server.cors_origins == ()
     assert policy.models[0].alias == "champion" and policy.models[0].path is None
     assert policy.access.audit and policy.state_url == "memory://"
+
+
+def test_quick_start_with_a_local_model_file(tmp_path, digits_np):
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = digits_np
+    est = LogisticRegression(max_iter=200).fit(x[:300].reshape(300, -1), y[:300])
+    sio.dump(est, tmp_path / "logreg.skops")
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    (tmp_path / "p.yaml").write_text(f"models: [{{name: other, path: x.pt}}]\n"
+                                     f"access: {{url: '{db}'}}\n")
+    result = CliRunner().invoke(_app(), ["serve", "--policy", str(tmp_path / "p.yaml"),
+                                         "--model", str(tmp_path / "logreg.skops"),
+                                         "--input-shape", "64", "--check"])
+    assert result.exit_code == 0, result.output
+    assert "ok logreg local" in result.output and "10 classes" in result.output
