@@ -80,3 +80,28 @@ def test_quick_start_with_a_local_model_file(tmp_path, digits_np):
                                          "--input-shape", "64", "--check"])
     assert result.exit_code == 0, result.output
     assert "ok logreg local" in result.output and "10 classes" in result.output
+
+
+def test_the_example_policy_documents_every_key():
+    from pydantic import BaseModel
+
+    from bastion.serve.config import GatewayPolicy, WebhookSettings
+
+    text = EXAMPLE.read_text()
+    missing = []
+
+    def walk(model: type[BaseModel]) -> None:
+        for name, info in model.model_fields.items():
+            if f"{name}:" not in text:
+                missing.append(f"{model.__name__}.{name}")
+            for t in (info.annotation, *getattr(info.annotation, "__args__", ())):
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    walk(t)
+            if info.annotation is not None and "ModelSettings" in str(info.annotation):
+                from bastion.serve.config import ModelSettings
+
+                walk(ModelSettings)
+
+    walk(GatewayPolicy)
+    walk(WebhookSettings)
+    assert missing == []
