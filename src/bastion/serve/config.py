@@ -312,12 +312,6 @@ class GatewayPolicy(_Frozen):
                 return m
         raise ConfigurationError(f"the policy serves no model named {name!r}")
 
-    def with_overrides(self, **changes: Any) -> GatewayPolicy:
-        """A copy with ``server`` fields replaced (``host=``, ``port=``), validated again."""
-        data = self.model_dump()
-        data["server"].update({k: v for k, v in changes.items() if v is not None})
-        return _validate(data)
-
 
 def _where(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
