@@ -427,10 +427,10 @@ class AdversarialTrainer:
     def _use_channels_last(
         self, module: nn.Module, batches: _Batches, device: torch.device
     ) -> bool:
-        if self.channels_last is False:
+        if self.channels_last is False or (self.channels_last is None and device.type != "cpu"):
             return False
         probe = batches.probe()
-        if probe.dim() != 4 or (self.channels_last is None and device.type != "cpu"):
+        if probe.dim() != 4:
             return False
         _set_format(module, torch.channels_last)
         was_training = module.training
