@@ -264,7 +264,10 @@ class MonitoringSettings(_Frozen):
 class AccessSettings(_Frozen):
     """Identities, keys and the audit log (``bastion.access``)."""
 
-    url: str = "sqlite:///bastion-access.db"
+    # Same default as `bastion keys/users`: $BASTION_ACCESS_DB, else ./bastion-access.db.
+    url: str = Field(
+        default_factory=lambda: os.environ.get("BASTION_ACCESS_DB") or "sqlite:///bastion-access.db"
+    )
     cache_ttl: float = Field(default=5.0, ge=0)
     audit: bool = True
 
@@ -278,7 +281,7 @@ class GatewayPolicy(_Frozen):
     registry: RegistrySettings = RegistrySettings()
     limits: LimitSettings = LimitSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
-    access: AccessSettings = AccessSettings()
+    access: AccessSettings = Field(default_factory=AccessSettings)
     state_url: str = "memory://"
 
     @field_validator("models")
