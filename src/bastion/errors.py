@@ -13,13 +13,15 @@ at the boundary (``raise ... from exc``) so the original stays attached as ``__c
     ├── ModelError              a model could not be used
     │   ├── ModelLoadError      a model file could not be read or is of an unknown format
     │   └── CapabilityError     the model does not offer what is asked (gradients, scores)
-    ├── QueryBudgetExceeded     a query budget on a model would be exceeded
+    ├── QueryBudgetExceeded     a query budget on a model or an API key would be exceeded
+    ├── RateLimited             too many requests in a time window (carries retry_after)
     ├── ArtifactError           a model or data artifact is unsafe, tampered with or unreadable
     │   ├── UnsafeArtifactError a scan found code that would run on load
     │   ├── SignatureError      a signature or digest does not verify
     │   └── DecryptionError     an encrypted object cannot be decrypted or was altered
     ├── RegistryError           a registry operation was refused (unknown name, failed gate)
     ├── AccessDenied            an identity lacks the permission for an action
+    │   └── AuthenticationError no credential, or an unknown, expired or revoked one
     └── DataContractError       data violates a data contract
 """
 
