@@ -12,7 +12,7 @@ from bastion.attacks.inference import DefaultTrainer, roc_curve
 from bastion.attacks.inference._common import train_references
 from bastion.attacks.inference._ensemble import train_ensemble
 from bastion.data import load_digits
-from bastion.errors import InputError
+from bastion.errors import ConfigurationError, InputError
 from bastion.models.zoo import small_cnn, small_mlp, train_classifier
 
 Data = tuple[torch.Tensor, torch.Tensor]
@@ -130,3 +130,28 @@ def test_bad_arguments(digits: Data) -> None:
         train_ensemble(
             lambda: small_mlp(64, 10), x, y, [torch.tensor([], dtype=torch.long)], [1], epochs=1
         )
+
+
+@pytest.mark.parametrize(
+    ("shape", "hidden", "expect_batched"), [((64,), 16, True), ((784,), 256, False)]
+)
+def test_default_trainer_batches_only_small_models(
+    shape: tuple[int, ...], hidden: int, expect_batched: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``batched="auto"``: small models (<= 60k parameters) batched, large ones one by one."""
+    import bastion.attacks.inference._ensemble as ensemble
+
+    calls: list[int] = []
+
+    def spy(*args: Any, **kwargs: Any) -> list[nn.Module]:
+        calls.append(len(args[3]))
+        return train_ensemble(*args, **kwargs)
+
+    monkeypatch.setattr(ensemble, "train_ensemble", spy)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(96, *shape, generator=g), torch.randint(0, 10, (96,), generator=g)
+    trainer = DefaultTrainer(shape, 10, arch="mlp", hidden=hidden, epochs=1)
+    models = trainer.train_many(x, y, _subsets(96, (70, 60)), [1, 2])
+    assert len(models) == 2 and calls == ([2] if expect_batched else [])
+    with pytest.raises(ConfigurationError, match="batched"):
+        DefaultTrainer(shape, 10, batched="sometimes")

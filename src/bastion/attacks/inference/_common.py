@@ -31,6 +31,10 @@ __all__ = [
     "train_references",
 ]
 
+#: ``DefaultTrainer(batched="auto")`` batches models up to this many parameters (measured
+#: crossover on one CPU thread: about 50k parameters for a 256-unit MLP)
+_BATCH_MAX_PARAMS = 60_000
+
 #: ``train_fn(x, y, seed) -> nn.Module``: trains a fresh reference model on ``(x, y)``
 TrainFn = Callable[[torch.Tensor, torch.Tensor, int], nn.Module]
 
@@ -105,10 +109,14 @@ class DefaultTrainer:
     Match the target's training recipe for the strongest attack; pass your own ``train_fn``
     when the target is not a small network.
 
-    With ``batched=True`` (default) :meth:`train_many` trains several models at once
+    :meth:`train_many` trains several models either at once
     (:func:`~bastion.attacks.inference._ensemble.train_ensemble`: the same initialisations,
-    batches and Adam updates as one-by-one calls, equal up to floating-point rounding);
-    ``batched=False`` trains them one by one.
+    batches and Adam updates as one-by-one calls, equal up to floating-point rounding) or one by
+    one. ``batched="auto"`` (default) batches models of at most 60,000 parameters: on one CPU
+    thread, 8 models batched took 0.78x the one-by-one time for the 19k-parameter digits MLP
+    and 0.91x for the digits CNN, but 1.33x for the 203k-parameter MNIST MLP, whose steps are
+    bound by arithmetic and memory traffic rather than per-step overhead. ``True``/``False``
+    force either way.
     """
 
     input_shape: tuple[int, ...]
@@ -119,7 +127,7 @@ class DefaultTrainer:
     lr: float = 3e-3
     weight_decay: float = 0.0
     batch_size: int = 64
-    batched: bool = True
+    batched: bool | str = "auto"
 
     def __post_init__(self) -> None:
         if self.arch not in ("auto", "mlp", "cnn"):
@@ -129,6 +137,8 @@ class DefaultTrainer:
         for name in ("hidden", "epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigurationError(f"{name} must be a positive integer")
+        if self.batched not in (True, False, "auto"):
+            raise ConfigurationError(f"batched must be True, False or 'auto', got {self.batched!r}")
         if not (self.lr > 0 and self.weight_decay >= 0):
             raise ConfigurationError("lr must be positive and weight_decay non-negative")
 
@@ -166,7 +176,12 @@ class DefaultTrainer:
         seeds: Sequence[int],
     ) -> list[nn.Module]:
         """Model k trained on ``x[subsets[k]]`` under ``seeds[k]``, as one call would."""
-        if not self.batched:
+        batched = self.batched
+        if batched == "auto":
+            with torch.random.fork_rng(devices=[]):  # the probe leaves the global RNG alone
+                size = sum(p.numel() for p in self._make().parameters())
+            batched = size <= _BATCH_MAX_PARAMS
+        if not batched:
             return [self(x[s], y[s], int(seed)) for s, seed in zip(subsets, seeds, strict=True)]
         from bastion.attacks.inference._ensemble import train_ensemble
 
