@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
+from bastion._progress import progress_bar
 from bastion.attacks.evasion._common import ce_loss, input_gradient
 from bastion.attacks.evasion.base import EvasionAttack, EvasionResult
 from bastion.attacks.evasion.catalog import kind_of, with_eps
@@ -233,14 +234,7 @@ def _default_curve_attack(attacks: Sequence[EvasionAttack]) -> EvasionAttack | N
 
 
 def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        transient=True,
-        disable=not enabled,
-    )
+    return progress_bar(enabled)
 
 
 def _reliability_warnings(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from bastion import __version__
 from bastion._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from bastion.cli._common import console
 from bastion.report.html import esc, findings_html, line_chart_svg, render_html_page, table_html
+from bastion.report.writers import json_safe
 
 __all__ = ["print_summary", "render_html", "summarise", "write_report"]
 
@@ -46,23 +46,12 @@ def summarise(defence: str, before: dict[str, Any], after: dict[str, Any]) -> di
     return out
 
 
-def _clean(value: Any) -> Any:
-    """Non-finite floats (not valid JSON) become None, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
 def write_report(
     doc: dict[str, Any], out_dir: str | Path, model_bytes: bytes
 ) -> tuple[Path, Path, Path]:
     """Write ``report.json``, ``report.html`` and ``model.pt`` atomically into ``out_dir``."""
     out = Path(out_dir)
-    clean = _clean({"bastion_version": __version__, **doc})
+    clean = json_safe({"bastion_version": __version__, **doc})
     model_path = atomic_write_bytes(out / "model.pt", model_bytes)
     json_path = atomic_write_json(out / "report.json", clean)
     html_path = atomic_write_text(out / "report.html", render_html(clean))

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bastion._progress import progress_bar
 from bastion.cli._common import console, handle_errors, parse_floats, parse_shape
 from bastion.errors import ConfigurationError, InputError
 
@@ -161,14 +161,7 @@ def _membership(**opts: Any) -> None:
         "attacks": {},
         "findings": [],
     }
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        transient=True,
-        disable=opts["quiet"],
-    )
+    bar = progress_bar(not opts["quiet"])
     with bar:
         task = bar.add_task("membership", total=len(attacks))
         for name, a in zip(names, attacks, strict=True):

@@ -17,24 +17,24 @@ from bastion.report.html import (
     table_html,
 )
 
-__all__ = ["findings_markdown", "findings_sarif", "write_evasion_report"]
+__all__ = ["findings_markdown", "findings_sarif", "json_safe", "write_evasion_report"]
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Replace non-finite floats (not valid JSON) with None, recursively."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
 def write_evasion_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.html`` for an evasion evaluation's ``to_dict()``."""
     out = Path(out_dir)
-    doc = _clean({"bastion_version": __version__, **report})
+    doc = json_safe({"bastion_version": __version__, **report})
     json_path = atomic_write_json(out / "report.json", doc)
     html_path = atomic_write_text(out / "report.html", evasion_html(doc))
     return json_path, html_path

@@ -54,11 +54,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from torch import nn
 from torch.utils.data import DataLoader
 
 from bastion._io import atomic_write_bytes
+from bastion._progress import progress_bar
 from bastion.attacks.evasion._common import maximise_loss, random_in_ball
 from bastion.errors import ConfigurationError, InputError, ModelError
 from bastion.threat import Norm, parse_norm
@@ -589,11 +590,4 @@ def _check_int(v: Any, name: str, minimum: int) -> None:
 
 
 def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        transient=True,
-        disable=not enabled,
-    )
+    return progress_bar(enabled)
