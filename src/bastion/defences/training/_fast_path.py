@@ -1,16 +1,27 @@
 """Clipped per-sample gradient sums of Linear/Conv2d Sequential networks, from each layer's
-input and output gradient, without ``vmap``.
+input and output gradient, without ``vmap`` and in one backward pass.
 
 For a linear layer ``z = a Wᵀ + b`` on a batch of vectors, example ``i``'s weight gradient is
 the outer product ``δᵢ aᵢᵀ`` (``δᵢ = ∂lossᵢ/∂zᵢ``), so its squared norm is ``‖aᵢ‖² ‖δᵢ‖²`` and
 the bias gradient's is ``‖δᵢ‖²`` (Goodfellow 2015, "Efficient per-example gradient
 computations", https://arxiv.org/abs/1510.01799); the clipped sum is ``(c ⊙ δ)ᵀ a`` with
 ``cᵢ = min(1, C / (‖gᵢ‖ + 1e-6))``, so a linear layer's per-sample gradients are never formed.
-A convolution's per-sample weight gradient is ``δᵢ Uᵢᵀ`` with ``Uᵢ`` the unfolded input
-patches (Rochette et al. 2019, https://arxiv.org/abs/1912.06015); those are small (out ×
-in·k²) and are formed. One forward pass records every layer's input and output, and one
-``autograd.grad`` of the summed loss gives every ``δ`` (skipping the weight-gradient
-products of an ordinary backward). The numbers are those of clipping materialised gradients.
+
+A convolution's per-sample weight gradient ``δᵢ Uᵢᵀ`` (``Uᵢ`` the input patches, Rochette et
+al. 2019, https://arxiv.org/abs/1912.06015) is small (out × in·k²) and is formed: for these
+layers it is far cheaper than the ghost norm (Bu et al. 2022, "mixed ghost clipping",
+https://arxiv.org/abs/2205.10683: ``T²(d+p)`` against ``T·d·p`` per example, with ``T`` the
+output positions). For stride-1 convolutions the patches are never unfolded element by
+element: with the input zero-padded once and ``δ`` padded to the same row width, each kernel
+offset is a contiguous window of the flattened padded input, so the patch matrix of a few
+examples at a time (a cache-sized chunk) is a strided view copied in long runs, followed by one
+batched matrix product. Other strides unfold the input in the same chunks.
+
+One forward pass walks the Sequential tree (no hooks) and keeps every trainable layer's input
+and output; one ``autograd.grad`` of the summed loss gives every ``δ`` (the weight-gradient
+products of an ordinary backward are skipped), and the clipped sums are added straight into the
+caller's (noise-filled) gradient buffers (book-keeping, Bu et al. 2022,
+https://arxiv.org/abs/2210.00038). The numbers are those of clipping materialised gradients.
 
 Only used when the whole network is known to act on each example separately (an
 ``nn.Sequential`` tree of ``Linear``/``Conv2d`` layers, element-wise activations, pooling,
@@ -23,6 +34,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 _ROWWISE = (
     nn.ReLU,
@@ -42,45 +54,172 @@ _ROWWISE = (
     nn.AdaptiveMaxPool2d,
 )
 
+# Patch-matrix floats per chunk of examples (2 MiB of float32): keeps the copy in cache.
+_CHUNK_FLOATS = 1 << 19
+
+_Leaf = tuple[str, nn.Module]
+
 
 def supported(module: nn.Module) -> bool:
     """Whether ``module`` is a tree of Sequentials over Linear/Conv2d layers and per-example
     operations, with every parameter in one of those layers, no buffers and no layer reused."""
+    return _plan(module) is not None
+
+
+def _plan(module: nn.Module) -> list[_Leaf] | None:
+    """The leaf modules in execution order with their parameter prefixes, or ``None``."""
     if any(True for _ in module.buffers()):
-        return False
+        return None
     all_modules = [m for _, m in module.named_modules(remove_duplicate=False)]
     if len({id(m) for m in all_modules}) != len(all_modules):
-        return False  # a layer used twice: its hooks would fire twice
-    return _tree_ok(module)
+        return None  # a layer used twice
+    leaves: list[_Leaf] = []
+    return leaves if _walk(module, "", leaves) else None
 
 
-def _conv_ok(m: nn.Conv2d) -> bool:
-    return m.groups == 1 and m.padding_mode == "zeros" and isinstance(m.padding, tuple)
+def _layer_ok(m: nn.Module) -> bool:
+    if parametrize.is_parametrized(m) or any(True for _ in m.children()):
+        return False
+    if {n for n, _ in m.named_parameters()} - {"weight", "bias"}:
+        return False
+    if isinstance(m, nn.Conv2d):
+        return (
+            type(m).forward is nn.Conv2d.forward
+            and m.groups == 1
+            and m.padding_mode == "zeros"
+            and isinstance(m.padding, tuple)
+        )
+    return type(m).forward is nn.Linear.forward
 
 
-def _tree_ok(module: nn.Module) -> bool:
-    if isinstance(module, nn.Linear):
-        return True
-    if isinstance(module, nn.Conv2d):
-        return _conv_ok(module)
+def _walk(module: nn.Module, prefix: str, out: list[_Leaf]) -> bool:
+    if isinstance(module, nn.Linear | nn.Conv2d):
+        out.append((prefix, module))
+        return _layer_ok(module)
     if isinstance(module, nn.Sequential):
-        return all(_tree_ok(child) for child in module)
-    return isinstance(module, _ROWWISE)
+        if type(module).forward is not nn.Sequential.forward:
+            return False
+        return all(_walk(child, f"{prefix}{name}.", out) for name, child in module.named_children())
+    if isinstance(module, _ROWWISE) and not any(True for _ in module.parameters()):
+        out.append((prefix, module))
+        return True
+    return False
 
 
-def _conv_grads(
-    layer: nn.Conv2d, a: torch.Tensor, d: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample weight gradients ``(b, out, in·kh·kw)`` and bias gradients ``(b, out)``."""
-    u = F.unfold(
-        a,
-        kernel_size=layer.kernel_size,
-        dilation=layer.dilation,
-        padding=layer.padding,  # type: ignore[arg-type]
-        stride=layer.stride,
-    )
+def _trainable(m: nn.Module) -> bool:
+    return any(p.requires_grad for p in m.parameters())
+
+
+def conv_per_sample_grads(layer: nn.Conv2d, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Per-sample weight gradients ``(b, out, in·kh·kw)`` of ``layer`` from its input ``a``
+    ``(b, in, h, w)`` and output gradient ``d`` ``(b, out, h', w')``."""
+    b, c, h, w = a.shape
+    o, ho, wo = d.shape[1], d.shape[2], d.shape[3]
+    kh, kw = layer.kernel_size
+    k = c * kh * kw
+    out = torch.empty(b, o, k, dtype=d.dtype, device=d.device)
+    if tuple(layer.stride) == (1, 1):
+        ph, pw = (int(v) for v in layer.padding)
+        dh, dw = layer.dilation
+        hp, wp = h + 2 * ph, w + 2 * pw
+        span = ho * wp  # δ padded to the padded input's row width, flattened
+        size = hp * wp + dw * (kw - 1)  # room for the last window's overrun
+        ap = a.new_zeros(b, c, size)
+        ap[:, :, : hp * wp].view(b, c, hp, wp)[:, :, ph : ph + h, pw : pw + w] = a
+        dp = F.pad(d, (0, wp - wo)).flatten(2)
+        step = max(1, _CHUNK_FLOATS // (k * span))
+        for i in range(0, b, step):
+            n = min(step, b - i)
+            windows = ap[i : i + n].as_strided(
+                (n, c, kh, kw, span), (c * size, size, dh * wp, dw, 1)
+            )
+            patches = windows.reshape(n, k, span)
+            torch.bmm(dp[i : i + n], patches.transpose(1, 2), out=out[i : i + n])
+        return out
     dm = d.flatten(2)
-    return torch.einsum("bol,bkl->bok", dm, u), dm.sum(2)
+    step = max(1, _CHUNK_FLOATS // (k * dm.shape[2]))
+    for i in range(0, b, step):
+        u = F.unfold(
+            a[i : i + step],
+            kernel_size=layer.kernel_size,
+            dilation=layer.dilation,
+            padding=layer.padding,  # type: ignore[arg-type]
+            stride=layer.stride,
+        )
+        torch.bmm(dm[i : i + step], u.transpose(1, 2), out=out[i : i + step])
+    return out
+
+
+def accumulate(
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    max_grad_norm: float,
+    out: dict[str, torch.Tensor],
+    scale: float = 1.0,
+) -> torch.Tensor | None:
+    """Add ``scale ×`` the clipped per-sample gradient sum of every trainable parameter into
+    ``out[name]`` (contiguous, parameter-shaped) and return the per-example norms ``(b,)``;
+    ``None`` (``out`` untouched) when the module or a layer's input is not handled here."""
+    leaves = _plan(module)
+    if leaves is None:
+        return None
+    taps: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []
+    h = x
+    with torch.enable_grad():
+        for name, m in leaves:
+            if isinstance(m, nn.Linear | nn.Conv2d) and _trainable(m):
+                if h.dim() != (4 if isinstance(m, nn.Conv2d) else 2):
+                    return None
+                z = m(h)
+                taps.append((name, m, h.detach(), z))
+                h = z
+            else:
+                h = m(h)
+        if h.dim() != 2:
+            return None
+        loss = F.cross_entropy(h, y, reduction="sum")
+    sq = torch.zeros(x.shape[0], dtype=h.dtype, device=h.device)
+    if not taps:
+        return sq
+    deltas = torch.autograd.grad(loss, [t[3] for t in taps])
+    conv: list[tuple[torch.Tensor | None, torch.Tensor]] = []
+    for (_, m, a, _), d in zip(taps, deltas, strict=True):
+        train_w = m.weight.requires_grad
+        train_b = m.bias is not None and m.bias.requires_grad
+        if isinstance(m, nn.Conv2d):
+            gw = conv_per_sample_grads(m, a, d) if train_w else None
+            gb = d.sum((2, 3))
+            conv.append((gw, gb))
+            if gw is not None:
+                sq.add_(gw.flatten(1).square().sum(1))
+            if train_b:
+                sq.add_(gb.square().sum(1))
+        else:
+            d2 = d.square().sum(1)
+            if train_w:
+                sq.addcmul_(a.square().sum(1), d2)
+            if train_b:
+                sq.add_(d2)
+    norms = sq.sqrt_()
+    factor = (max_grad_norm / (norms + 1e-6)).clamp_(max=1.0)
+    weights = factor * scale
+    convs = iter(conv)
+    for (name, m, a, _), d in zip(taps, deltas, strict=True):
+        w_out = out.get(name + "weight") if m.weight.requires_grad else None
+        b_out = out.get(name + "bias") if m.bias is not None and m.bias.requires_grad else None
+        if isinstance(m, nn.Conv2d):
+            gw, gb = next(convs)
+            if w_out is not None and gw is not None:
+                w_out.view(-1).addmv_(gw.flatten(1).t(), weights)
+            if b_out is not None:
+                b_out.addmv_(gb.t(), weights)
+        else:
+            if w_out is not None:
+                w_out.addmm_((d * weights[:, None]).t(), a)
+            if b_out is not None:
+                b_out.addmv_(d.t(), weights)
+    return norms
 
 
 def clipped_sum(
@@ -88,67 +227,10 @@ def clipped_sum(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
     """``(summed clipped gradients, per-example norms)``, or ``None`` when a layer saw inputs
     this path does not handle (the caller then falls back to ``vmap``)."""
-    layers = [
-        (name, m) for name, m in module.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)
-    ]
-    record: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    handles = []
-    for name, layer in layers:
-
-        def hook(
-            _m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor, key: str = name
-        ) -> None:
-            record[key] = (inp[0].detach(), out)
-
-        handles.append(layer.register_forward_hook(hook))
-    try:
-        with torch.enable_grad():
-            loss = F.cross_entropy(module(x), y, reduction="sum")
-    finally:
-        for h in handles:
-            h.remove()
-    if len(record) != len(layers):
-        return None
-    for name, layer in layers:
-        a, z = record[name]
-        want = 4 if isinstance(layer, nn.Conv2d) else 2
-        if a.dim() != want or not z.requires_grad:
-            return None
-    deltas = torch.autograd.grad(loss, [record[name][1] for name, _ in layers])
-    sq = torch.zeros(x.shape[0], dtype=loss.dtype, device=loss.device)
-    conv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for (name, layer), d in zip(layers, deltas, strict=True):
-        a = record[name][0]
-        train_w = layer.weight.requires_grad
-        train_b = layer.bias is not None and layer.bias.requires_grad
-        if isinstance(layer, nn.Conv2d):
-            gw, gb = _conv_grads(layer, a, d)
-            conv[name] = (gw, gb)
-            if train_w:
-                sq = sq + gw.pow(2).sum((1, 2))
-            if train_b:
-                sq = sq + gb.pow(2).sum(1)
-        else:
-            d2 = d.pow(2).sum(1)
-            if train_w:
-                sq = sq + a.pow(2).sum(1) * d2
-            if train_b:
-                sq = sq + d2
-    norms = sq.sqrt()
-    factor = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-    summed: dict[str, torch.Tensor] = {}
-    for (name, layer), d in zip(layers, deltas, strict=True):
-        prefix = f"{name}." if name else ""
-        if isinstance(layer, nn.Conv2d):
-            gw, gb = conv[name]
-            w = torch.einsum("b,bok->ok", factor, gw).reshape(layer.weight.shape)
-            b = factor @ gb
-        else:
-            dc = d * factor[:, None]
-            w = dc.t() @ record[name][0]
-            b = dc.sum(0)
-        if layer.weight.requires_grad:
-            summed[prefix + "weight"] = w
-        if layer.bias is not None and layer.bias.requires_grad:
-            summed[prefix + "bias"] = b
-    return summed, norms
+    summed = {
+        k: torch.zeros_like(p, memory_format=torch.contiguous_format)
+        for k, p in module.named_parameters()
+        if p.requires_grad
+    }
+    norms = accumulate(module, x, y, max_grad_norm, summed)
+    return None if norms is None else (summed, norms)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -127,30 +128,46 @@ def private_gradient(
     ``engine``: ``"vmap"`` materialises per-sample gradients with ``torch.func`` (any module);
     ``"auto"`` (default) takes the faster Linear/Conv2d path of
     :mod:`bastion.defences.training._fast_path` when the module qualifies, else ``"vmap"``.
-    Both give the same clipped sum.
+    Both give the same clipped sum. The noise of all parameters is drawn by one ``normal_``
+    call into one flat buffer per dtype and device (the ``.grad`` tensors are views of it), and
+    the clipped sums are added into it in place.
     """
     if engine not in ("auto", "vmap"):
         raise ConfigurationError(f"engine must be 'auto' or 'vmap', got {engine!r}")
     params = {k: p for k, p in module.named_parameters() if p.requires_grad}
+    scale = 1.0 / expected_batch_size
+    grads = _noise(params, noise_std * scale, generator)
     if x.shape[0] > 0:
-        summed = _clipped_sum(module, x, y, max_grad_norm, engine)
-    else:
-        summed = {k: torch.zeros_like(p) for k, p in params.items()}
+        fast = None
+        if engine == "auto":
+            fast = _fast_path.accumulate(module, x, y, max_grad_norm, grads, scale)
+        if fast is None:
+            summed = clip_and_sum(per_sample_gradients(module, x, y), max_grad_norm)[0]
+            for k, g in grads.items():
+                g.add_(summed[k], alpha=scale)
     for k, p in params.items():
-        g = summed[k]  # a fresh tensor: safe to update in place
-        if noise_std > 0:
-            g.add_(torch.normal(0.0, noise_std, size=g.shape, generator=generator, device=g.device))
-        p.grad = g.div_(expected_batch_size)
+        p.grad = grads[k]
 
 
-def _clipped_sum(
-    module: nn.Module, x: torch.Tensor, y: torch.Tensor, max_grad_norm: float, engine: str
+def _noise(
+    params: Mapping[str, torch.Tensor], std: float, generator: torch.Generator | None
 ) -> dict[str, torch.Tensor]:
-    if engine == "auto" and _fast_path.supported(module):
-        fast = _fast_path.clipped_sum(module, x, y, max_grad_norm)
-        if fast is not None:
-            return fast[0]
-    return clip_and_sum(per_sample_gradients(module, x, y), max_grad_norm)[0]
+    """Fresh gradient buffers holding ``N(0, std²)`` noise (zeros when ``std`` is 0): one flat
+    tensor per dtype and device, filled by one ``normal_`` call and split into views."""
+    groups: dict[tuple[torch.dtype, torch.device], list[str]] = {}
+    for k, p in params.items():
+        groups.setdefault((p.dtype, p.device), []).append(k)
+    out: dict[str, torch.Tensor] = {}
+    for (dtype, device), names in groups.items():
+        sizes = [params[k].numel() for k in names]
+        flat = torch.empty(sum(sizes), dtype=dtype, device=device)
+        if std > 0:
+            flat.normal_(0.0, std, generator=generator)
+        else:
+            flat.zero_()
+        for k, view in zip(names, flat.split(sizes), strict=True):
+            out[k] = view.view(params[k].shape)
+    return out
 
 
 def poisson_batch(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
