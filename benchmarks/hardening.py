@@ -8,15 +8,18 @@ For each model (an MLP and ``bastion.models.zoo.small_cnn`` on MNIST-shaped inpu
 batch size, the same seeded weights and the same batch of MNIST images go to three trainers:
 
 * ``bastion``: :func:`bastion.defences.training.dp.private_gradient` (default engine: the
-  Linear-only fast path where the model qualifies, i.e. the MLP, else ``torch.func``
-  ``vmap(grad)``; per-sample clipping, Gaussian noise) + ``SGD.step``;
+  Linear/Conv2d fast path of ``_fast_path.py`` where the model qualifies, as both models here
+  do, else ``torch.func`` ``vmap(grad)``; per-sample clipping, Gaussian noise) + ``SGD.step``;
 * ``bastion-vmap``: the same with ``engine="vmap"`` forced (materialised per-sample gradients);
 * ``opacus``: ``opacus.GradSampleModule`` (backward hooks) + ``opacus.optimizers.DPOptimizer``
   (clipping, noise, step) — Opacus's default DP-SGD step;
 * ``opacus-ghost``: Opacus's ghost clipping (``GradSampleModuleFastGradientClipping`` +
   ``DPOptimizerFastGradientClipping`` + ``DPLossFastGradientClipping``: per-sample norms
   without per-sample gradients, then a second backward of the re-weighted loss);
-* ``plain``: forward, ``backward`` of the mean loss, ``SGD.step`` (non-private).
+* ``plain``: forward, ``backward`` of the mean loss, ``SGD.step`` (non-private);
+* ``noise``: drawing the step's Gaussian noise alone (one ``normal_`` call filling a flat buffer
+  of all parameters, as bastion does), the part of a DP step no engine can avoid; reported as
+  ms per step and as a fraction of the plain step, not as a trainer.
 
 Each timing is ``--steps`` training steps on a fixed batch (the Poisson draw is identical
 work for both DP libraries and left out); samples/s = steps × batch / seconds, median of
@@ -155,6 +158,17 @@ def make_plain(name: str, x: torch.Tensor, y: torch.Tensor, sigma: float) -> Cal
     return step
 
 
+def make_noise(name: str, x: torch.Tensor, y: torch.Tensor, sigma: float) -> Callable[[], None]:
+    n = sum(p.numel() for p in _fresh(name, str(x.device)).parameters())
+    buf = torch.empty(n, device=x.device)
+    gen = torch.Generator(device=x.device).manual_seed(0)
+
+    def step() -> None:
+        buf.normal_(0.0, sigma, generator=gen)
+
+    return step
+
+
 def check_same_gradient(name: str, x: torch.Tensor, y: torch.Tensor) -> float:
     """Largest absolute difference between bastion's and Opacus's noiseless DP gradients."""
     from opacus import GradSampleModule
@@ -173,7 +187,7 @@ def check_same_gradient(name: str, x: torch.Tensor, y: torch.Tensor) -> float:
     F.cross_entropy(gsm(x), y).backward()
     opt.pre_step()  # clip, (no) noise, scale: leaves the DP gradient in p.grad
     diffs = [
-        float((a.grad - b.grad).abs().max())  # type: ignore[operator]
+        float((a.grad - b.grad).abs().max())
         for a, b in zip(ours.parameters(), gsm._module.parameters(), strict=True)
     ]
     return max(diffs)
@@ -194,10 +208,11 @@ def run(
     rows = []
     makers: dict[str, Callable[..., Callable[[], None]]] = {
         "bastion": make_bastion,
-        "bastion-vmap": lambda *a: make_bastion(*a, engine="vmap"),
+        "bastion-vmap": lambda n, x, y, s: make_bastion(n, x, y, s, engine="vmap"),
         "opacus": make_opacus,
         "opacus-ghost": make_opacus_ghost,
         "plain": make_plain,
+        "noise": make_noise,
     }
     for name in models:
         for b in batches:
@@ -211,7 +226,7 @@ def run(
                 for k, fn in fns.items():
                     times[k].append(time_steps(fn, steps, device))
             med = {k: statistics.median(v) for k, v in times.items()}
-            sps = {k: steps * b / med[k] for k in med}
+            sps = {k: steps * b / med[k] for k in med if k != "noise"}
             row = {
                 "model": name,
                 "batch": b,
@@ -223,6 +238,10 @@ def run(
                 "bastion_over_opacus_ghost_speed": sps["bastion"] / sps["opacus-ghost"],
                 "bastion_overhead_vs_plain": med["bastion"] / med["plain"],
                 "opacus_overhead_vs_plain": med["opacus"] / med["plain"],
+                "plain_ms_per_step": 1e3 * med["plain"] / steps,
+                "bastion_ms_per_step": 1e3 * med["bastion"] / steps,
+                "noise_ms_per_step": 1e3 * med["noise"] / steps,
+                "noise_over_plain": med["noise"] / med["plain"],
                 "seconds": times,
             }
             rows.append(row)
@@ -233,7 +252,8 @@ def run(
                 f"{sps['opacus']:9.0f}/s  plain {sps['plain']:9.0f}/s  | bastion/opacus "
                 f"{row['bastion_over_opacus_speed']:.2f}x  overhead bastion "
                 f"{row['bastion_overhead_vs_plain']:.2f}x opacus "
-                f"{row['opacus_overhead_vs_plain']:.2f}x  | grad diff {diff:.1e}",
+                f"{row['opacus_overhead_vs_plain']:.2f}x  | noise {row['noise_over_plain']:.2f}x "
+                f"plain | grad diff {diff:.1e}",
                 flush=True,
             )
     return rows

@@ -5,7 +5,8 @@ https://arxiv.org/abs/1607.00133.
 
 Each step draws a **Poisson** batch (every training example joins independently with
 probability ``q``, so the batch size varies, exactly as the accountant assumes), computes one
-gradient per example with ``torch.func`` (``functional_call`` + ``vmap(grad)``), clips each to
+gradient per example (the Linear/Conv2d engine of ``_fast_path`` for Sequential networks of
+those layers, else ``torch.func``'s ``functional_call`` + ``vmap(grad)``), clips each to
 L2 norm ``max_grad_norm`` (C), sums them, adds Gaussian noise ``N(0, σ² C² I)`` and divides by
 the *expected* batch size ``q n`` before an SGD step. The privacy spent is accounted by
 :mod:`bastion.defences.training.accounting` (Opacus's RDP or PRV accountant), and ``target_epsilon``
@@ -135,6 +136,8 @@ def private_gradient(
     if engine not in ("auto", "vmap"):
         raise ConfigurationError(f"engine must be 'auto' or 'vmap', got {engine!r}")
     params = {k: p for k, p in module.named_parameters() if p.requires_grad}
+    for p in params.values():
+        p.grad = None  # free last step's buffer first: the allocator hands the same memory back
     scale = 1.0 / expected_batch_size
     grads = _noise(params, noise_std * scale, generator)
     if x.shape[0] > 0:
