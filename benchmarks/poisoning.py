@@ -16,7 +16,10 @@ poisoned set, and then, on that same poisoned set and that same network,
 
 flag samples; precision and recall are measured against the ground-truth mask, and seconds
 are wall-clock (median of ``--repeats`` runs, interleaved; each run includes the forward
-passes for the activations).
+passes for the activations). Before the first timed run, each of the four runs once untimed
+at the default layer (``--warmup``): the first forward passes of a process pay one-off costs
+(memory first touched, oneDNN kernels created, ART's lazy imports) that would otherwise land
+on whichever runner happens to go first, with ``--repeats 1`` the whole of it.
 
 Two layers are compared. ``default``: each library's own default (bastion: the penultimate
 activations, taken before the ReLU that feeds the last linear layer; ART: the output of the
@@ -118,7 +121,7 @@ def _runners(
     }
 
 
-def run(name: str, rate: float, repeats: int, seed: int) -> dict[str, Any]:
+def run(name: str, rate: float, repeats: int, seed: int, warmup: int) -> dict[str, Any]:
     x, y, x_test, y_test, epochs = _data(name, seed)
     attack = BadNets(target_class=0, rate=rate, seed=seed)
     poisoned = attack.poison(x, y)
@@ -137,10 +140,13 @@ def run(name: str, rate: float, repeats: int, seed: int) -> dict[str, Any]:
         ),
         "layers": {},
     }
-    for layer_key, layer in LAYERS.items():
+    for i, (layer_key, layer) in enumerate(LAYERS.items()):
         runners = _runners(net, poisoned.x, poisoned.y, layer, rate)
         times: dict[str, list[float]] = {k: [] for k in runners}
         flags: dict[str, torch.Tensor] = {}
+        for _ in range(warmup if i == 0 else 0):
+            for fn in runners.values():
+                fn()
         for _ in range(repeats):
             for key, fn in runners.items():  # interleaved
                 seconds, f = _time(fn)
@@ -173,6 +179,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds at the first layer")
     parser.add_argument("--out", type=Path, default=Path("bench-out/poisoning.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -183,9 +190,10 @@ def main() -> None:
         "torch": torch.__version__,
         "art": art.__version__,
         "threads": args.threads,
+        "warmup": args.warmup,
         "seed": args.seed,
         "runs": [
-            run(name.strip(), args.rate, args.repeats, args.seed)
+            run(name.strip(), args.rate, args.repeats, args.seed, args.warmup)
             for name in args.datasets.split(",")
         ],
     }

@@ -1,7 +1,17 @@
-"""Activations of any named layer of a torch classifier, through a forward hook."""
+"""Activations of any named layer of a torch classifier.
+
+In general through a forward hook that stops the pass at the layer. When the layer is a direct
+child of a plain ``nn.Sequential`` whose leading modules are convolutions, ReLUs and max-pools
+(the common small CNN), the prefix of the network up to the layer runs instead with its
+convolutional part in oneDNN's blocked memory layout (:class:`_OneDnnPrefix`): the same
+operations in the same order on the same weights, about twice as fast on a CPU, because the
+max-pool and the layout conversions between convolutions, not the convolutions, dominate the
+time of a plain NCHW pass there.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,6 +36,108 @@ _ELEMENTWISE = (
     nn.Dropout,
     nn.Identity,
 )
+
+
+# Batch size of the oneDNN path: measured steadier and faster than 128 on small CNNs (the
+# intermediate maps stay in cache and below the allocator's mmap threshold); results are the
+# same for any batch size.
+_ONEDNN_BATCH = 32
+
+
+class _OneDnnPrefix:
+    """The children ``kids`` of an ``nn.Sequential``, run with their leading convolution /
+    ReLU / max-pool segment in oneDNN layout and the rest (from the first other module, e.g.
+    ``Flatten``) as usual on dense tensors. The model must be in eval mode.
+
+    A ReLU directly followed by a max-pool runs after it (``max`` and ``relu`` commute exactly,
+    and the pool has a quarter of the elements). Results equal the plain pass up to float
+    rounding (the convolutions are oneDNN's in both cases).
+    """
+
+    def __init__(self, ops: list[tuple[str, Any]], rest: list[nn.Module]) -> None:
+        self._ops = ops
+        self._rest = rest
+
+    @classmethod
+    def build(cls, kids: list[nn.Module]) -> _OneDnnPrefix | None:
+        ops: list[tuple[str, Any]] = []
+        done = 0  # children handled in oneDNN layout
+        for m in kids:
+            if type(m) is nn.Conv2d and _plain_conv(m):
+                ops.append(("conv", m))
+            elif type(m) is nn.ReLU:
+                ops.append(("relu", None))
+            elif (
+                type(m) is nn.MaxPool2d
+                and not m.ceil_mode
+                and not m.return_indices
+                and m.dilation in (1, (1, 1))
+            ):
+                ops.append(("pool", m))
+            elif type(m) not in (nn.Dropout, nn.Identity):  # identities in eval mode
+                break
+            done += 1
+        if not any(kind == "conv" for kind, _ in ops):
+            return None
+        for j in range(len(ops) - 1):  # relu, pool -> pool, relu
+            if ops[j][0] == "relu" and ops[j + 1][0] == "pool":
+                ops[j], ops[j + 1] = ops[j + 1], ops[j]
+        return cls(ops, kids[done:])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.contiguous().to_mkldnn()
+        for kind, m in self._ops:
+            if kind == "conv":
+                h = torch.mkldnn_convolution(
+                    h, m.weight, m.bias, m.padding, m.stride, m.dilation, m.groups
+                )
+            elif kind == "relu":
+                h = torch.relu(h)
+            else:
+                h = nn.functional.max_pool2d(h, m.kernel_size, m.stride, m.padding)
+        out = h.to_dense()
+        for m in self._rest:
+            out = m(out)
+        return out
+
+
+def _plain_conv(m: nn.Conv2d) -> bool:
+    return (
+        m.padding_mode == "zeros"
+        and not isinstance(m.padding, str)
+        and m.weight.dtype == torch.float32
+        and m.weight.device.type == "cpu"
+    )
+
+
+def _has_hooks(modules: list[nn.Module]) -> bool:
+    return any(
+        getattr(m, "_forward_hooks", None) or getattr(m, "_forward_pre_hooks", None)
+        for m in modules
+    )
+
+
+def _fast_prefix(
+    model: nn.Module | Any, module: nn.Module, name: str, take_input: bool, x: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The oneDNN prefix runner for ``name`` when it applies (see the module docstring)."""
+    if (
+        model is not module
+        or type(module) is not nn.Sequential
+        or x.dtype != torch.float32
+        or x.device.type != "cpu"
+        or not torch.backends.mkldnn.is_available()
+        or not torch.backends.mkldnn.enabled
+    ):
+        return None
+    names = [n for n, _ in module.named_children()]
+    kids = list(module)
+    if name not in names or len(names) != len(kids):  # a child reused twice: use the hook
+        return None
+    prefix = kids[: names.index(name) + (0 if take_input else 1)]
+    if _has_hooks([module, *prefix]):
+        return None
+    return _OneDnnPrefix.build(prefix)
 
 
 class _StopForward(Exception):
@@ -132,6 +244,16 @@ def extract_activations(
             f"the model has no layer named {name!r}; its layers are: "
             f"{', '.join(n for n in modules if n)}"
         )
+    fast = _fast_prefix(model, module, name, take_input, x)
+    if fast is not None:
+        was_training = module.training
+        module.eval()
+        step = min(batch_size, _ONEDNN_BATCH)
+        try:
+            parts = [fast(x[i : i + step]).flatten(1).float() for i in range(0, x.shape[0], step)]
+        finally:
+            module.train(was_training)
+        return torch.cat(parts)
     captured: list[torch.Tensor] = []
 
     def keep(value: Any) -> None:
