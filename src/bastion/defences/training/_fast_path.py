@@ -124,17 +124,18 @@ def conv_per_sample_grads(layer: nn.Conv2d, a: torch.Tensor, d: torch.Tensor) ->
         hp, wp = h + 2 * ph, w + 2 * pw
         span = ho * wp  # δ padded to the padded input's row width, flattened
         size = hp * wp + dw * (kw - 1)  # room for the last window's overrun
-        ap = a.new_zeros(b, c, size)
-        ap[:, :, : hp * wp].view(b, c, hp, wp)[:, :, ph : ph + h, pw : pw + w] = a
-        dp = F.pad(d, (0, wp - wo)).flatten(2)
-        step = max(1, _CHUNK_FLOATS // (k * span))
+        step = min(b, max(1, _CHUNK_FLOATS // (k * span)))
+        # Chunk buffers, reused: the zero borders stay zero, only the interiors are rewritten.
+        ap = a.new_zeros(step, c, size)
+        dp = d.new_zeros(step, o, ho, wp)
+        patches = d.new_empty(step, k, span)
         for i in range(0, b, step):
             n = min(step, b - i)
-            windows = ap[i : i + n].as_strided(
-                (n, c, kh, kw, span), (c * size, size, dh * wp, dw, 1)
-            )
-            patches = windows.reshape(n, k, span)
-            torch.bmm(dp[i : i + n], patches.transpose(1, 2), out=out[i : i + n])
+            ap[:n, :, : hp * wp].view(n, c, hp, wp)[:, :, ph : ph + h, pw : pw + w] = a[i : i + n]
+            dp[:n, :, :, :wo] = d[i : i + n]
+            windows = ap[:n].as_strided((n, c, kh, kw, span), (c * size, size, dh * wp, dw, 1))
+            patches[:n].view(n, c, kh, kw, span).copy_(windows)
+            torch.bmm(dp[:n].view(n, o, span), patches[:n].transpose(1, 2), out=out[i : i + n])
         return out
     dm = d.flatten(2)
     step = max(1, _CHUNK_FLOATS // (k * dm.shape[2]))
