@@ -240,3 +240,67 @@ def test_top_components_randomized_matches_exact_svd() -> None:
     exact = vh[:3].T
     # the same subspace: projections onto it agree
     assert torch.allclose(fast @ fast.T @ exact, exact, atol=1e-3)
+
+
+def _mixed_cnn() -> nn.Sequential:
+    """A Sequential CNN with the modules the oneDNN path handles, and some it hands back."""
+    torch.manual_seed(0)
+    norm = nn.BatchNorm2d(6)
+    norm.running_mean = torch.empty(6).uniform_(-1.0, 1.0)
+    norm.running_var = torch.empty(6).uniform_(0.5, 2.0)
+    return nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1, bias=False),  # 0
+        nn.ReLU(),  # 1
+        nn.Dropout(0.5),  # 2: identity in eval mode
+        nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=3),  # 3
+        nn.ReLU(),  # 4: followed by the pool, so run after it
+        nn.MaxPool2d(3, stride=2, padding=1),  # 5
+        norm,  # 6: dense from here on
+        nn.Flatten(),  # 7
+        nn.Linear(6 * 3 * 3, 8),  # 8
+        nn.ReLU(),  # 9
+        nn.Linear(8, 3),  # 10
+    )
+
+
+@pytest.mark.parametrize("layer", [None, "0", "1", "2", "4", "5", "6", "7", "8"])
+def test_onednn_path_gives_the_plain_forward_activations(layer: str | None) -> None:
+    from bastion.defences.data._activations import _fast_prefix
+
+    net = _mixed_cnn()
+    x = torch.randn(45, 2, 12, 12, generator=torch.Generator().manual_seed(1))
+    name = default_layer(net) if layer is None else layer
+    stop = int(name) if layer is None else int(name) + 1  # the input of the default layer
+    net.train()  # extraction runs in eval mode and restores the mode
+    assert _fast_prefix(net, net, name, layer is None, x) is not None
+    got = extract_activations(net, x, layer=layer, batch_size=16)
+    assert net.training
+    net.eval()
+    with torch.no_grad():
+        want = net[:stop](x).flatten(1)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_onednn_path_gives_way_to_hooks_and_preprocessing() -> None:
+    from bastion.defences.data._activations import _fast_prefix
+
+    net = _mixed_cnn().eval()
+    x = torch.randn(10, 2, 12, 12, generator=torch.Generator().manual_seed(2))
+    seen: list[int] = []
+    handle = net[3].register_forward_hook(lambda _m, _i, out: seen.append(out.shape[0]))
+    try:
+        extract_activations(net, x, layer="8", batch_size=4)
+    finally:
+        handle.remove()
+    assert seen == [4, 4, 2]  # the user's hook ran: the plain (hooked) pass was used
+    assert _fast_prefix(net, net, "8", False, x.double()) is None
+    plain = TorchClassifier(net, input_shape=(2, 12, 12), num_classes=3)
+    scaled = TorchClassifier(net, input_shape=(2, 12, 12), num_classes=3, preprocessing=(0.5, 2.0))
+    assert _fast_prefix(plain, net, "8", False, x) is not None
+    assert _fast_prefix(scaled, net, "8", False, x) is None
+    with torch.no_grad():
+        want = net[:9]((x - 0.5) / 2.0)
+    got = extract_activations(scaled, x, layer="8")
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(extract_activations(plain, x, layer="8"), net[:9](x), atol=1e-5)
