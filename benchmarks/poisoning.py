@@ -16,7 +16,9 @@ poisoned set, and then, on that same poisoned set and that same network,
 
 flag samples; precision and recall are measured against the ground-truth mask, and seconds
 are wall-clock (median of ``--repeats`` runs, interleaved; each run includes the forward
-passes for the activations). Before the first timed run, each of the four runs once untimed
+passes for the activations). Every library runs on ``--threads`` threads (torch's, and, through
+threadpoolctl, numpy's BLAS and scikit-learn's OpenMP that ART's analysis uses). Before the
+first timed run, each of the four runs once untimed
 at the default layer (``--warmup``): the first forward passes of a process pay one-off costs
 (memory first touched, oneDNN kernels created, ART's lazy imports) that would otherwise land
 on whichever runner happens to go first, with ``--repeats 1`` the whole of it.
@@ -184,6 +186,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import art
+    import art.defences.detector.poison  # loads numpy/scikit-learn thread pools first
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    # numpy's BLAS and scikit-learn's OpenMP (ART's analysis) get the same thread count as
+    # torch: by default they take every core, which on a shared machine both is not like for
+    # like and makes ART's times erratic (threads spinning against other jobs)
+    limits = threadpool_limits(limits=args.threads)
+    pools = sorted({(p["internal_api"], p["num_threads"]) for p in threadpool_info()})
 
     results = {
         "python": platform.python_version(),
@@ -191,12 +201,14 @@ def main() -> None:
         "art": art.__version__,
         "threads": args.threads,
         "warmup": args.warmup,
+        "thread_pools": pools,
         "seed": args.seed,
         "runs": [
             run(name.strip(), args.rate, args.repeats, args.seed, args.warmup)
             for name in args.datasets.split(",")
         ],
     }
+    limits.restore_original_limits()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
