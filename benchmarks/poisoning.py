@@ -129,7 +129,12 @@ def run(name: str, rate: float, repeats: int, seed: int, warmup: int) -> dict[st
     poisoned = attack.poison(x, y)
     torch.manual_seed(seed)
     net = train_classifier(
-        small_cnn(tuple(x.shape[1:]), 10), poisoned.x, poisoned.y, epochs=epochs, lr=3e-3, seed=seed
+        small_cnn((x.shape[1], x.shape[2], x.shape[3]), 10),
+        poisoned.x,
+        poisoned.y,
+        epochs=epochs,
+        lr=3e-3,
+        seed=seed,
     )
     out: dict[str, Any] = {
         "dataset": name,
