@@ -185,3 +185,39 @@ def test_layers_with_other_forwards_take_the_vmap_path() -> None:
     with_buffer = nn.Sequential(nn.Linear(4, 3))
     with_buffer.register_buffer("scale", torch.ones(1))
     assert not _fast_path.supported(with_buffer)
+
+
+def test_next_step_refills_the_same_buffer_with_fresh_noise() -> None:
+    """A second call writes into the previous step's buffer (no new allocation) with new
+    noise and the new clipped sum; gradients the caller replaced are not written into."""
+    torch.manual_seed(0)
+    net = small_mlp(16, 3, hidden=8)
+    x, y = torch.randn(5, 16), torch.randint(0, 3, (5,))
+    gen = torch.Generator().manual_seed(0)
+    kw = dict(max_grad_norm=1.0, noise_std=1.0, expected_batch_size=5.0, generator=gen)
+    private_gradient(net, x, y, **kw)  # type: ignore[arg-type]
+    first = [p.grad.clone() for p in net.parameters()]  # type: ignore[union-attr]
+    olds = [p.grad for p in net.parameters()]  # kept alive: a new buffer would lie elsewhere
+    ptrs = [g.data_ptr() for g in olds]  # type: ignore[union-attr]
+    private_gradient(net, x, y, **kw)  # type: ignore[arg-type]
+    assert [p.grad.data_ptr() for p in net.parameters()] == ptrs  # type: ignore[union-attr]
+    assert all(
+        not torch.allclose(a, p.grad)  # type: ignore[arg-type]
+        for a, p in zip(first, net.parameters(), strict=True)
+    )
+    # same generator state → same numbers as a fresh buffer would get
+    fresh = small_mlp(16, 3, hidden=8)
+    fresh.load_state_dict(net.state_dict())
+    gen2 = torch.Generator().manual_seed(0)
+    kw2 = dict(max_grad_norm=1.0, noise_std=1.0, expected_batch_size=5.0, generator=gen2)
+    private_gradient(fresh, x, y, **kw2)  # type: ignore[arg-type]
+    for p in fresh.parameters():
+        p.grad = None  # the second step allocates a new buffer
+    private_gradient(fresh, x, y, **kw2)  # type: ignore[arg-type]
+    for a, b in zip(net.parameters(), fresh.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+    layer = next(m for m in net.modules() if isinstance(m, nn.Linear))
+    mine = torch.zeros_like(layer.weight)
+    layer.weight.grad = mine
+    private_gradient(net, x, y, **kw)  # type: ignore[arg-type]
+    assert bool((mine == 0).all()) and layer.weight.grad is not mine

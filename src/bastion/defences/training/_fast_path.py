@@ -193,13 +193,13 @@ def accumulate(
             gb = d.sum((2, 3))
             conv.append((gw, gb))
             if gw is not None:
-                sq.add_(gw.flatten(1).square().sum(1))
+                sq.add_(torch.linalg.vector_norm(gw.flatten(1), dim=1).square_())
             if train_b:
                 sq.add_(gb.square().sum(1))
         else:
             d2 = d.square().sum(1)
-            if train_w:
-                sq.addcmul_(a.square().sum(1), d2)
+            if train_w:  # ‖a‖² without a temporary the size of the input
+                sq.addcmul_(torch.linalg.vector_norm(a, dim=1).square_(), d2)
             if train_b:
                 sq.add_(d2)
     norms = sq.sqrt_()
