@@ -28,23 +28,64 @@ REDUCED_DIM = 128
 
 
 class ClassGeometry:
-    """For each analysed class: its mean and the ``(d, k)`` map to whitened coordinates, plus
-    the other classes' means in those coordinates (rows)."""
+    """For each analysed class: its mean, its whitening map (in the reduced coordinates of a
+    wide layer, ``reduce`` mapping the layer to them), the other classes' means in whitened
+    coordinates (rows) and, computed once for all classes, the whitened within-class scatters
+    and the bases of the other classes' mean subspaces."""
 
     def __init__(
         self,
         means: dict[int, torch.Tensor],
-        maps: dict[int, torch.Tensor],
+        white: dict[int, torch.Tensor],
         others: dict[int, torch.Tensor],
+        *,
+        reduce: torch.Tensor | None,
+        reduced: torch.Tensor,
+        reduced_means: dict[int, torch.Tensor],
+        labels: torch.Tensor,
     ) -> None:
         self.means = means
-        self.maps = maps
+        self.white = white
         self.others = others
+        self.reduce = reduce
+        self._reduced = reduced
+        self._reduced_means = reduced_means
+        self._labels = labels
 
-    def coords(self, c: int, acts: torch.Tensor) -> torch.Tensor:
-        """Whitened, centred coordinates of ``acts`` under class ``c``'s geometry (float64)."""
-        centred = acts.float() - self.means[c].float()
-        return (centred @ self.maps[c].float()).double()
+    def coords(self, c: int) -> torch.Tensor:
+        """Whitened, centred coordinates of class ``c``'s own rows (float64)."""
+        rows = self._reduced[self._labels == c] - self._reduced_means[c]
+        return rows @ self.white[c]
+
+    def lift(self, c: int, basis: torch.Tensor) -> torch.Tensor:
+        """The ``(d, k)`` map from the layer's (centred) activations to ``coords(c) @ basis``."""
+        inner = self.white[c] @ basis
+        return self.reduce @ inner if self.reduce is not None else inner
+
+    def top_directions(self, classes: list[int], k: int) -> dict[int, torch.Tensor]:
+        """Top ``k`` principal directions of each class's whitened coordinates, ``(k', k)``:
+        eigenvectors of the whitened within-class scatters, one batched call (float64)."""
+        scat = []
+        for c in classes:
+            w = self.coords(c)
+            scat.append(w.T @ w)
+        if not scat:
+            return {}
+        _, vecs = torch.linalg.eigh(torch.stack(scat))
+        top = vecs[:, :, -k:].flip(2)
+        return {c: top[i] for i, c in enumerate(classes)}
+
+    def mixing_bases(self, classes: list[int]) -> dict[int, torch.Tensor]:
+        """Orthonormal bases ``(k', m)`` of the span of the other classes' centred means."""
+        rows = [self.others[c] for c in classes]
+        if not rows or rows[0].shape[0] < 2:
+            dims = {c: self.others[c].shape[1] for c in classes}
+            return {c: torch.zeros(dims[c], 0, dtype=torch.float64) for c in classes}
+        stacked = torch.stack(rows)
+        centred = stacked - stacked.mean(1, keepdim=True)
+        m = min(stacked.shape[1] - 1, stacked.shape[2])
+        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+        return {c: vh[i, :m].T for i, c in enumerate(classes)}
 
 
 def _whitening_map(cov: torch.Tensor, shrinkage: float) -> torch.Tensor:
@@ -62,6 +103,25 @@ def _whitening_map(cov: torch.Tensor, shrinkage: float) -> torch.Tensor:
     return torch.linalg.solve_triangular(chol.T, eye, upper=True)
 
 
+def _top_eigvecs(scatter: torch.Tensor, k: int, *, iters: int = 3) -> torch.Tensor:
+    """Top ``k`` eigenvectors of a symmetric PSD matrix, ``(d, k)`` float64: block subspace
+    iteration (fixed-seed start, float32 products) and a Rayleigh-Ritz step in float64, which
+    costs a few ``d x d`` by ``d x (k + 16)`` products instead of a full eigendecomposition."""
+    d = scatter.shape[0]
+    width = min(k + 16, d)
+    if width >= d // 2:
+        _, evecs = torch.linalg.eigh(scatter.double())
+        return evecs[:, -k:].flip(1)
+    s = scatter.float()
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(s @ torch.randn(d, width, generator=gen).to(s.device))
+    for _ in range(iters):
+        q, _ = torch.linalg.qr(s @ q)
+    qd = q.double()
+    _, small = torch.linalg.eigh(qd.T @ (scatter.double() @ qd))
+    return (qd @ small)[:, -k:].flip(1)
+
+
 def class_geometry(
     acts: torch.Tensor,
     y: torch.Tensor,
@@ -72,60 +132,66 @@ def class_geometry(
 ) -> ClassGeometry:
     """Means and whitening maps of ``classes`` (see the module docstring).
 
-    Without whitening (or with fewer than two classes to pool) the map is the identity (or
-    the principal-component reduction of a wide layer).
+    Without whitening (or with fewer than two classes to pool) the map is the identity (on the
+    principal-component reduction of a wide layer, when whitened). Everything after the
+    reduction runs in the reduced coordinates, once per fit.
     """
     a = acts.float()
     labels = y.to(a.device)
     all_classes = sorted(set(y.tolist()))
-    means = {c: a[labels == c].mean(0) for c in all_classes}
+    n_slots = max(all_classes) + 1
+    counts_t = torch.bincount(labels, minlength=n_slots)
+    table = torch.zeros(n_slots, a.shape[1], dtype=a.dtype).index_add_(0, labels, a)
+    table = table / counts_t.clamp(min=1).unsqueeze(1).to(a.dtype)
     d = a.shape[1]
     reduce: torch.Tensor | None = None
     if whiten and d > MAX_DIM:
-        table = torch.zeros(max(all_classes) + 1, d, dtype=a.dtype)
-        for c in all_classes:
-            table[c] = means[c]
-        if d <= 2048:  # eigenvectors of the scatter: cheaper than an SVD of the data
-            centred = (a - table[labels]).double()
-            _, evecs = torch.linalg.eigh(centred.T @ centred)
-            reduce = evecs[:, -REDUCED_DIM:].flip(1)
+        if d <= 2048:  # top eigenvectors of the scatter: cheaper than an SVD of the data
+            centred = a - table[labels]
+            reduce = _top_eigvecs(centred.T @ centred, REDUCED_DIM)
         else:  # a strided subsample of rows and few power iterations find the top subspace
             step = max(1, a.shape[0] // 2048)
             rows = a[::step] - table[labels[::step]]
-            reduce = top_components(rows, REDUCED_DIM, power_iters=2).double()
+            reduce = top_components(rows, REDUCED_DIM, power_iters=1).double()
     r = (a @ reduce.float()).double() if reduce is not None else a.double()
-    r_means = {c: r[labels == c].mean(0) for c in all_classes}
-    scatters: dict[int, torch.Tensor] = {}
-    counts: dict[int, int] = {}
-    if whiten:
-        for c in all_classes:
-            cen = r[labels == c] - r_means[c]
-            scatters[c] = cen.T @ cen
-            counts[c] = int(cen.shape[0])
-    total = sum(scatters.values()) if scatters else None
-    n_total = sum(counts.values())
+    r_table = torch.zeros(n_slots, r.shape[1], dtype=r.dtype).index_add_(0, labels, r)
+    r_table = r_table / counts_t.clamp(min=1).unsqueeze(1).to(r.dtype)
+    r_means = {c: r_table[c] for c in all_classes}
     eye = torch.eye(r.shape[1], dtype=torch.float64)
-    maps: dict[int, torch.Tensor] = {}
+    white: dict[int, torch.Tensor] = {c: eye for c in classes}
+    if whiten and len(all_classes) >= 2:
+        cen = r - r_table[labels]
+        total = cen.T @ cen
+        n_total = int(labels.numel())
+        for c in classes:
+            own = cen[labels == c]
+            cov = (total - own.T @ own) / max(n_total - int(own.shape[0]) - 1, 1)
+            white[c] = _whitening_map(cov, shrinkage)
     others: dict[int, torch.Tensor] = {}
     for c in classes:
-        white = eye
-        if isinstance(total, torch.Tensor) and len(all_classes) >= 2:
-            cov = (total - scatters[c]) / max(n_total - counts[c] - 1, 1)
-            white = _whitening_map(cov, shrinkage)
-        maps[c] = reduce @ white if reduce is not None else white
-        rest = [r_means[k] - r_means[c] for k in all_classes if k != c]
-        others[c] = torch.stack(rest) @ white if rest else torch.zeros(0, white.shape[1]).double()
-    return ClassGeometry({c: means[c].double() for c in classes}, maps, others)
+        rest = [k for k in all_classes if k != c]
+        if rest:
+            others[c] = (r_table[rest] - r_table[c]) @ white[c]
+        else:
+            others[c] = torch.zeros(0, r.shape[1], dtype=torch.float64)
+    return ClassGeometry(
+        {c: table[c].double() for c in classes},
+        white,
+        others,
+        reduce=reduce,
+        reduced=r,
+        reduced_means=r_means,
+        labels=labels,
+    )
 
 
-def mixing(z: torch.Tensor, parts: torch.Tensor, other_means: torch.Tensor) -> tuple[float, float]:
-    """Per-sample variance of each part (0, 1) in the subspace spanned by the other classes'
-    centred means: how much each part looks like a mixture of those classes."""
+def mixing(z: torch.Tensor, parts: torch.Tensor, basis: torch.Tensor) -> tuple[float, float]:
+    """Per-sample variance of each part (0, 1) in the subspace with orthonormal ``basis``
+    (that of the other classes' centred means, :meth:`ClassGeometry.mixing_bases`): how much
+    each part looks like a mixture of those classes."""
     out = [0.0, 0.0]
-    if other_means.shape[0] < 2:
+    if basis.shape[1] == 0:
         return out[0], out[1]
-    centred = other_means - other_means.mean(0)
-    basis = top_components(centred, other_means.shape[0] - 1)
     for p in (0, 1):
         zp = z[parts == p]
         if zp.shape[0] >= 2:

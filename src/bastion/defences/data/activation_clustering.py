@@ -51,7 +51,7 @@ from bastion.defences.data._split import (
     top_components,
     two_means,
 )
-from bastion.defences.data._whiten import class_geometry, mixing
+from bastion.defences.data._whiten import MAX_DIM, class_geometry, mixing
 from bastion.defences.data.base import PoisonDetector
 from bastion.errors import ConfigurationError
 
@@ -121,22 +121,30 @@ class ActivationClustering(PoisonDetector):
         self.centroids_: dict[int, torch.Tensor] = {}
         assign = torch.zeros(y.shape[0], dtype=torch.long)
         self.reduced_: dict[int, torch.Tensor] = {}
+        dim = geo.others[classes[0]].shape[1] if classes else 0
+        if dim <= MAX_DIM:  # eigenvectors of the whitened scatters, batched over classes
+            k_all = min(self.n_components, dim)
+            tops = geo.top_directions(classes, k_all)
+        bases = geo.mixing_bases(classes)
         for c in classes:
             sel = y == c
-            w = geo.coords(c, acts[sel])
+            w = geo.coords(c)
             k = min(self.n_components, w.shape[1], w.shape[0] - 1)
-            basis = top_components(w, k)  # w is centred: its class mean was subtracted
+            if dim <= MAX_DIM:
+                basis = tops[c][:, :k]
+            else:
+                basis = top_components(w, k)  # w is centred: its class mean was subtracted
             z = w @ basis
             parts = two_means(z)
             self.splits_[c] = make_split(
                 c,
                 parts,
                 abs(separation(z, parts)),
-                mixing(w, parts, geo.others[c]),
+                mixing(w, parts, bases[c]),
                 threshold=self.threshold,
                 max_fraction=self.max_fraction,
             )
-            self.projections_[c] = (geo.means[c], geo.maps[c] @ basis)
+            self.projections_[c] = (geo.means[c], geo.lift(c, basis))
             self.centroids_[c] = torch.stack(
                 [
                     z[parts == p].mean(0)

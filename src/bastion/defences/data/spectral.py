@@ -46,7 +46,7 @@ from bastion.defences.data._split import (
     split_scores,
     top_components,
 )
-from bastion.defences.data._whiten import class_geometry, mixing
+from bastion.defences.data._whiten import MAX_DIM, class_geometry, mixing
 from bastion.defences.data.base import PoisonDetector
 from bastion.errors import ConfigurationError
 
@@ -112,10 +112,17 @@ class SpectralSignatures(PoisonDetector):
         self.projections_: dict[int, torch.Tensor] = {}
         assign = torch.zeros(y.shape[0], dtype=torch.long)
         self.outlier_scores_ = torch.zeros(y.shape[0])
+        dim = geo.others[classes[0]].shape[1] if classes else 0
+        if dim <= MAX_DIM:  # top eigenvector of each whitened scatter, batched over classes
+            tops = geo.top_directions(classes, 1)
+        bases = geo.mixing_bases(classes)
         for c in classes:
             sel = y == c
-            z = geo.coords(c, acts[sel])
-            v = top_components(z - z.mean(0), 1)[:, 0]
+            z = geo.coords(c)
+            if dim <= MAX_DIM:
+                v = tops[c][:, 0]
+            else:
+                v = top_components(z - z.mean(0), 1)[:, 0]
             u = z @ v
             cut, sep = best_1d_split(u)
             side = (u > cut).long()
@@ -123,11 +130,11 @@ class SpectralSignatures(PoisonDetector):
                 c,
                 side,
                 sep,
-                mixing(z, side, geo.others[c]),
+                mixing(z, side, bases[c]),
                 threshold=self.threshold,
                 max_fraction=self.max_fraction,
             )
-            self.directions_[c] = (geo.means[c], geo.maps[c] @ v, cut)
+            self.directions_[c] = (geo.means[c], geo.lift(c, v[:, None])[:, 0], cut)
             self.projections_[c] = u.float()
             self.outlier_scores_[sel] = ((u - u.mean()) ** 2).float()
             assign[sel] = side
