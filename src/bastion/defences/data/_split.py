@@ -143,11 +143,16 @@ def two_means(z: torch.Tensor, *, iters: int = 100) -> torch.Tensor:
     """
     cut, _ = best_1d_split(z[:, 0])
     parts = (z[:, 0] > cut).long()
+    n = z.shape[0]
+    total = z.sum(0)
     for _ in range(iters):
-        if bool((parts == 0).all()) or bool((parts == 1).all()):
+        n1 = int(parts.sum())
+        if n1 == 0 or n1 == n:
             break
-        centres = torch.stack([z[parts == 0].mean(0), z[parts == 1].mean(0)])
-        new = torch.cdist(z, centres).argmin(1)
+        s1 = parts.to(z.dtype) @ z
+        c0, c1 = (total - s1) / (n - n1), s1 / n1
+        # nearest centre, ties to part 0: |z - c1|^2 < |z - c0|^2, expanded
+        new = (z @ (c1 - c0) > 0.5 * (c1 @ c1 - c0 @ c0)).long()
         if torch.equal(new, parts):
             break
         parts = new

@@ -51,11 +51,14 @@ class ClassGeometry:
         self._reduced = reduced
         self._reduced_means = reduced_means
         self._labels = labels
+        self._coords: dict[int, torch.Tensor] = {}
 
     def coords(self, c: int) -> torch.Tensor:
-        """Whitened, centred coordinates of class ``c``'s own rows (float64)."""
-        rows = self._reduced[self._labels == c] - self._reduced_means[c]
-        return rows @ self.white[c]
+        """Whitened, centred coordinates of class ``c``'s own rows (float64; computed once)."""
+        if c not in self._coords:
+            rows = self._reduced[self._labels == c] - self._reduced_means[c]
+            self._coords[c] = rows @ self.white[c]
+        return self._coords[c]
 
     def lift(self, c: int, basis: torch.Tensor) -> torch.Tensor:
         """The ``(d, k)`` map from the layer's (centred) activations to ``coords(c) @ basis``."""
@@ -64,15 +67,16 @@ class ClassGeometry:
 
     def top_directions(self, classes: list[int], k: int) -> dict[int, torch.Tensor]:
         """Top ``k`` principal directions of each class's whitened coordinates, ``(k', k)``:
-        eigenvectors of the whitened within-class scatters, one batched call (float64)."""
+        eigenvectors of the whitened within-class scatters, one batched float32 call (the
+        scatters are well conditioned after whitening), returned as float64."""
         scat = []
         for c in classes:
             w = self.coords(c)
             scat.append(w.T @ w)
         if not scat:
             return {}
-        _, vecs = torch.linalg.eigh(torch.stack(scat))
-        top = vecs[:, :, -k:].flip(2)
+        _, vecs = torch.linalg.eigh(torch.stack(scat).float())
+        top = vecs[:, :, -k:].flip(2).double()
         return {c: top[i] for i, c in enumerate(classes)}
 
     def mixing_bases(self, classes: list[int]) -> dict[int, torch.Tensor]:
@@ -88,19 +92,21 @@ class ClassGeometry:
         return {c: vh[i, :m].T for i, c in enumerate(classes)}
 
 
-def _whitening_map(cov: torch.Tensor, shrinkage: float) -> torch.Tensor:
-    """``W`` with ``W.T @ reg @ W = I`` for the shrunk covariance ``reg``: ``L^{-T}`` of its
-    Cholesky factor (any whitening map serves: what follows is rotation invariant)."""
-    d = cov.shape[0]
-    eye = torch.eye(d, dtype=cov.dtype)
-    scale = float(cov.trace()) / d
-    if scale <= 0.0:
-        return eye
-    reg = (1.0 - shrinkage) * cov + (shrinkage + 1e-9) * scale * eye
+def _whitening_maps(covs: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """``W[i]`` with ``W[i].T @ reg[i] @ W[i] = I`` for the shrunk covariances ``reg`` (a batch
+    ``(m, d, d)``): ``L^{-T}`` of their Cholesky factors, one batched call (any whitening map
+    serves: what follows is rotation invariant)."""
+    d = covs.shape[-1]
+    eye = torch.eye(d, dtype=covs.dtype)
+    scale = covs.diagonal(dim1=-2, dim2=-1).sum(-1) / d
+    safe = torch.where(scale > 0.0, scale, torch.ones_like(scale))
+    reg = (1.0 - shrinkage) * covs + ((shrinkage + 1e-9) * safe)[:, None, None] * eye
     chol, info = torch.linalg.cholesky_ex(reg)
-    if int(info) != 0:  # numerically singular (shrinkage 0 on a degenerate layer)
-        return eye / scale**0.5
-    return torch.linalg.solve_triangular(chol.T, eye, upper=True)
+    # numerically singular (shrinkage 0 on a degenerate layer): a scaled identity instead
+    bad = info != 0
+    chol = torch.where(bad[:, None, None], eye * safe[:, None, None] ** 0.5, chol)
+    maps = torch.linalg.solve_triangular(chol.transpose(1, 2), eye.expand_as(chol), upper=True)
+    return torch.where((scale > 0.0)[:, None, None], maps, eye)
 
 
 def _top_eigvecs(scatter: torch.Tensor, k: int, *, iters: int = 3) -> torch.Tensor:
@@ -163,10 +169,13 @@ def class_geometry(
         cen = r - r_table[labels]
         total = cen.T @ cen
         n_total = int(labels.numel())
+        covs = []
         for c in classes:
             own = cen[labels == c]
-            cov = (total - own.T @ own) / max(n_total - int(own.shape[0]) - 1, 1)
-            white[c] = _whitening_map(cov, shrinkage)
+            covs.append((total - own.T @ own) / max(n_total - int(own.shape[0]) - 1, 1))
+        if covs:
+            maps = _whitening_maps(torch.stack(covs), shrinkage)
+            white = {c: maps[i] for i, c in enumerate(classes)}
     others: dict[int, torch.Tensor] = {}
     for c in classes:
         rest = [k for k in all_classes if k != c]
