@@ -304,3 +304,58 @@ def test_onednn_path_gives_way_to_hooks_and_preprocessing() -> None:
     got = extract_activations(scaled, x, layer="8")
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
     assert torch.allclose(extract_activations(plain, x, layer="8"), net[:9](x), atol=1e-5)
+
+
+def test_top_eigvecs_subspace_iteration_matches_full_eigh() -> None:
+    from bastion.defences.data._whiten import _top_eigvecs
+
+    g = torch.Generator().manual_seed(1)
+    # a spectrum with a clear gap after 20 components, as a wide layer's scatter has
+    basis, _ = torch.linalg.qr(torch.randn(300, 300, generator=g, dtype=torch.float64))
+    spectrum = torch.cat([torch.linspace(100.0, 20.0, 20), torch.linspace(1.0, 0.01, 280)])
+    scatter = (basis * spectrum.double()) @ basis.T
+    fast = _top_eigvecs(scatter, 20)
+    exact = basis[:, :20]
+    assert fast.shape == (300, 20)
+    assert torch.allclose(fast.T @ fast, torch.eye(20, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(fast @ fast.T @ exact, exact, atol=1e-4)
+
+
+def test_batched_whitening_maps_whiten_and_fall_back() -> None:
+    from bastion.defences.data._whiten import _whitening_maps
+
+    g = torch.Generator().manual_seed(2)
+    m = torch.randn(3, 6, 6, generator=g, dtype=torch.float64)
+    covs = m @ m.transpose(1, 2) + 0.1 * torch.eye(6, dtype=torch.float64)
+    covs[2] = 0.0  # a degenerate class: no within-class spread at all
+    maps = _whitening_maps(covs, 0.1)
+    for i in range(2):
+        scale = float(covs[i].trace()) / 6
+        reg = 0.9 * covs[i] + (0.1 + 1e-9) * scale * torch.eye(6, dtype=torch.float64)
+        assert torch.allclose(maps[i].T @ reg @ maps[i], torch.eye(6, dtype=torch.float64))
+    assert torch.equal(maps[2], torch.eye(6, dtype=torch.float64))
+
+
+def test_two_means_is_a_lloyd_fixed_point() -> None:
+    from bastion.defences.data._split import two_means
+
+    g = torch.Generator().manual_seed(3)
+    z = torch.cat([torch.randn(50, 3, generator=g), torch.randn(30, 3, generator=g) + 2.0]).double()
+    parts = two_means(z)
+    centres = torch.stack([z[parts == 0].mean(0), z[parts == 1].mean(0)])
+    assert torch.equal(torch.cdist(z, centres).argmin(1), parts)
+    assert 20 <= int(parts.sum()) <= 60  # two real groups, not a degenerate split
+
+
+def test_geometry_coords_match_the_lifted_map() -> None:
+    from bastion.defences.data._whiten import class_geometry
+
+    g = torch.Generator().manual_seed(4)
+    for d in (12, 300):  # identity reduction, and a wide layer reduced to 128 components
+        acts = torch.randn(400, d, generator=g)
+        y = torch.arange(400) % 4
+        geo = class_geometry(acts, y, [0, 1, 2, 3])
+        for c in (0, 3):
+            basis = torch.eye(geo.coords(c).shape[1], dtype=torch.float64)[:, :5]
+            lifted = (acts[y == c].double() - geo.means[c]) @ geo.lift(c, basis)
+            assert torch.allclose(lifted, geo.coords(c) @ basis, atol=1e-3)
