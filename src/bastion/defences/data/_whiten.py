@@ -40,24 +40,19 @@ class ClassGeometry:
         others: dict[int, torch.Tensor],
         *,
         reduce: torch.Tensor | None,
-        reduced: torch.Tensor,
-        reduced_means: dict[int, torch.Tensor],
-        labels: torch.Tensor,
+        centred: dict[int, torch.Tensor],
     ) -> None:
         self.means = means
         self.white = white
         self.others = others
         self.reduce = reduce
-        self._reduced = reduced
-        self._reduced_means = reduced_means
-        self._labels = labels
+        self._centred = centred
         self._coords: dict[int, torch.Tensor] = {}
 
     def coords(self, c: int) -> torch.Tensor:
         """Whitened, centred coordinates of class ``c``'s own rows (float64; computed once)."""
         if c not in self._coords:
-            rows = self._reduced[self._labels == c] - self._reduced_means[c]
-            self._coords[c] = rows @ self.white[c]
+            self._coords[c] = self._centred[c] @ self.white[c]
         return self._coords[c]
 
     def lift(self, c: int, basis: torch.Tensor) -> torch.Tensor:
@@ -162,20 +157,22 @@ def class_geometry(
     r = (a @ reduce.float()).double() if reduce is not None else a.double()
     r_table = torch.zeros(n_slots, r.shape[1], dtype=r.dtype).index_add_(0, labels, r)
     r_table = r_table / counts_t.clamp(min=1).unsqueeze(1).to(r.dtype)
-    r_means = {c: r_table[c] for c in all_classes}
+    # each class's centred rows, in their original order, as one contiguous block
+    cen = r - r_table[labels]
+    order = torch.argsort(labels, stable=True)
+    sizes = counts_t[counts_t > 0].tolist()
+    blocks = dict(zip(all_classes, torch.split(cen[order], sizes), strict=True))
     eye = torch.eye(r.shape[1], dtype=torch.float64)
     white: dict[int, torch.Tensor] = {c: eye for c in classes}
-    if whiten and len(all_classes) >= 2:
-        cen = r - r_table[labels]
+    if whiten and len(all_classes) >= 2 and classes:
         total = cen.T @ cen
         n_total = int(labels.numel())
-        covs = []
-        for c in classes:
-            own = cen[labels == c]
-            covs.append((total - own.T @ own) / max(n_total - int(own.shape[0]) - 1, 1))
-        if covs:
-            maps = _whitening_maps(torch.stack(covs), shrinkage)
-            white = {c: maps[i] for i, c in enumerate(classes)}
+        covs = [
+            (total - blocks[c].T @ blocks[c]) / max(n_total - int(blocks[c].shape[0]) - 1, 1)
+            for c in classes
+        ]
+        maps = _whitening_maps(torch.stack(covs), shrinkage)
+        white = {c: maps[i] for i, c in enumerate(classes)}
     others: dict[int, torch.Tensor] = {}
     for c in classes:
         rest = [k for k in all_classes if k != c]
@@ -188,9 +185,7 @@ def class_geometry(
         white,
         others,
         reduce=reduce,
-        reduced=r,
-        reduced_means=r_means,
-        labels=labels,
+        centred={c: blocks[c] for c in classes},
     )
 
 
