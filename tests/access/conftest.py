@@ -7,7 +7,6 @@ reason; in CI (``CI`` set) it fails them.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,33 +18,11 @@ import pytest
 from bastion.access import AccessStore
 
 
-def _postgres_base() -> str:
-    url = os.environ.get("BASTION_TEST_POSTGRES_URL")
-    if url:
-        return url
-    message = ("BASTION_TEST_POSTGRES_URL is not set: start the server with"
-               ' `eval "$(scripts/start-postgres.sh)"`')
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (required in CI)")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
+def postgres_database(fresh_postgres_database: Callable[[str], Any]) -> Iterator[str]:
     """One fresh database on the test server for the session, dropped afterwards."""
-    base = _postgres_base()
-    import psycopg
-
-    parsed = urlparse(base)
-    admin = urlunparse(parsed._replace(scheme="postgresql"))
-    name = f"bastion_acc_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunparse(parsed._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database("bastion_acc") as url:
+        yield url
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ Each Redis case gets its own key prefix, deleted afterwards.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -17,23 +16,12 @@ import pytest
 from bastion.monitor.state import InMemoryState, RedisState, StateBackend
 
 
-def _redis_server_url() -> str:
-    url = os.environ.get("BASTION_TEST_REDIS_URL")
-    if url:
-        return url
-    message = (
-        "BASTION_TEST_REDIS_URL is not set: start the server with "
-        '`eval "$(scripts/start-redis.sh)"`'
-    )
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (required in CI)")
-    pytest.skip(message)
-
-
 @pytest.fixture
-def redis_state_factory() -> Iterator[Callable[[], RedisState]]:
+def redis_state_factory(
+    server_url: Callable[[str, str], str],
+) -> Iterator[Callable[[], RedisState]]:
     """``make()``: a new connection to the test server, all sharing one fresh key prefix."""
-    url = _redis_server_url()
+    url = server_url("BASTION_TEST_REDIS_URL", "scripts/start-redis.sh")
     prefix = f"bastion:test-{uuid.uuid4().hex[:12]}:"
     made: list[RedisState] = []
 

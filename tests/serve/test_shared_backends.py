@@ -7,29 +7,17 @@ Locally an unset variable skips the test with that reason; in CI (``CI`` set) it
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
-from urllib.parse import urlparse, urlunparse
 
 import pytest
 
 from bastion.monitor.state import RedisState
 
 
-def _server(var: str, script: str) -> str:
-    url = os.environ.get(var)
-    if url:
-        return url
-    message = f'{var} is not set: start the server with `eval "$(scripts/{script})"`'
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (required in CI)")
-    pytest.skip(message)
-
-
 @pytest.fixture
-def redis_pair() -> Iterator[tuple[RedisState, RedisState]]:
-    url = _server("BASTION_TEST_REDIS_URL", "start-redis.sh")
+def redis_pair(server_url) -> Iterator[tuple[RedisState, RedisState]]:
+    url = server_url("BASTION_TEST_REDIS_URL", "scripts/start-redis.sh")
     prefix = f"bastion:serve-test-{uuid.uuid4().hex[:12]}:"
     a, b = RedisState(url, prefix=prefix), RedisState(url, prefix=prefix)
     yield a, b
@@ -69,20 +57,9 @@ def test_two_replicas_on_one_redis_share_the_query_budget(make_gateway, redis_pa
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    base = _server("BASTION_TEST_POSTGRES_URL", "start-postgres.sh")
-    import psycopg
-
-    parsed = urlparse(base)
-    admin = urlunparse(parsed._replace(scheme="postgresql"))
-    name = f"bastion_serve_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunparse(parsed._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def postgres_url(fresh_postgres_database) -> Iterator[str]:
+    with fresh_postgres_database("bastion_serve") as url:
+        yield url
 
 
 def test_access_database_on_postgresql(make_gateway, postgres_url, digits_np):

@@ -59,6 +59,17 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def report_chain(result: Any) -> None:
+    """Print a verified audit chain, or exit 1 naming its first bad entry.
+
+    ``result`` is an :class:`~bastion.artifacts.registry.audit.AuditVerification`.
+    """
+    if not result.ok:
+        raise fail(f"audit log does not verify at entry {result.first_bad_seq}: {result.reason}",
+                   code=1)
+    typer.echo(f"audit log verified: {result.entries} entries, head {result.head_hash}")
+
+
 def parse_kv(values: list[str] | None) -> dict[str, Any]:
     """Parse ``key=value`` options."""
     out: dict[str, Any] = {}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from bastion.cli._common import console, fail, handle_errors
+from bastion.cli._common import console, fail, handle_errors, report_chain
 
 if TYPE_CHECKING:
     from bastion.access import AccessStore
@@ -253,10 +253,7 @@ def audit_verify_cmd(db: str | None = _DB) -> None:
         result = log.verify()
     finally:
         log.close()
-    if not result.ok:
-        raise fail(f"audit log does not verify at entry {result.first_bad_seq}: {result.reason}",
-                   code=1)
-    typer.echo(f"audit log verified: {result.entries} entries, head {result.head_hash}")
+    report_chain(result)
 
 
 @audit_app.command("show")

@@ -22,7 +22,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from bastion.cli._common import console, fail, handle_errors, parse_kv
+from bastion.cli._common import console, fail, handle_errors, parse_kv, report_chain
 from bastion.errors import ConfigurationError
 
 __all__ = ["register"]
@@ -324,10 +324,7 @@ def audit_verify_cmd(ctx: typer.Context) -> None:
     """Recompute the audit hash chain; exit 1 naming the first bad entry."""
     with _open(ctx) as reg:
         result = reg.verify_audit_log()
-    if not result.ok:
-        raise fail(f"audit log does not verify at entry {result.first_bad_seq}: {result.reason}",
-                   code=1)
-    typer.echo(f"audit log verified: {result.entries} entries, head {result.head_hash}")
+    report_chain(result)
 
 
 @audit_app.command("show")

@@ -27,38 +27,17 @@ BACKENDS = [
 ]
 
 
-def _server_url(var: str, script: str) -> str:
-    url = os.environ.get(var)
-    if url:
-        return url
-    message = f"{var} is not set: start the server with `eval \"$({script})\"`"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (required in CI)")
-    pytest.skip(message)
-
-
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
+def postgres_url(fresh_postgres_database: Callable[[str], Any]) -> Iterator[str]:
     """A fresh database on the test server, dropped afterwards."""
-    base = _server_url("BASTION_TEST_POSTGRES_URL", "scripts/start-postgres.sh")
-    import psycopg
-
-    parsed = urlparse(base)
-    admin = urlunparse(parsed._replace(scheme="postgresql"))
-    name = f"bastion_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunparse(parsed._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database("bastion_t") as url:
+        yield url
 
 
 @pytest.fixture
-def s3_url(monkeypatch: pytest.MonkeyPatch) -> str:
+def s3_url(monkeypatch: pytest.MonkeyPatch, server_url: Callable[[str, str], str]) -> str:
     """A fresh prefix in the test bucket."""
-    base = _server_url("BASTION_TEST_S3_URL", "scripts/start-s3.sh")
+    base = server_url("BASTION_TEST_S3_URL", "scripts/start-s3.sh")
     for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                        ("AWS_DEFAULT_REGION", "us-east-1")):
         if not os.environ.get(var):

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from bastion._params import ParamsRepr
 from bastion.attacks.inference._common import log_probs, query_logits
 from bastion.attacks.inference.base import check_positive
 from bastion.audit.findings import Finding, Severity
@@ -121,7 +122,7 @@ class AttributeResult:
         )
 
 
-class AttributeInference:
+class AttributeInference(ParamsRepr):
     """Model-assisted attribute inference (see the module docstring).
 
     Parameters
@@ -164,14 +165,6 @@ class AttributeInference:
         self.imputer_: Any = None
         self.num_classes_ = 0
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            k: v for k, v in vars(self).items() if not k.startswith("_") and not k.endswith("_")
-        }
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in sorted(self.get_params().items()))
-        return f"{type(self).__name__}({params})"
 
     def _index(self, col: torch.Tensor) -> torch.Tensor:
         """Index of the nearest candidate value for each entry of ``col``."""

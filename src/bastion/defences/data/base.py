@@ -10,10 +10,11 @@ known-clean samples are flagged. Fitted attributes end in ``_``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
+from bastion._params import ParamsRepr
 from bastion.errors import ConfigurationError, InputError
 
 __all__ = ["PoisonDetector", "check_xy", "quantile_threshold"]
@@ -47,7 +48,7 @@ def quantile_threshold(scores: torch.Tensor, fpr: float) -> float:
     return float(s[k])
 
 
-class PoisonDetector(ABC):
+class PoisonDetector(ParamsRepr, ABC):
     """Base class of training-set poison detectors (see the module docstring)."""
 
     name: ClassVar[str] = "detector"
@@ -103,11 +104,3 @@ class PoisonDetector(ABC):
     @abstractmethod
     def _score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            k: v for k, v in vars(self).items() if not k.startswith("_") and not k.endswith("_")
-        }
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in sorted(self.get_params().items()))
-        return f"{type(self).__name__}({params})"

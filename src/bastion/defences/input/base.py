@@ -25,10 +25,11 @@ import contextlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 import torch
 
+from bastion._params import ParamsRepr
 from bastion.errors import ConfigurationError, InputError
 from bastion.models.base import BaseClassifier, Classifier, unmetered
 
@@ -85,7 +86,7 @@ def conformal_threshold(scores: torch.Tensor, fpr: float) -> float:
     return float(s[k - 1])
 
 
-class InputDetector(ABC):
+class InputDetector(ParamsRepr, ABC):
     """Base class of adversarial-input and out-of-distribution detectors.
 
     Subclasses implement :meth:`_score` (differentiable in ``x`` where the method allows, so
@@ -179,17 +180,9 @@ class InputDetector(ABC):
         if self.needs_fit and not getattr(self, "fitted_", False):
             raise ConfigurationError(f"{type(self).__name__} is not fitted: call fit(x) first")
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            k: v for k, v in vars(self).items() if not k.startswith("_") and not k.endswith("_")
-        }
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in sorted(self.get_params().items()))
-        return f"{type(self).__name__}({params})"
 
 
-class Preprocessor(ABC):
+class Preprocessor(ParamsRepr, ABC):
     """An input transformation applied before the classifier (purification).
 
     ``differentiable`` says whether autograd through :meth:`transform` yields a useful gradient
@@ -215,12 +208,6 @@ class Preprocessor(ABC):
     @abstractmethod
     def _transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor: ...
 
-    def get_params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in sorted(self.get_params().items()))
-        return f"{type(self).__name__}({params})"
 
 
 class PreprocessedClassifier(BaseClassifier):
