@@ -71,7 +71,7 @@ def prepare(work: Path) -> dict[str, Any]:
     torch.save(net.state_dict(), work / "digits.pt")
     save_contract(infer_contract(x[:1400].numpy(), name="digits-8x8"), work / "contract.yaml")
     np.save(work / "queries.npy", x[1400:].numpy())
-    store = AccessStore(f"sqlite:///{work / 'access.db'}", audit_allowed=False)
+    store = AccessStore(f"sqlite:///{work / 'access.db'}", audit_decisions="none")
     store.add_identity("bench", kind="service", actor="admin")
     store.grant("bench", "consumer", "model:digits", actor="admin")
     token = store.create_key("bench", actor="admin").token

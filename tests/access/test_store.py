@@ -217,8 +217,8 @@ def test_every_decision_is_audited(store: AccessStore) -> None:
     assert store.audit.verify().ok
 
 
-def test_audit_allowed_false_keeps_only_failures(make_store: Callable[..., AccessStore]) -> None:
-    s = make_store(audit_allowed=False)
+def test_audit_denied_keeps_only_failures(make_store: Callable[..., AccessStore]) -> None:
+    s = make_store(audit_decisions="denied")
     s.add_identity("a", actor="t")
     s.grant("a", "consumer", actor="t")
     who = s.authenticate(s.create_key("a", actor="t").token)
@@ -228,6 +228,21 @@ def test_audit_allowed_false_keeps_only_failures(make_store: Callable[..., Acces
     s.flush_audit()
     assert [(e.action, e.outcome) for e in s.audit.entries()][-2:] == [("create_key", "ok"),
                                                                       ("push", "deny")]
+
+
+def test_audit_none_keeps_only_admin_actions(make_store: Callable[..., AccessStore]) -> None:
+    s = make_store(audit_decisions="none")
+    s.add_identity("a", actor="t")
+    s.grant("a", "consumer", actor="t")
+    who = s.authenticate(s.create_key("a", actor="t").token)
+    with pytest.raises(AccessDenied):
+        s.authorise(who, "push", "model:m")
+    with pytest.raises(AuthenticationError):
+        s.authenticate("bst_0000000000000000_" + "x" * 43)
+    s.flush_audit()
+    assert [e.action for e in s.audit.entries()][-3:] == ["add_identity", "grant", "create_key"]
+    with pytest.raises(ConfigurationError, match="audit_decisions"):
+        make_store(audit_decisions="some")
 
 
 def test_identities_and_grants(store: AccessStore) -> None:

@@ -124,7 +124,7 @@ class Harness:
 def new_store(url: str) -> tuple[AccessStore, dict[str, str]]:
     """Identities: alice (consumer of digits), bob (consumer of another model only), carol
     (consumer of digits, but her key is scoped to 'read' only)."""
-    store = AccessStore(url, cache_ttl=5.0, audit_allowed=False)
+    store = AccessStore(url, cache_ttl=5.0, audit_decisions="none")
     tokens = {}
     for name, resource in (("alice", "model:digits"), ("bob", "model:other"),
                            ("carol", "model:digits")):

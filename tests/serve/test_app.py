@@ -243,6 +243,11 @@ def test_every_request_is_audited_and_tampering_is_detected(make_gateway, digits
     assert ("alice", "allowed", 200) in outcomes
     assert ("carol", "denied", 403) in outcomes
     assert ("anonymous", "denied", 401) in outcomes
+    # one entry per request, the refusal's reason included (the store adds none of its own)
+    request_entries = [e for e in h.store.audit.entries() if e.action == "predict"]
+    assert len(request_entries) == 3
+    denied = next(e for e in entries if e.details["status"] == 403)
+    assert "may not predict" in denied.details["reason"]
     assert h.store.audit.verify().ok
     # tamper with one entry directly in the gateway's database
     from sqlalchemy import text

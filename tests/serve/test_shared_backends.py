@@ -65,7 +65,7 @@ def postgres_url(fresh_postgres_database) -> Iterator[str]:
 def test_access_database_on_postgresql(make_gateway, postgres_url, digits_np):
     from bastion.access import AccessStore
 
-    store = AccessStore(postgres_url, cache_ttl=5.0, audit_allowed=False)
+    store = AccessStore(postgres_url, cache_ttl=5.0, audit_decisions="none")
     try:
         store.add_identity("alice", kind="service", actor="admin")
         store.grant("alice", "consumer", "model:digits", actor="admin")

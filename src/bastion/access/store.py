@@ -139,20 +139,27 @@ class AccessStore:
     writer runs in another thread) or ``postgresql+psycopg://USER@HOST:PORT/DB``.
 
     ``cache_ttl`` (seconds) bounds how long a revocation may take to reach this process (see
-    the module docstring). ``audit_allowed=False`` audits only failed authentications and
-    denied authorisations (for a gateway that writes its own entry per request).
+    the module docstring). ``audit_decisions`` says which authentication and authorisation
+    decisions this store appends to the audit log: ``"all"`` (default), ``"denied"`` (failed
+    authentications and denied authorisations only), or ``"none"`` (for a gateway that writes
+    one entry of its own per request, naming the outcome and the reason). Administrative
+    actions (keys, identities, grants) are always audited.
     ``audit_batch`` and ``audit_interval`` configure the background audit writer.
     """
 
     def __init__(self, url: str = "sqlite:///bastion-access.db", *, cache_ttl: float = 5.0,
-                 audit_allowed: bool = True, audit_batch: int = 500,
+                 audit_decisions: str = "all", audit_batch: int = 500,
                  audit_interval: float = 0.2, max_cached: int = 10_000) -> None:
         if not cache_ttl >= 0:
             raise ConfigurationError(f"cache_ttl must be >= 0 seconds, got {cache_ttl}")
         if max_cached < 1:
             raise ConfigurationError(f"max_cached must be >= 1, got {max_cached}")
         self.cache_ttl = float(cache_ttl)
-        self.audit_allowed = audit_allowed
+        if audit_decisions not in ("all", "denied", "none"):
+            raise ConfigurationError(
+                f"audit_decisions must be 'all', 'denied' or 'none', got {audit_decisions!r}"
+            )
+        self.audit_decisions = audit_decisions
         self.max_cached = max_cached
         self._audit = AuditLog(url)
         try:
@@ -199,7 +206,7 @@ class AccessStore:
 
     def _decision(self, actor: str, action: str, resource: str | None, ok: bool,
                   outcome: str, details: Mapping[str, Any]) -> None:
-        if ok and not self.audit_allowed:
+        if self.audit_decisions == "none" or (ok and self.audit_decisions == "denied"):
             return
         self._writer.submit(actor=actor, action=action, resource=resource, outcome=outcome,
                             details=dict(details))

@@ -215,7 +215,7 @@ def create_app(policy: GatewayPolicy | None = None, *, gateway: Gateway | None =
             status, body, headers = problem_for(exc)
             if status >= 500:
                 log.exception("request %s failed", ctx.request_id)
-            gw.record(ctx, status, body["error"])
+            gw.record(ctx, status, body["error"], body.get("detail"))
             return _json(status, body, headers)
         gw.record(ctx, 200, None)
         return _json(200, result)

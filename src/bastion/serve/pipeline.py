@@ -136,7 +136,7 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self._owns_access = access is None
         self.access = access if access is not None else AccessStore(
-            policy.access.url, cache_ttl=policy.access.cache_ttl, audit_allowed=False)
+            policy.access.url, cache_ttl=policy.access.cache_ttl, audit_decisions="none")
         self._owns_state = state is None
         self.state = state if state is not None else open_state(policy.state_url)
         lim = policy.limits
@@ -383,8 +383,10 @@ class Gateway:
                         "contract": m.contract.name if m.contract is not None else None})
         return out
 
-    def record(self, ctx: RequestContext, status: int, error: str | None) -> None:
-        """The audit entry of a finished request."""
+    def record(self, ctx: RequestContext, status: int, error: str | None,
+               reason: str | None = None) -> None:
+        """The audit entry of a finished request (the only one: the access store is built
+        with ``audit_decisions="none"``, so a refusal's ``reason`` is recorded here)."""
         if self.audit is None:
             return
         outcome = "allowed" if status < 400 else ("denied" if status in (401, 403, 429)
@@ -395,6 +397,8 @@ class Gateway:
             details["samples"] = ctx.samples
         if error:
             details["error"] = error
+        if reason:
+            details["reason"] = reason
         details.update(ctx.details)
         self.audit.submit(actor=ctx.actor, action=ctx.action, resource=ctx.resource,
                           outcome=outcome, details=details)
