@@ -31,7 +31,7 @@ False
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -132,7 +132,3 @@ def overlaps(a: str, b: str) -> bool:
     """Whether two resource patterns share at least one resource."""
     return covers(a, b) or covers(b, a)
 
-
-def any_covers(grants: Iterable[str], resource: str) -> bool:
-    """Whether any of ``grants`` covers ``resource``."""
-    return any(covers(g, resource) for g in grants)

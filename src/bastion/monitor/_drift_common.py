@@ -51,12 +51,6 @@ def as_tensor(x: Any, *, name: str = "batch") -> torch.Tensor:
     return t
 
 
-def as_matrix(x: Any, *, name: str = "batch") -> torch.Tensor:
-    """``x`` (array or tensor, shape ``(n, ...)``) as a finite float32 matrix ``(n, features)``."""
-    t = as_tensor(x, name=name)
-    return t.reshape(t.shape[0], -1) if t.ndim > 1 else t.reshape(-1, 1)
-
-
 def sorted_features(x: torch.Tensor) -> torch.Tensor:
     """Each feature of ``x`` ``(n, d)`` sorted, as a contiguous ``(d, n)`` tensor.
 

@@ -221,17 +221,3 @@ def accumulate(
             if b_out is not None:
                 b_out.addmv_(d.t(), weights)
     return norms
-
-
-def clipped_sum(
-    module: nn.Module, x: torch.Tensor, y: torch.Tensor, max_grad_norm: float
-) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
-    """``(summed clipped gradients, per-example norms)``, or ``None`` when a layer saw inputs
-    this path does not handle (the caller then falls back to ``vmap``)."""
-    summed = {
-        k: torch.zeros_like(p, memory_format=torch.contiguous_format)
-        for k, p in module.named_parameters()
-        if p.requires_grad
-    }
-    norms = accumulate(module, x, y, max_grad_norm, summed)
-    return None if norms is None else (summed, norms)
