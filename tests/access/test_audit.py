@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -285,10 +286,12 @@ def test_verify_while_appending_sees_a_consistent_snapshot(db_url: str) -> None:
     results = []
     try:
         started.wait(30)
-        for _ in range(300):  # verify repeatedly until the log has grown under our feet
+        deadline = time.monotonic() + 60  # verify until the log has grown under our feet
+        while time.monotonic() < deadline:
             results.append(reader_log.verify())
             if len(results) >= 10 and results[-1].entries >= results[0].entries + 20:
                 break
+            time.sleep(0.002)
     finally:
         stop.set()
         thread.join()
@@ -316,10 +319,14 @@ def test_registry_verify_sees_a_consistent_snapshot(db_url: str, tmp_path: Path)
         results = []
         try:
             started.wait(30)
-            for _ in range(300):
+            # verify until the writer has appended 20 more entries (a deadline, not a count:
+            # on a busy machine the writer's commits can lag far behind 300 quick verifies)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
                 results.append(reader.verify_audit_log())
                 if len(results) >= 10 and results[-1].entries >= results[0].entries + 20:
                     break
+                time.sleep(0.002)
         finally:
             stop.set()
             thread.join()
