@@ -79,6 +79,30 @@ class Metric:
     unit: str | None = None
     label: str | None = None
 
+    @classmethod
+    def proportion(
+        cls, k: int, n: int, *, higher_is_better: bool | None = None, label: str | None = None
+    ) -> Metric:
+        """``k / n`` with its exact (Clopper–Pearson) 95% interval.
+
+        >>> m = Metric.proportion(42, 100)
+        >>> m.value, [round(b, 3) for b in m.ci], m.ci_method
+        (0.42, [0.322, 0.523], 'clopper-pearson')
+        """
+        from bastion.attacks.inference.metrics import clopper_pearson
+
+        if n < 1:
+            return cls(None, n=0, higher_is_better=higher_is_better, label=label)
+        lo, hi = clopper_pearson(int(k), int(n))
+        return cls(
+            k / n,
+            ci=(float(lo), float(hi)),
+            ci_method="clopper-pearson",
+            n=int(n),
+            higher_is_better=higher_is_better,
+            label=label,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         value = None if self.value is None or not math.isfinite(self.value) else float(self.value)
         return {
