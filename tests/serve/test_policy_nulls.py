@@ -18,7 +18,7 @@ def test_alias_null_with_a_pinned_version_or_a_path() -> None:
 
 
 def test_alias_version_and_path_all_null_is_refused_by_name() -> None:
-    with pytest.raises(ConfigurationError, match="alias.*version.*path"):
+    with pytest.raises(ConfigurationError, match=r"alias.*version.*path"):
         parse_policy(BASE + "    alias: null\n")
 
 
