@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 import typer
 from rich.table import Table
 
 from bastion.cli._common import console, err_console, handle_errors, parse_floats, parse_shape
 from bastion.errors import ConfigurationError, InputError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["load_xy", "pick_device", "print_summary", "register"]
 
@@ -36,6 +37,8 @@ def register(app: typer.Typer) -> typer.Typer:
 
 def pick_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available; ``cpu``/``cuda`` force one."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -47,6 +50,9 @@ def pick_device(name: str) -> torch.device:
 
 def load_xy(path: Path, bounds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Load ``x`` and ``y`` from an ``.npz`` and check them (labels integral, x numeric)."""
+    import numpy as np
+    import torch
+
     from bastion.data import load_npz
 
     x_np, y_np = load_npz(path)
@@ -239,6 +245,8 @@ def demo_cmd(
 
 @handle_errors
 def _demo(*, out: Path, eps: float, seed: int, device: str, quiet: bool) -> None:
+    import torch
+
     from bastion.attacks.evasion.catalog import build_attack
     from bastion.audit.evasion import evaluate_evasion
     from bastion.data import load_digits

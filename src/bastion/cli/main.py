@@ -53,6 +53,7 @@ def _register_all() -> None:
         inference,
         poison,
         registry,
+        report,
         scan,
         serve,
     )
@@ -67,6 +68,7 @@ def _register_all() -> None:
     harden.register(app)
     serve.register(app)
     access.register(app)
+    report.register(app)
 
 
 _register_all()
