@@ -10,9 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import json
-import os
 import platform
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata, resources
 from pathlib import Path
@@ -92,17 +90,9 @@ def load_document(path: str | Path) -> dict[str, Any]:
 
 def write_json(path: Path, obj: Any) -> Path:
     """Write ``obj`` as JSON through a temporary file and a rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from bastion._io import atomic_write_json
+
+    return atomic_write_json(path, obj)
 
 
 def catalogue_version(catalogue: Mapping[str, type[Check]]) -> str:

@@ -286,16 +286,13 @@ def _read_saved(path: Path) -> dict[str, Any] | None:
 def write_reports(doc: Mapping[str, Any], out: Path,
                   formats: Sequence[str] = REPORT_FORMATS) -> dict[str, Path]:
     """Write ``report.<fmt>`` for each format through :mod:`bastion.report`."""
-    unknown = sorted(set(formats) - set(REPORT_FORMATS))
-    if unknown:
-        raise ConfigurationError(f"unknown report format(s) {unknown}; use json, html or md")
-    import bastion.report as report
+    from bastion.report import RENDERERS, write_report
 
-    writer = getattr(report, "write_report", None)
-    if writer is None:  # the renderers of bastion.report are not installed: JSON only
-        return {"json": write_json(out / "report.json", dict(doc))}
-    written = writer(dict(doc), out, formats=tuple(formats))
-    return {fmt: Path(p) for fmt, p in dict(written).items()}
+    unknown = sorted(set(formats) - set(RENDERERS))
+    if unknown:
+        raise ConfigurationError(f"unknown report format(s) {unknown}; choose from "
+                                 f"{', '.join(sorted(RENDERERS))}")
+    return write_report(dict(doc), out, formats=tuple(formats))
 
 
 def run_audit(

@@ -21,7 +21,6 @@ __all__ = ["load_xy", "pick_device", "print_summary", "register"]
 log = logging.getLogger(__name__)
 
 
-
 def register(app: typer.Typer) -> typer.Typer:
     """Add ``evaluate`` (returned, so other areas can add their evaluations) and ``demo``."""
     evaluate_app = typer.Typer(

@@ -54,6 +54,7 @@ def _register_all() -> None:
         inference,
         poison,
         registry,
+        report,
         scan,
         serve,
     )
@@ -68,7 +69,7 @@ def _register_all() -> None:
     harden.register(app)
     serve.register(app)
     access.register(app)
-    audit.register(app)
+    audit.register(app, report.register(app))
 
 
 _register_all()

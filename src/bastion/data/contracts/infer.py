@@ -120,12 +120,12 @@ def _infer_column(s: pd.Series, kind: str, range_tolerance: float
         x = x[np.isfinite(x)]
         if x.size:
             lo, hi = float(x.min()), float(x.max())
-            q01, q25, q75, q99 = np.quantile(x, [0.01, 0.25, 0.75, 0.99])
             pad = range_tolerance * (hi - lo)
-            fence = 3.0 * (q75 - q25)  # Tukey's far-out fences
             lo_r, hi_r = sig(lo), sig(hi)  # rounding must not exclude the reference itself
-            slack = (_round_up(max(pad, q01 - lo, lo - (q25 - fence)) + max(0.0, lo_r - lo)),
-                     _round_up(max(pad, hi - q99, q75 + fence - hi) + max(0.0, hi - hi_r)))
+            below = _round_up(pad + max(0.0, lo_r - lo))
+            if lo >= 0.0:  # a column never seen negative (an age, an amount) stays >= 0
+                below = min(below, lo_r)
+            slack = (below, _round_up(pad + max(0.0, hi - hi_r)))
             spec.update(min=lo_r, max=hi_r, slack=slack, **_numeric_stats(x))
             sketch = make_sketch(x)
         spec["unique"] = kind == "integer" and all_distinct

@@ -79,9 +79,9 @@ class ColumnSpec:
     ``min``/``max`` are the observed bounds (ISO strings for datetimes). A value may lie up
     to ``slack = [below, above]`` beyond them; without ``slack``, up to the contract's
     ``range_tolerance`` times ``max - min``. Inference sets the slack of a numeric column to
-    the largest of that, the reference's own tail (``min`` to its 1st percentile, 99th
-    percentile to ``max``) and the distance to Tukey's far-out fences (quartiles ∓ 3 IQR),
-    so that fresh data from the same distribution rarely fall outside;
+    exactly that widening (plus what rounding ``min``/``max`` needs), except that a column
+    never seen negative is not widened below zero: an ``age`` seen from 18 to 89 accepts
+    10.9 to 96.1 with the default tolerance 0.1;
     ``categories`` lists the allowed values of a
     categorical or boolean column; ``pattern`` is an optional regular expression every string
     value must match in full; ``drift`` turns the column's distribution check on or off.
