@@ -244,16 +244,44 @@ def users_list_cmd(db: str | None = _DB) -> None:
 
 @audit_app.command("verify")
 @handle_errors
-def audit_verify_cmd(db: str | None = _DB) -> None:
-    """Recompute the hash chain; exit 1 naming the first bad entry."""
+def audit_verify_cmd(
+    db: str | None = _DB,
+    archive: Path | None = typer.Option(None, "--archive", help="Folder of the sealed "
+                                        "segments (audit-log rotate): re-verify them too."),
+) -> None:
+    """Recompute the hash chain (across sealed segments); exit 1 naming the first bad entry."""
     from bastion.access import AuditLog
 
     log = AuditLog(_existing(db))
     try:
-        result = log.verify()
+        result = log.verify(archive)
     finally:
         log.close()
     report_chain(result)
+
+
+@audit_app.command("rotate")
+@handle_errors
+def audit_rotate_cmd(
+    archive: Path = typer.Option(..., "--archive", help="Folder for the sealed segment files."),
+    keep: int = typer.Option(..., "--keep", min=0, help="Newest entries to keep in the "
+                             "database; older ones move to a sealed segment."),
+    db: str | None = _DB,
+    actor: str | None = _ACTOR,
+) -> None:
+    """Retention: move old entries into a sealed segment file; the chain still verifies."""
+    from bastion.access import AuditLog
+
+    log = AuditLog(_existing(db))
+    try:
+        seg = log.rotate(archive, keep=keep, actor=_actor(actor))
+    finally:
+        log.close()
+    if seg is None:
+        typer.echo(f"nothing to rotate: at most {keep} entries in the database")
+        return
+    typer.echo(f"sealed entries {seg.first_seq}..{seg.last_seq} into {archive / seg.file} "
+               f"(sha256 {seg.sha256})")
 
 
 @audit_app.command("show")

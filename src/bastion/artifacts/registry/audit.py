@@ -82,14 +82,17 @@ def entry_hash(prev_hash: str, seq: int, at: str, actor: str, action: str,
 
 
 def verify_links(links: Iterable[tuple[int, str, str, str]], *, head_seq: int,
-                 head_hash: str) -> AuditVerification:
+                 head_hash: str, start_seq: int = 0,
+                 start_hash: str = GENESIS) -> AuditVerification:
     """Check a chain given, oldest first, ``(seq, prev_hash, stored_hash, recomputed_hash)``.
 
     ``recomputed_hash`` is :func:`chain_hash` of the entry's stored ``prev_hash`` and its stored
     fields; ``head_seq``/``head_hash`` are what the head row records (``0``/:data:`GENESIS` for
     an empty log). Detects edited, removed (middle and end), inserted and reordered entries.
+    ``start_seq``/``start_hash``: the entry the given links continue (a log whose older
+    entries were rotated into sealed segments); ``entries`` counts the links checked.
     """
-    prev, expected_seq, count = GENESIS, 1, 0
+    prev, expected_seq, count = start_hash, start_seq + 1, 0
     for seq, prev_hash, stored, recomputed in links:
         if seq != expected_seq:
             return AuditVerification(False, count, prev, expected_seq,
@@ -102,10 +105,10 @@ def verify_links(links: Iterable[tuple[int, str, str, str]], *, head_seq: int,
             return AuditVerification(False, count, prev, seq,
                                      f"entry {seq} was edited (its hash does not match)")
         prev, expected_seq, count = stored, expected_seq + 1, count + 1
-    if head_seq != count or head_hash != prev:
-        return AuditVerification(False, count, prev, count + 1,
-                                 f"the log ends at entry {count} but the head records entry"
-                                 f" {head_seq}: entries were removed from the end")
+    if head_seq != expected_seq - 1 or head_hash != prev:
+        return AuditVerification(False, count, prev, expected_seq,
+                                 f"the log ends at entry {expected_seq - 1} but the head"
+                                 f" records entry {head_seq}: entries were removed from the end")
     return AuditVerification(True, count, prev)
 
 
