@@ -116,6 +116,12 @@ class Harness:
     def headers(self, who: str = "alice", **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[who]}", **extra}
 
+    def metrics(self) -> str:
+        """The Prometheus text, read with the operator's key."""
+        r = self.client.get("/metrics", headers=self.headers("ops"))
+        assert r.status_code == 200, r.text
+        return r.text
+
     def predict(self, x: np.ndarray, who: str = "alice", model: str = "digits") -> Any:
         return self.client.post(f"/v1/models/{model}/predict", json={"inputs": x.tolist()},
                                 headers=self.headers(who))
@@ -123,7 +129,8 @@ class Harness:
 
 def new_store(url: str) -> tuple[AccessStore, dict[str, str]]:
     """Identities: alice (consumer of digits), bob (consumer of another model only), carol
-    (consumer of digits, but her key is scoped to 'read' only)."""
+    (consumer of digits, but her key is scoped to 'read' only), ops (auditor of everything:
+    metrics and readiness details)."""
     store = AccessStore(url, cache_ttl=5.0, audit_decisions="none")
     tokens = {}
     for name, resource in (("alice", "model:digits"), ("bob", "model:other"),
@@ -133,6 +140,9 @@ def new_store(url: str) -> tuple[AccessStore, dict[str, str]]:
     tokens["alice"] = store.create_key("alice", actor="admin").token
     tokens["bob"] = store.create_key("bob", scopes=("predict", "read"), actor="admin").token
     tokens["carol"] = store.create_key("carol", scopes=("read",), actor="admin").token
+    store.add_identity("ops", kind="service", actor="admin")  # metrics and readiness details
+    store.grant("ops", "auditor", "*", actor="admin")
+    tokens["ops"] = store.create_key("ops", scopes=("read",), actor="admin").token
     return store, tokens
 
 

@@ -92,7 +92,7 @@ def test_natural_traffic_from_20_keys_raises_no_extraction_alert(make_gateway, w
             h.gateway.drain()  # judged after every request, as at low traffic
     assert h.gateway.monitors["digits"].judged >= 20 * 3  # every key was judged 4 times
     assert alerts == []
-    assert 'bastion_alerts_total{kind="extraction"}' not in h.client.get("/metrics").text
+    assert 'bastion_alerts_total{kind="extraction"}' not in h.metrics()
 
 
 def test_random_query_stream_is_flagged_within_500_queries(make_gateway, webhook):
@@ -103,7 +103,7 @@ def test_random_query_stream_is_flagged_within_500_queries(make_gateway, webhook
     assert sent is not None and sent <= 500
     assert alerts[0]["kind"] == "extraction"
     assert alerts[0]["details"]["model"] == "digits"
-    assert 'bastion_alerts_total{kind="extraction"} 1.0' in h.client.get("/metrics").text
+    assert 'bastion_alerts_total{kind="extraction"} 1.0' in h.metrics()
 
 
 def test_jacobian_augmented_stream_is_flagged_within_500_queries(make_gateway, webhook,
@@ -149,7 +149,7 @@ def test_drift_is_detected_within_one_window_and_a_stable_stream_raises_none(mak
     h.gateway.drain()
     assert [a.kind for a in sink.alerts] == ["drift"]
     assert monitor.drift.windows_tested == 2
-    text = h.client.get("/metrics").text
+    text = h.metrics()
     assert 'bastion_drift_windows_total{drift="true",model="digits"} 1.0' in text
     assert 'bastion_drift_p_value{method="contract",model="digits"}' in text
 
@@ -181,4 +181,4 @@ def test_feedback_reports_accuracy_and_only_to_the_key_that_asked(make_gateway, 
     degraded = h.client.post("/v1/models/digits/feedback", headers=h.headers(),
                              json={"request_id": r.json()["request_id"], "labels": wrong_labels})
     assert degraded.json()["degraded"] is True
-    assert 'bastion_accuracy{model="digits"} 0.0' in h.client.get("/metrics").text
+    assert 'bastion_accuracy{model="digits"} 0.0' in h.metrics()

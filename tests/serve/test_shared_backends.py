@@ -71,7 +71,7 @@ def test_access_database_on_postgresql(make_gateway, postgres_url, digits_np):
         store.grant("alice", "consumer", "model:digits", actor="admin")
         token = store.create_key("alice", actor="admin").token
         h = make_gateway(store=store, tokens={"alice": token})
-        assert h.client.get("/readyz").json()["access_db"] == "ok"
+        assert h.client.get("/readyz").json() == {"ready": True}
         assert h.predict(digits_np[0][:2]).status_code == 200
         r = h.client.post("/v1/models/digits/predict", json={"inputs": [[0.0]]})
         assert r.status_code == 401
