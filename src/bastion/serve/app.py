@@ -261,7 +261,7 @@ def create_app(policy: GatewayPolicy | None = None, *, gateway: Gateway | None =
                 status, headers = 503, {"Retry-After": "5"}
                 body = {"error": "audit_unavailable", "detail": "the audit log cannot be "
                         "written; the request was not confirmed, retry later"}
-        return _json(status, body, headers)
+        return _json(status, body, {**(headers or {}), "X-Request-Id": ctx.request_id})
 
     def stream(request: Request) -> AsyncIterator[bytes]:
         return request.stream()

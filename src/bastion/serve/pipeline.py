@@ -591,7 +591,7 @@ class Gateway:
         outcome = "allowed" if status < 400 else ("denied" if status in (401, 403, 429)
                                                   else "refused")
         details: dict[str, Any] = {"status": status, "request_id": ctx.request_id,
-                                   "client": ctx.client}
+                                   "client": ctx.client, "address": ctx.peer}
         if ctx.samples:
             details["samples"] = ctx.samples
         if error:
