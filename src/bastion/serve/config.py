@@ -249,11 +249,14 @@ class DriftSettings(_Frozen):
 class ExtractionSettings(_Frozen):
     """PRADA extraction detection per key and model (``bastion.monitor.extraction``):
     ``threshold`` is the Shapiro–Wilk ``W`` below which a key is flagged, ``min_queries`` the
-    distances needed before a key is judged (``null``: the detector's defaults)."""
+    distances needed before a key is judged (``null``: the detector's defaults); ``per_owner``
+    also judges each owner's stream over all its keys (splitting queries over keys does not
+    hide them)."""
 
     enabled: bool = True
     threshold: float | None = Field(default=None, gt=0, lt=1)
     min_queries: int | None = Field(default=None, ge=3)
+    per_owner: bool = True
 
 
 class PerformanceSettings(_Frozen):

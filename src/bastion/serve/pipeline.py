@@ -506,7 +506,8 @@ class Gateway:
         t = self._stage("output", t)
         self._remember(ctx.request_id, ctx.client)
         self.worker.submit(PredictEvent(model=name, client=ctx.client,
-                                        request_id=ctx.request_id, x=x, predicted=labels))
+                                        request_id=ctx.request_id, x=x, predicted=labels,
+                                        owner=ctx.actor))
         self._stage("monitor", t)
         self.metrics.inputs.labels(name).inc(n)
         return out
