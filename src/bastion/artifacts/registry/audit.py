@@ -29,7 +29,7 @@ import datetime as dt
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ __all__ = [
     "AuditRecord",
     "AuditVerification",
     "Checkpoint",
+    "advance_checkpoint",
     "append",
     "chain_hash",
     "entry_hash",
@@ -174,6 +175,25 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Pat
     out = Path(path)
     atomic_write(out, json.dumps(checkpoint.to_dict(), indent=2).encode() + b"\n", mode=0o644)
     return out
+
+
+def advance_checkpoint(path: str | os.PathLike[str], key: PrivateKey, log: str,
+                       verify: Callable[[Checkpoint | None], AuditVerification]) -> Checkpoint:
+    """Sign a new checkpoint of a log into ``path``, the way a transparency log advances.
+
+    ``verify(previous)`` verifies the log against the previous checkpoint in ``path`` (if
+    any, checked with ``key``'s public half); only a log that still verifies gets a new
+    signed head -- one rewritten since is refused with SignatureError and nothing is written.
+    """
+    previous = (load_checkpoint(path, key.public_key(), log=log)
+                if os.path.lexists(path) else None)
+    result = verify(previous)
+    if not result.ok:
+        raise SignatureError(f"the {log} audit log does not verify at entry"
+                             f" {result.first_bad_seq} ({result.reason}); no checkpoint signed")
+    cp = sign_checkpoint(log, result.entries, result.head_hash, key)
+    save_checkpoint(path, cp)
+    return cp
 
 
 def load_checkpoint(path: str | os.PathLike[str], key: PublicKey | str | os.PathLike[str], *,

@@ -109,7 +109,7 @@ from bastion.errors import (
 )
 
 __all__ = ["AUDIT_LOG_NAME", "SPOOL_PREFIX", "Registry", "Scanner", "default_scanner",
-           "version_facts"]
+           "pull_target", "version_facts"]
 
 log = logging.getLogger(__name__)
 
@@ -573,12 +573,7 @@ class Registry:
             bundle = row.signature
             audit.append(s, actor=who, action="pull", model=name, version=row.version,
                          details={"digest": row.digest})
-        target = Path(dest)
-        if view.kind == "file" and target.is_dir():
-            target = target / view.source_name
-        if target.exists() and not (target.is_dir() and not any(target.iterdir())):
-            raise ConfigurationError(f"{target} already exists; pull to a new path")
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = pull_target(Path(dest), view)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.pull-"))
         try:
             for rel, meta in view.files.items():
@@ -729,8 +724,16 @@ class Registry:
         ``report`` (optional) is attached -- after the ``manage`` permission is checked, in the
         same transaction -- and is the one the thresholds use; otherwise the newest report
         bound to the version and attached by a manager is used. The audit entry of the
-        promotion names the report.
+        promotion names the report (:meth:`promote_checked` also returns it).
         """
+        return self.promote_checked(name, ref, alias, gates=gates, report=report,
+                                    actor=actor)[0]
+
+    def promote_checked(self, name: str, ref: int | str, alias: str, *,
+                        gates: GateConfig | None = None,
+                        report: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+                        actor: str | None = None) -> tuple[ModelVersion, GateResult]:
+        """:meth:`promote`, also returning the passed :class:`GateResult` (which report)."""
         check_alias(alias)
         who = self._who(actor)
         gate = gates or self.gates
@@ -748,7 +751,7 @@ class Registry:
             audit.append(s, actor=who, action="promote", model=name, version=row.version,
                          details={"alias": alias, "gates": gate.to_dict(),
                                   "checks": result.checks, "report": result.report})
-            return self._view(s, model, row)
+            return self._view(s, model, row), result
 
     def _point(self, s: Session, model: ModelRow, alias: str, row: VersionRow, who: str,
                action: str) -> None:
@@ -870,18 +873,6 @@ class Registry:
         with self._sessions() as s:
             return audit.verify_chain(s, checkpoint or self._load_checkpoint())
 
-    def make_checkpoint(self, key: Any, *, previous: audit.Checkpoint | None = None,
-                        password: bytes | None = None) -> audit.Checkpoint:
-        """Sign the current head with ``key`` (a private key the database writer does not
-        hold). The log must first verify against ``previous`` (the last checkpoint), so a log
-        rewritten since is never blessed; SignatureError otherwise."""
-        result = self.verify_audit_log(previous)
-        if not result.ok:
-            raise SignatureError(f"the audit log does not verify at entry {result.first_bad_seq}"
-                                 f" ({result.reason}); no checkpoint was signed")
-        return audit.sign_checkpoint(AUDIT_LOG_NAME, result.entries, result.head_hash, key,
-                                     password=password)
-
     # ------------------------------------------------------------------ maintenance
 
     def gc(self, *, older_than: float = 24 * 3600, dry_run: bool = False,
@@ -934,6 +925,22 @@ class _HashingWriter:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
+
+
+def pull_target(dest: Path, view: ModelVersion) -> Path:
+    """Where a pull writes ``view`` given ``dest`` (created folders included), or a clean
+    ConfigurationError: the target exists, or a file stands where a folder is expected."""
+    target = dest / view.source_name if view.kind == "file" and dest.is_dir() else dest
+    if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+        raise ConfigurationError(f"{target} already exists; pull to a new path")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigurationError(f"{parent} is a file where a folder is expected;"
+                                         " pull to a path inside a folder")
+            break
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
 
 
 def _report_digest(data: Mapping[str, Any]) -> str:

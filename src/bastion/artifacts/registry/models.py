@@ -159,6 +159,14 @@ class ModelVersion:
         """``{file name: sha256}`` as signed."""
         return {n: str(f["sha256"]) for n, f in self.files.items()}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelVersion:
+        """The inverse of :meth:`to_dict` (what the registry service sends)."""
+        fields = dict(data)
+        fields["lineage"] = Lineage.from_dict(fields.get("lineage"))
+        fields["aliases"] = tuple(fields.get("aliases") or ())
+        return cls(**fields)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "version": self.version, "digest": self.digest,
