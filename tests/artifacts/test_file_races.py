@@ -31,24 +31,11 @@ from bastion.artifacts.signing import (
     sign,
     verify,
 )
-from bastion.cli import registry as cli_registry
 from bastion.errors import ConfigurationError, InputError
 
 
-@pytest.fixture
-def app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        pass
-
-    cli_registry.register(app)
-    return app
-
-
-def _run(app: typer.Typer, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
+def _run(cli: typer.Typer, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result.exit_code, result.output
 
@@ -160,18 +147,18 @@ def test_the_copy_is_exactly_the_bytes_hashed(model: Path, tmp_path: Path) -> No
     assert oct((tmp_path / "copy" / "w.bin").stat().st_mode & 0o777) == "0o600"
 
 
-def test_keygen_never_overwrites_and_handles_dangling_links(app: typer.Typer,
+def test_keygen_never_overwrites_and_handles_dangling_links(cli: typer.Typer,
                                                             tmp_path: Path) -> None:
-    code, _ = _run(app, "keygen", str(tmp_path / "a.pem"))
+    code, _ = _run(cli, "keygen", str(tmp_path / "a.pem"))
     assert code == 0
     before = (tmp_path / "a.pem.pub").read_bytes()
     # a new private key whose public half would overwrite an existing public key
-    code, out = _run(app, "keygen", str(tmp_path / "b.pem"), str(tmp_path / "a.pem.pub"))
+    code, out = _run(cli, "keygen", str(tmp_path / "b.pem"), str(tmp_path / "a.pem.pub"))
     assert code == 2 and "already exists" in out
     assert (tmp_path / "a.pem.pub").read_bytes() == before and not (tmp_path / "b.pem").exists()
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     for kind in ("ed25519", "aes-256"):
-        code, out = _run(app, "keygen", str(tmp_path / "dangling"), "--kind", kind)
+        code, out = _run(cli, "keygen", str(tmp_path / "dangling"), "--kind", kind)
         assert code == 2 and "already exists" in out
     assert not (tmp_path / "nowhere").exists()
     with pytest.raises(ConfigurationError, match="already exists"):
@@ -179,20 +166,20 @@ def test_keygen_never_overwrites_and_handles_dangling_links(app: typer.Typer,
     assert not (tmp_path / "c.pem").exists()
 
 
-def test_cli_errors_are_one_line_and_escaped(app: typer.Typer, model: Path,
+def test_cli_errors_are_one_line_and_escaped(cli: typer.Typer, model: Path,
                                              tmp_path: Path) -> None:
     priv, pub = generate_keypair("ed25519", tmp_path / "k.pem", tmp_path / "k.pub")
-    code, out = _run(app, "sign", str(tmp_path / "t" / "[/x]"), "--key", str(priv))
+    code, out = _run(cli, "sign", str(tmp_path / "t" / "[/x]"), "--key", str(priv))
     assert code == 2 and "[/x]" in out and "Traceback" not in out
-    code, out = _run(app, "sign", str(tmp_path / "[bold red]gone"), "--key", str(priv))
+    code, out = _run(cli, "sign", str(tmp_path / "[bold red]gone"), "--key", str(priv))
     assert code == 2 and "[bold red]gone" in out
     bad = tmp_path / "bad.sig"
     for text in ("[1, 2]", "not json", '{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3'
                  '+json", "dsseEnvelope": {"payloadType": "x", "payload": "", "signatures": []}}'):
         bad.write_text(text)
-        code, out = _run(app, "verify", str(model), "--key", str(pub), "--signature", str(bad))
+        code, out = _run(cli, "verify", str(model), "--key", str(pub), "--signature", str(bad))
         assert code in (1, 2) and "Traceback" not in out and out.startswith("error:"), out
-    code, out = _run(app, "verify", str(model / "w.bin" / "x"), "--key", str(pub))
+    code, out = _run(cli, "verify", str(model / "w.bin" / "x"), "--key", str(pub))
     assert code == 2 and "Not a directory" in out
 
 

@@ -10,19 +10,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from bastion.cli import registry
-
 
 @pytest.fixture
-def app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:  # keep sub-commands as sub-commands
-        pass
-
-    registry.register(app)
-    return app
+def app(cli: typer.Typer) -> typer.Typer:
+    return cli
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from bastion.artifacts.registry import GateConfig, Registry
 from bastion.artifacts.registry.audit import load_checkpoint
 from bastion.artifacts.registry.core import AUDIT_LOG_NAME
 from bastion.artifacts.signing import generate_keypair
-from bastion.cli import registry as cli_registry
 from bastion.errors import AccessDenied, ConfigurationError, RegistryError
 
 from .conftest import clean_scanner
@@ -139,20 +138,14 @@ def _checkpoint(app: typer.Typer, priv: Path, cp: Path) -> tuple[int, str]:
 
 
 @pytest.fixture
-def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
+def app(cli: typer.Typer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
+    """The registry CLI in direct mode on this test's database."""
     monkeypatch.setenv("BASTION_REGISTRY_METADATA_URL", f"sqlite:///{tmp_path / 'reg.db'}")
     monkeypatch.setenv("BASTION_REGISTRY_STORAGE_URL", (tmp_path / "blobs").as_uri())
     for var in ("BASTION_ACTOR", "BASTION_REGISTRY_URL", "BASTION_TRUSTED_KEYS",
                 "BASTION_REGISTRY_CHECKPOINT", "BASTION_REGISTRY_CHECKPOINT_KEY"):
         monkeypatch.delenv(var, raising=False)
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        pass
-
-    cli_registry.register(app)
-    return app
+    return cli
 
 
 @pytest.mark.parametrize("attack", ["truncate", "wipe", "recompute"])
