@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from bastion.cli._common import console, fail, handle_errors, parse_kv, report_chain
 from bastion.errors import ConfigurationError
@@ -134,11 +134,13 @@ def decrypt_cmd(
     dst: Path = typer.Argument(..., help="Plaintext output (written only if it authenticates)."),
     key_file: Path | None = typer.Option(None, help="KEK file (default: $BASTION_KEK)."),
 ) -> None:
-    """Decrypt a file; print its authenticated metadata as JSON."""
+    """Decrypt a file; say what was written and print its authenticated metadata."""
     from bastion.artifacts.encryption import decrypt_file, load_kek
 
     metadata = decrypt_file(src, dst, load_kek(key_file))
-    typer.echo(json.dumps(metadata, sort_keys=True))
+    typer.echo(f"decrypted {src} -> {dst} ({dst.stat().st_size} bytes, authenticated)")
+    if metadata:
+        typer.echo(f"metadata: {json.dumps(metadata, sort_keys=True)}")
 
 
 # ---------------------------------------------------------------------- registry
@@ -234,7 +236,9 @@ def list_cmd(
     if as_json:
         typer.echo(json.dumps([v.to_dict() for v in versions], indent=2))
         return
-    table = Table("name", "version", "aliases", "digest", "signature", "scan", "by", "created")
+    # narrow terminals fold cells (long names wrap onto more lines), never cut them with "…"
+    table = Table(*(Column(h, overflow="fold") for h in (
+        "name", "version", "aliases", "digest", "signature", "scan", "by", "created")))
     for v in versions:
         table.add_row(*_row(v))
     console.print(table)
