@@ -1,5 +1,6 @@
 """Small helpers the confidentiality and data-integrity checks share: settings with defaults,
-the attacker's effective access, data requirements, and the data of image plots."""
+findings without timings, and the data of image plots (the attacker's access and the data
+requirements come from :mod:`bastion.audit.plan`)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,13 @@ from typing import Any
 
 import torch
 
-from bastion.audit.contract import AuditContext, Check, Requirement
+from bastion.audit.contract import AuditContext, Check
 
 __all__ = [
-    "attacker_access",
     "check_settings",
     "image_pixels",
     "is_image_shape",
-    "missing_data",
+    "without_timings",
 ]
 
 #: decimals kept for each pixel of an image plot (enough for a picture, small in JSON)
@@ -25,36 +25,6 @@ _PIXEL_DECIMALS = 3
 def check_settings(check: Check, ctx: AuditContext) -> dict[str, Any]:
     """The check's ``defaults`` overridden by the audit's settings for it."""
     return {**dict(getattr(check, "defaults", {})), **dict(ctx.check_settings(check.name))}
-
-
-def attacker_access(ctx: AuditContext) -> str:
-    """``white-box``, ``scores`` or ``labels``: the threat model's access, limited by what the
-    model offers (``none`` without a model)."""
-    from bastion.models.base import Capability
-
-    if ctx.model is None:
-        return "none"
-    caps = ctx.model.capabilities
-    have = (
-        "white-box"
-        if Capability.GRADIENTS in caps
-        else "scores"
-        if Capability.SCORES in caps
-        else "labels"
-    )
-    order = ("labels", "scores", "white-box")
-    access = getattr(ctx.threat, "access", None)
-    wanted = str(getattr(access, "value", access or "white-box"))
-    if wanted not in order:
-        wanted = "white-box"
-    return order[min(order.index(have), order.index(wanted))]
-
-
-def missing_data(ctx: AuditContext, role: str, why: str) -> Requirement | None:
-    """``not_run`` unless the ``train``/``test`` set is given: "needs --train (why)"."""
-    if getattr(ctx, role) is None:
-        return Requirement(f"needs --{role} ({why})", f"pass --{role} {role}.npz")
-    return None
 
 
 def is_image_shape(shape: tuple[int, ...]) -> bool:
@@ -72,3 +42,11 @@ def image_pixels(x: torch.Tensor, bounds: tuple[float, float]) -> list[Any]:
     scale = 10**_PIXEL_DECIMALS
     out: list[Any] = (torch.round(a * scale) / scale).tolist()
     return out
+
+
+def without_timings(finding: Any) -> Any:
+    """``finding`` without the timings an attack's summary puts in its evidence: the same
+    inputs and seed must give the same document."""
+    from dataclasses import replace
+
+    return replace(finding, evidence={k: v for k, v in finding.evidence.items() if k != "seconds"})

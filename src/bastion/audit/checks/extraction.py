@@ -28,9 +28,10 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from bastion.audit.checks._evidence import attacker_access, check_settings
+from bastion.audit.checks._evidence import check_settings
 from bastion.audit.contract import AuditContext, Check, CheckResult, Metric, Requirement, register
 from bastion.audit.findings import Finding, Severity
+from bastion.audit.plan import effective_access
 from bastion.errors import ConfigurationError
 from bastion.threat import ATLAS, OWASP
 
@@ -90,7 +91,7 @@ class ExtractionCheck(Check):
         policy = ctx.output_policy
         return {
             **check_settings(self, ctx),
-            "access": attacker_access(ctx),
+            "access": effective_access(ctx),
             "query_budget": ctx.query_budget,
             "output_policy": policy
             if policy is None or isinstance(policy, str | Mapping)
@@ -119,7 +120,7 @@ class ExtractionCheck(Check):
             cut = max(1, min(len(test) - 1, round(frac * len(test))))
             x_pool = test.x[:cut].reshape(-1, *shape)
             x_eval, y_eval = test.x[cut:].reshape(-1, *shape), test.y[cut:]
-        access = attacker_access(ctx)
+        access = effective_access(ctx)
         api: Literal["scores", "labels"] = "labels" if access == "labels" else "scores"
         curves = [
             self._steal(

@@ -24,14 +24,14 @@ from typing import Any, ClassVar
 import torch
 
 from bastion.audit.checks._evidence import (
-    attacker_access,
     check_settings,
     image_pixels,
     is_image_shape,
-    missing_data,
+    without_timings,
 )
 from bastion.audit.contract import AuditContext, Check, CheckResult, Metric, Requirement, register
 from bastion.audit.findings import Severity
+from bastion.audit.plan import effective_access, need_data
 from bastion.errors import ConfigurationError
 
 __all__ = ["InversionCheck"]
@@ -61,10 +61,10 @@ class InversionCheck(Check):
             return Requirement("needs a loaded model", "pass --model with a loadable model")
         shape = tuple(ctx.model.input_shape)
         if ctx.domain == "image" or is_image_shape(shape):
-            if attacker_access(ctx) != "white-box":
+            if effective_access(ctx) != "white-box":
                 return Requirement(
                     "MI-Face inversion needs the model's gradients; the threat model or the "
-                    f"model allows {attacker_access(ctx)} only",
+                    f"model allows {effective_access(ctx)} only",
                     "audit a white-box model (a torch file) with threat access white-box",
                 )
             if ctx.train is None and ctx.test is None:
@@ -84,17 +84,17 @@ class InversionCheck(Check):
                 "set settings.inversion.sensitive_column (a column index or name) in the "
                 "audit config",
             )
-        if attacker_access(ctx) == "labels":
+        if effective_access(ctx) == "labels":
             return Requirement(
                 "attribute inference needs the model's scores; it answers labels only",
                 "audit with threat access scores or white-box",
             )
-        return missing_data(ctx, "train", "the members whose sensitive value is inferred") or (
-            missing_data(ctx, "test", "the attacker's auxiliary data for the baseline")
+        return need_data(ctx, "train", "the members whose sensitive value is inferred") or (
+            need_data(ctx, "test", "the attacker's auxiliary data for the baseline")
         )
 
     def inputs(self, ctx: AuditContext) -> dict[str, Any]:
-        return {**check_settings(self, ctx), "access": attacker_access(ctx)}
+        return {**check_settings(self, ctx), "access": effective_access(ctx)}
 
     def run(self, ctx: AuditContext) -> CheckResult:
         opts = check_settings(self, ctx)
@@ -130,7 +130,7 @@ class InversionCheck(Check):
             higher_is_better=False,
             label=f"reconstructions nearer their own class's {role} mean than any other's",
         )
-        finding = rm.finding(res)
+        finding = without_timings(rm.finding(res))
         findings = [finding] if close.value is not None and close.value >= 0.5 else []
         rows, table = [], []
         for i, c in enumerate(classes):
@@ -222,7 +222,7 @@ class InversionCheck(Check):
         base = Metric.proportion(
             round(res.baseline_accuracy * n), n, label="baseline accuracy (never queries the model)"
         )
-        finding = res.finding()
+        finding = without_timings(res.finding())
         name = _column_name(opts, col)
         finding = _replace(
             finding,

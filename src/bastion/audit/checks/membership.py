@@ -24,9 +24,13 @@ from typing import Any, ClassVar
 import torch
 
 from bastion.attacks.inference.base import MembershipResult
-from bastion.audit.checks._evidence import attacker_access, check_settings, missing_data
+from bastion.audit.checks._evidence import (
+    check_settings,
+    without_timings,
+)
 from bastion.audit.contract import AuditContext, Check, CheckResult, Metric, Requirement, register
 from bastion.audit.findings import Severity
+from bastion.audit.plan import effective_access, need_data
 from bastion.errors import ConfigurationError
 
 __all__ = ["MembershipCheck"]
@@ -58,12 +62,12 @@ class MembershipCheck(Check):
                 "the threat model marks no training data as sensitive",
                 "add train to the threat model's sensitive data",
             )
-        return missing_data(ctx, "train", "the member set") or missing_data(
+        return need_data(ctx, "train", "the member set") or need_data(
             ctx, "test", "non-members: data the model never saw"
         )
 
     def inputs(self, ctx: AuditContext) -> dict[str, Any]:
-        return {**check_settings(self, ctx), "access": attacker_access(ctx)}
+        return {**check_settings(self, ctx), "access": effective_access(ctx)}
 
     def run(self, ctx: AuditContext) -> CheckResult:
         opts = check_settings(self, ctx)
@@ -85,7 +89,7 @@ class MembershipCheck(Check):
         xp = torch.cat([train.x[tr[n:]], test.x[te[n:]]]).reshape(-1, *clf.input_shape)
         yp = torch.cat([train.y[tr[n:]], test.y[te[n:]]])
         truth = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
-        access = attacker_access(ctx)
+        access = effective_access(ctx)
         results: list[MembershipResult] = []
         notes: list[str] = []
         if access == "labels":
@@ -175,7 +179,7 @@ class MembershipCheck(Check):
             finding = res.finding()
             if finding.severity != Severity.INFO:
                 evidence = {
-                    **finding.evidence,
+                    **without_timings(finding).evidence,
                     "auc_ci": list(auc_ci),
                     "tpr_at_0_1pct_fpr_ci": list(metrics[f"{kind}.tpr_at_0.1pct_fpr"].ci or ()),
                     "tpr_at_1pct_fpr_ci": list(metrics[f"{kind}.tpr_at_1pct_fpr"].ci or ()),

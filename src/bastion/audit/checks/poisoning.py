@@ -25,10 +25,10 @@ from bastion.audit.checks._evidence import (
     check_settings,
     image_pixels,
     is_image_shape,
-    missing_data,
 )
 from bastion.audit.contract import AuditContext, Check, CheckResult, Metric, Requirement, register
 from bastion.audit.findings import Finding, Severity
+from bastion.audit.plan import need_data
 from bastion.errors import ConfigurationError
 from bastion.threat import ATLAS, OWASP
 
@@ -63,7 +63,7 @@ class PoisoningCheck(Check):
     }
 
     def requires(self, ctx: AuditContext) -> Requirement | None:
-        missing = missing_data(ctx, "train", "the training set to scan")
+        missing = need_data(ctx, "train", "the training set to scan")
         if missing is not None:
             return missing
         methods = self._methods(ctx)
