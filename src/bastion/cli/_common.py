@@ -18,6 +18,7 @@ __all__ = [
     "console",
     "err_console",
     "fail",
+    "fmt_value",
     "handle_errors",
     "parse_floats",
     "parse_kv",
@@ -72,6 +73,20 @@ def report_chain(result: Any) -> None:
     anchor = (f"; anchored by the signed checkpoint of entry {cp.seq} ({cp.at})" if cp
               else "; not anchored by a signed checkpoint")
     typer.echo(f"audit log verified: {result.entries} entries, head {result.head_hash}{anchor}")
+
+
+def fmt_value(value: Any) -> str:
+    """A value for a table cell: floats with at most 6 significant digits (``934.95``, not
+    ``934.9499999999999``), lists and tuples as ``[a, b]``, ``None`` as ``—``."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(fmt_value(v) for v in value) + "]"
+    return str(value)
 
 
 def parse_kv(values: list[str] | None) -> dict[str, Any]:

@@ -26,7 +26,6 @@ operation (failed gate, permission denied, unknown model).
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import time
@@ -35,7 +34,7 @@ from typing import Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from bastion.cli._common import console, fail, handle_errors, parse_kv, report_chain
 from bastion.errors import ConfigurationError, InputError
@@ -164,11 +163,13 @@ def decrypt_cmd(
     dst: Path = typer.Argument(..., help="Plaintext output (written only if it authenticates)."),
     key_file: Path | None = typer.Option(None, help="KEK file (default: $BASTION_KEK)."),
 ) -> None:
-    """Decrypt a file; print its authenticated metadata as JSON."""
+    """Decrypt a file; say what was written and print its authenticated metadata."""
     from bastion.artifacts.encryption import decrypt_file, load_kek
 
     metadata = decrypt_file(src, dst, load_kek(key_file))
-    typer.echo(json.dumps(metadata, sort_keys=True))
+    typer.echo(f"decrypted {src} -> {dst} ({dst.stat().st_size} bytes, authenticated)")
+    if metadata:
+        typer.echo(f"metadata: {json.dumps(metadata, sort_keys=True)}")
 
 
 # ---------------------------------------------------------------------- registry
@@ -210,54 +211,16 @@ def _registry_options(
                "kek_file": kek_file, "checkpoint": checkpoint, "checkpoint_key": checkpoint_key}
 
 
-def _login() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        raise ConfigurationError("cannot tell your login name; use the registry service"
-                                 " (--registry-url) with an API key") from None
-
-
 def _open(ctx: typer.Context, *, direct_only: str | None = None) -> Any:
-    """The registry: a :class:`RegistryClient` in service mode, else a direct
-    :class:`Registry` acting as the login name (or, for an administrator, ``--actor``)."""
+    """The registry of this command: :func:`bastion.artifacts.registry.connect.open_registry`."""
+    from bastion.artifacts.registry.connect import open_registry
+
     o = ctx.obj or {}
-    if o.get("registry_url"):
-        if direct_only:
-            raise ConfigurationError(f"{direct_only} runs against the database directly; unset"
-                                     " --registry-url / BASTION_REGISTRY_URL")
-        if o.get("actor"):
-            raise ConfigurationError("--actor / BASTION_ACTOR cannot be used with a registry"
-                                     " service: your identity comes from the API key")
-        from bastion.artifacts.registry.client import RegistryClient
-
-        return RegistryClient(o["registry_url"])
-    from bastion.artifacts.registry import Registry
-
-    kek = None
-    if o.get("kek_file") is not None:
-        from bastion.artifacts.encryption import load_kek
-
-        kek = load_kek(o["kek_file"])
-    login = _login()
-    reg = Registry(o.get("metadata_url"), o.get("storage_url"), actor=login,
-                   trusted_keys=o.get("trusted_keys", ()), kek=kek,
-                   checkpoint=o.get("checkpoint"), checkpoint_key=o.get("checkpoint_key"))
-    try:
-        reg.bootstrap_admin(login)
-        wanted = o.get("actor")
-        if wanted and wanted != login:
-            if not reg.is_admin(login):
-                raise ConfigurationError(
-                    f"--actor/BASTION_ACTOR {wanted!r} refused: in direct mode you act as your"
-                    f" login {login!r}, and only a registry administrator (by the database's"
-                    " record) may act for someone else; share the registry through"
-                    " `bastion registry serve` and API keys instead")
-            reg.actor = wanted
-    except BaseException:
-        reg.close()
-        raise
-    return reg
+    return open_registry(url=o.get("registry_url"), metadata_url=o.get("metadata_url"),
+                         storage_url=o.get("storage_url"), actor=o.get("actor"),
+                         trusted_keys=o.get("trusted_keys", ()), kek_file=o.get("kek_file"),
+                         checkpoint=o.get("checkpoint"), checkpoint_key=o.get("checkpoint_key"),
+                         direct_only=direct_only)
 
 
 def _row(v: Any) -> list[str]:
@@ -313,7 +276,9 @@ def list_cmd(
     if as_json:
         typer.echo(json.dumps([v.to_dict() for v in versions], indent=2))
         return
-    table = Table("name", "version", "aliases", "digest", "signature", "scan", "by", "created")
+    # narrow terminals fold cells (long names wrap onto more lines), never cut them with "…"
+    table = Table(*(Column(h, overflow="fold") for h in (
+        "name", "version", "aliases", "digest", "signature", "scan", "by", "created")))
     for v in versions:
         table.add_row(*_row(v))
     console.print(table)

@@ -60,7 +60,8 @@ def test_encrypt_decrypt(app: typer.Typer, tmp_path: Path) -> None:
     assert code == 0
     code, out = _run(app, "decrypt", str(tmp_path / "d.enc"), str(tmp_path / "out.csv"),
                      "--key-file", str(tmp_path / "kek"))
-    assert code == 0 and json.loads(out) == {"owner": "ml"}
+    assert code == 0 and "-> " + str(tmp_path / "out.csv") in out.replace("\n", "")
+    assert json.loads(out.split("metadata: ", 1)[1]) == {"owner": "ml"}
     assert (tmp_path / "out.csv").read_bytes() == src.read_bytes()
     _run(app, "keygen", str(tmp_path / "kek2"), "--kind", "aes-256")
     code, out = _run(app, "decrypt", str(tmp_path / "d.enc"), str(tmp_path / "o2"),

@@ -119,7 +119,14 @@ def report_binding(report: Mapping[str, Any], digest: str,
 
 
 def lookup_metric(report: Mapping[str, Any], path: str) -> float | None:
-    """Read a dotted ``path`` from a report; ``None`` when absent or not a number."""
+    """Read a dotted ``path`` from a report; ``None`` when absent or not a number.
+
+    In a ``bastion.audit/1`` document the path names a check's metric: ``evasion.robust_accuracy``
+    or just ``robust_accuracy`` (the first check that has it); the older evasion report's
+    ``attacks.<attack>.robust_accuracy`` reads ``robust_accuracy.<attack>``.
+    """
+    if report.get("schema") == "bastion.audit/1":
+        return _audit_metric(report, path)
     node: Any = report
     for part in path.split("."):
         if not isinstance(node, Mapping) or part not in node:
@@ -128,6 +135,22 @@ def lookup_metric(report: Mapping[str, Any], path: str) -> float | None:
     if isinstance(node, bool) or not isinstance(node, int | float):
         return None
     return float(node)
+
+
+def _audit_metric(doc: Mapping[str, Any], path: str) -> float | None:
+    parts = path.split(".")
+    if len(parts) == 3 and parts[0] == "attacks":
+        path = f"{parts[2]}.{parts[1]}"
+    checks = [c for c in doc.get("checks", []) if isinstance(c, Mapping)]
+    head, _, rest = path.partition(".")
+    named = [(c, rest) for c in checks if c.get("name") == head and rest]
+    for check, key in [*named, *((c, path) for c in checks)]:
+        metric = check.get("metrics", {}).get(key)
+        if isinstance(metric, Mapping):
+            value = metric.get("value")
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+    return None
 
 
 def check_signature(
