@@ -40,7 +40,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, S
 from sqlalchemy.orm import Session, sessionmaker
 
 from bastion.access.db import AccessAuditEntry, AccessAuditHead, AccessBase
-from bastion.artifacts.registry.audit import GENESIS, AuditVerification, chain_hash, verify_links
+from bastion.artifacts.registry.audit import (
+    GENESIS,
+    AuditVerification,
+    Checkpoint,
+    chain_hash,
+    verify_links,
+)
 from bastion.artifacts.registry.db import make_engine
 from bastion.errors import BastionError, ConfigurationError
 
@@ -264,8 +270,11 @@ class AuditLog:
             row = s.get(AccessAuditHead, 1)
             return (row.seq, row.hash) if row is not None else (0, GENESIS)
 
-    def verify(self) -> AuditVerification:
+    def verify(self, checkpoint: Checkpoint | None = None) -> AuditVerification:
         """Recompute the chain; ``ok`` is false at the first edited, missing or moved entry.
+
+        With the latest signed ``checkpoint`` (see :mod:`bastion.artifacts.registry.audit`),
+        also false if the log was truncated below it, wiped or recomputed since.
 
         Streams the entries (constant memory) on one snapshot, so appends by others while it
         runs neither disturb it nor wait for it.
@@ -283,7 +292,8 @@ class AuditLog:
                      for seq, at, actor, action, resource, outcome, details, prev, digest
                      in rows)
             try:
-                return verify_links(links, head_seq=head_seq, head_hash=head_hash)
+                return verify_links(links, head_seq=head_seq, head_hash=head_hash,
+                                    checkpoint=checkpoint)
             finally:
                 rows.close()  # a server-side cursor on PostgreSQL, maybe not exhausted
 
