@@ -128,7 +128,7 @@ def test_rotate_seals_segments_and_the_chain_verifies_across_them(tmp_path: Path
     seg2 = audit.rotate(archive, keep=5)
     assert seg2 is not None and seg2.first_seq == 21
     assert audit.rotate(archive, keep=1000) is None
-    result = audit.verify(archive)
+    result = audit.verify(archive=archive)
     assert result.ok, result.reason
     assert result.entries == audit.head()[0] == 47  # 45 entries + 2 seals
     assert audit.verify().ok  # without the archive: the seals' links only
@@ -147,7 +147,7 @@ def test_an_altered_segment_file_or_a_removed_seal_is_detected(tmp_path: Path) -
     row = json.loads(lines[3])
     row["actor"] = "mallory"
     path.write_text("\n".join([*lines[:3], json.dumps(row), *lines[4:]]) + "\n")
-    result = audit.verify(archive)
+    result = audit.verify(archive=archive)
     assert not result.ok and result.first_bad_seq == 1 and "altered" in result.reason
     assert audit.verify().ok  # the seal links alone cannot see inside the file
     # dropping the seal row leaves live entries that continue nothing

@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -51,7 +52,13 @@ from bastion.access.db import (
     AccessBase,
     AccessCounterRow,
 )
-from bastion.artifacts.registry.audit import GENESIS, AuditVerification, chain_hash, verify_links
+from bastion.artifacts.registry.audit import (
+    GENESIS,
+    AuditVerification,
+    Checkpoint,
+    chain_hash,
+    verify_links,
+)
 from bastion.artifacts.registry.db import make_engine
 from bastion.errors import BastionError, ConfigurationError
 
@@ -383,8 +390,12 @@ class AuditLog:
                             "sha256": seg.sha256, "file": name}})])
         return seg
 
-    def verify(self, archive: str | os.PathLike[str] | None = None) -> AuditVerification:
+    def verify(self, checkpoint: Checkpoint | None = None, *,
+               archive: str | os.PathLike[str] | None = None) -> AuditVerification:
         """Recompute the chain; ``ok`` is false at the first edited, missing or moved entry.
+
+        With the latest signed ``checkpoint`` (see :mod:`bastion.artifacts.registry.audit`),
+        also false if the log was truncated below it, wiped or recomputed since.
 
         Streams the entries (constant memory) on one snapshot, so appends by others while it
         runs neither disturb it nor wait for it. Entries rotated into sealed segments
@@ -420,13 +431,11 @@ class AuditLog:
                      in rows)
             try:
                 out = verify_links(links, head_seq=head_seq, head_hash=head_hash,
-                                   start_seq=start_seq, start_hash=start_hash)
+                                   checkpoint=checkpoint, start_seq=start_seq,
+                                   start_hash=start_hash)
             finally:
                 rows.close()  # a server-side cursor on PostgreSQL, maybe not exhausted
-        if count:
-            out = AuditVerification(out.ok, out.entries + count, out.head_hash,
-                                    out.first_bad_seq, out.reason)
-        return out
+        return dataclasses.replace(out, entries=out.entries + count) if count else out
 
 
 def _verify_segment(path: Path, seg: AccessAuditSegment) -> str | None:

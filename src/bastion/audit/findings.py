@@ -33,12 +33,23 @@ class Finding:
     owasp: tuple[str, ...]
     evidence: dict[str, Any] = field(default_factory=dict)
     remediation: str = ""
+    #: The model-independent place of the finding (an archive member, a class, a feature).
+    location: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable across audits: ``sha256(check, kind, location)`` from the ``check.kind`` id."""
+        from bastion.audit.contract import finding_fingerprint
+
+        check, _, kind = self.id.partition(".")
+        return finding_fingerprint(check, kind, self.location)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["severity"] = self.severity.value
         out["atlas"] = list(self.atlas)
         out["owasp"] = list(self.owasp)
+        out["fingerprint"] = self.fingerprint
         return out
 
     @classmethod
@@ -52,4 +63,5 @@ class Finding:
             owasp=tuple(data["owasp"]),
             evidence=dict(data.get("evidence", {})),
             remediation=data.get("remediation", ""),
+            location=data.get("location"),
         )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from bastion.cli._common import console, fail, handle_errors
+from bastion.cli._common import console, fail, fmt_value, handle_errors
 
 if TYPE_CHECKING:
     from bastion.data.contracts import Contract
@@ -51,10 +51,18 @@ def infer_contract_cmd(
         50, "--categorical-max", min=1,
         help="Text columns with at most this many distinct values are categorical."),
     range_tolerance: float = typer.Option(
-        0.1, "--range-tolerance", min=0.0, help="Widen each range by this fraction of it."),
+        0.1, "--range-tolerance", min=0.0,
+        help=("Widen each numeric range by this fraction of it (max - min) on each side; "
+              "a column never seen negative stays >= 0.")),
     report_dir: Path | None = typer.Option(
         None, "--report-dir",
         help="Folder for report.json and report.html (default: the contract's folder)."),
+    immutable: list[str] | None = typer.Option(
+        None, "--immutable", help="A column attacks may never change (repeatable)."),
+    cost: list[str] | None = typer.Option(
+        None, "--cost", help="COLUMN=VALUE: the cost of a unit change of a column (repeatable)."),
+    one_hot: list[str] | None = typer.Option(
+        None, "--one-hot", help="GROUP=COL1,COL2,...: a one-hot encoded group (repeatable)."),
 ) -> None:
     """Infer a human-editable YAML contract from reference data."""
     from bastion._io import atomic_write_json, atomic_write_text
@@ -63,6 +71,8 @@ def infer_contract_cmd(
     contract = infer_contract(
         data, name=name or data.stem, categorical=tuple(categorical or ()),
         categorical_max=categorical_max, range_tolerance=range_tolerance,
+        immutable=tuple(immutable or ()), costs=_costs(cost or []),
+        one_hot=_groups(one_hot or []),
     )
     save_contract(contract, out)
     doc = {"data": str(data), "contract_file": str(out), **contract_summary(contract)}
@@ -73,6 +83,33 @@ def infer_contract_cmd(
             else f"shape {list(contract.shape)}")
     console.print(f"wrote {contract.kind} contract [bold]{contract.name}[/] ({what}) to {out}",
                   highlight=False)
+    for col in doc.get("columns", []):
+        if col["accepted"] is not None:
+            console.print(f"  {col['name']}: seen {_accepted_text([col['min'], col['max']])}, "
+                          f"accepts {_accepted_text(col['accepted'])}", highlight=False)
+
+
+def _costs(items: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        col, sep, value = item.partition("=")
+        try:
+            out[col] = float(value)
+        except ValueError:
+            raise fail(f"--cost {item!r}: expected COLUMN=NUMBER") from None
+        if not sep or not col:
+            raise fail(f"--cost {item!r}: expected COLUMN=NUMBER")
+    return out
+
+
+def _groups(items: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in items:
+        group, sep, cols = item.partition("=")
+        if not sep or not group or not cols:
+            raise fail(f"--one-hot {item!r}: expected GROUP=COL1,COL2,...")
+        out[group] = [c.strip() for c in cols.split(",") if c.strip()]
+    return out
 
 
 @data_app.command("validate")
@@ -127,8 +164,8 @@ def report_html(doc: dict[str, Any]) -> str:
             ["severity", "rule", "row", "column", "index", "value", "expected", "message"],
             [[v["severity"], v["rule"], v["row"], v["column"],
               None if v["index"] is None else str(tuple(v["index"])),
-              None if v["value"] is None else str(v["value"]),
-              None if v["expected"] is None else str(v["expected"]), v["message"]]
+              None if v["value"] is None else fmt_value(v["value"]),
+              None if v["expected"] is None else fmt_value(v["expected"]), v["message"]]
              for v in ordered]))
     else:
         body.append('<p class="muted">No violations.</p>')
@@ -147,6 +184,7 @@ def report_html(doc: dict[str, Any]) -> str:
 def contract_summary(contract: Contract) -> dict[str, Any]:
     """What a contract checks, as a JSON-ready dict (the infer-contract report)."""
     from bastion.data.contracts import TableContract
+    from bastion.data.contracts.validate import accepted_range
 
     ref = contract.reference
     doc: dict[str, Any] = {"contract": contract.name, "kind": contract.kind,
@@ -156,6 +194,7 @@ def contract_summary(contract: Contract) -> dict[str, Any]:
         doc["columns"] = [
             {"name": c.name, "kind": c.kind, "dtype": c.dtype, "nullable": c.nullable,
              "missing_rate": ref.missing.get(c.name, 0.0), "min": c.min, "max": c.max,
+             "accepted": _listed(accepted_range(c, contract.range_tolerance)),
              "categories": None if c.categories is None else len(c.categories),
              "unique": c.unique, "mean": c.mean, "std": c.std}
             for c in contract.columns]
@@ -165,6 +204,14 @@ def contract_summary(contract: Contract) -> dict[str, Any]:
                    channels=[dict(c) for c in contract.channels],
                    features=sorted(k for k in ref.sketches if k != "values"))
     return doc
+
+
+def _listed(pair: tuple[Any, Any] | None) -> list[Any] | None:
+    return None if pair is None else list(pair)
+
+
+def _accepted_text(pair: list[Any] | None) -> str | None:
+    return None if pair is None else f"{fmt_value(pair[0])} to {fmt_value(pair[1])}"
 
 
 def contract_html(doc: dict[str, Any]) -> str:
@@ -184,10 +231,11 @@ def contract_html(doc: dict[str, Any]) -> str:
     if doc["kind"] == "table":
         body.append("<h2>Columns</h2>")
         body.append(table_html(
-            ["name", "kind", "dtype", "nullable", "missing", "min", "max", "categories",
-             "unique", "mean", "std"],
+            ["name", "kind", "dtype", "nullable", "missing", "min", "max", "accepted range",
+             "categories", "unique", "mean", "std"],
             [[c["name"], c["kind"], c["dtype"], "yes" if c["nullable"] else "no",
-              c["missing_rate"], c["min"], c["max"], c["categories"],
+              c["missing_rate"], c["min"], c["max"], _accepted_text(c["accepted"]),
+              c["categories"],
               "yes" if c["unique"] else "no", c["mean"], c["std"]] for c in doc["columns"]]))
     else:
         body.append("<h2>Values</h2>")

@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 from typing import Any, Literal, cast
 
-import torch
 import typer
 
 from bastion.cli._common import console, err_console, handle_errors
@@ -90,7 +89,7 @@ def _evaluate(**opts: Any) -> None:
     )
     from bastion.attacks.extraction.report import write_extraction_report
     from bastion.cli._common import parse_floats, parse_shape
-    from bastion.cli.evaluate import load_xy
+    from bastion.cli.evaluate import load_xy, pick_device
     from bastion.models.base import Capability
     from bastion.models.loading import load_model
 
@@ -127,7 +126,7 @@ def _evaluate(**opts: Any) -> None:
         bounds=bounds,
         factory=opts["factory"],
         trust_pickle=opts["trust_pickle"],
-        device=torch.device("cpu"),
+        device=pick_device("cpu"),
     )
     if access == "scores" and Capability.SCORES not in clf.capabilities:
         raise ConfigurationError("the model is label-only; use --access labels")

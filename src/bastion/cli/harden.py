@@ -27,15 +27,17 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import typer
-from torch import nn
 
 from bastion.cli._common import console, handle_errors, parse_floats
 from bastion.cli.evaluate import load_xy, pick_device
 from bastion.errors import ConfigurationError, InputError, ModelError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = ["register"]
 
@@ -223,6 +225,8 @@ class _Data:
 
 @handle_errors
 def _harden(defence: str, opts: dict[str, Any]) -> None:
+    import torch
+
     from bastion.cli._harden_report import print_summary, summarise, write_report
 
     start = time.perf_counter()
@@ -303,6 +307,8 @@ def _check_options(opts: dict[str, Any]) -> None:
 
 
 def _load_data(opts: dict[str, Any]) -> _Data:
+    import torch
+
     from bastion.data import load_digits, load_mnist
     from bastion.models.base import check_bounds
 
@@ -338,6 +344,8 @@ def _load_data(opts: dict[str, Any]) -> _Data:
 
 
 def _new_arch(data: _Data, opts: dict[str, Any], dev: torch.device) -> nn.Module:
+    import torch
+
     from bastion.models.zoo import small_cnn, small_mlp
 
     torch.manual_seed(opts["seed"])
@@ -490,6 +498,8 @@ def _train(
 
 def _fresh_weights(baseline: nn.Module, seed: int) -> nn.Module:
     """A copy of ``baseline`` with every layer re-initialised (seeded)."""
+    import torch
+
     net = copy.deepcopy(baseline)
     torch.manual_seed(seed)
     for name, sub in net.named_modules():

@@ -12,16 +12,18 @@ import struct
 import time
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 import typer
 from rich.table import Table
 
 from bastion._progress import progress_bar
 from bastion.cli._common import console, handle_errors, parse_floats, parse_shape
 from bastion.errors import ConfigurationError, InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 __all__ = ["png_bytes", "register"]
 
@@ -116,6 +118,8 @@ def _build(name: str, opts: dict[str, Any], shape: tuple[int, ...], k: int) -> A
 
 @handle_errors
 def _membership(**opts: Any) -> None:
+    import torch
+
     from bastion.cli.evaluate import load_xy
 
     lo, hi = parse_floats(opts["bounds"], "--bounds", 2)
@@ -327,6 +331,8 @@ def _inversion(**opts: Any) -> None:
 
 def png_bytes(image: np.ndarray) -> bytes:
     """Encode a ``(H, W)`` grey or ``(H, W, 3)`` RGB ``uint8`` array as a PNG (zlib + struct)."""
+    import numpy as np
+
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise InputError("png_bytes needs a uint8 (H, W) or (H, W, 3) array")
     h, w = image.shape[:2]
@@ -348,6 +354,9 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def _to_image(x: torch.Tensor, bounds: tuple[float, float], scale: int) -> np.ndarray:
+    import numpy as np
+    import torch
+
     lo, hi = bounds
     a = ((x.double() - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
     if a.ndim == 3 and a.shape[0] in (1, 3):

@@ -7,12 +7,14 @@ Exit codes: 0 nothing suspicious, 1 suspicious samples found, 2 an error.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import typer
 
 from bastion.cli._common import console, err_console, handle_errors
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["EXIT_SUSPICIOUS", "register", "render_report_html", "scatter_svg"]
 
@@ -59,6 +61,8 @@ def scan_poison_cmd(
 
 @handle_errors
 def _scan(**opts: Any) -> None:
+    import torch
+
     from bastion._io import atomic_write_json, atomic_write_text
     from bastion.cli.evaluate import load_xy
     from bastion.defences.data.scan import parse_methods, scan_poison
@@ -113,6 +117,8 @@ def scatter_svg(
     height: int = 180,
 ) -> str:
     """An inline SVG scatter of 2-D ``points``; flagged points red, the others blue."""
+    import torch
+
     from bastion.report.html import esc
 
     pad = 14

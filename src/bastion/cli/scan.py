@@ -74,4 +74,12 @@ def register(app: typer.Typer) -> None:
                 _write_atomic(out, text + "\n")
             else:
                 typer.echo(text)
+        if out is not None:
+            counts = report.counts
+            console.print(
+                f"wrote {output_format.value} report {out}: {len(report.files)} file(s), "
+                f"{counts['clean']} clean, {counts['unsafe']} unsafe, {counts['error']} error, "
+                f"{counts['skipped']} skipped",
+                highlight=False, soft_wrap=True,
+            )
         raise typer.Exit(report.exit_code)

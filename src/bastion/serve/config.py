@@ -175,7 +175,7 @@ class ModelSettings(_Frozen):
     """One served model: from the registry (``alias``/``version``) or a local file (``path``)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-    alias: str = "champion"
+    alias: str | None = "champion"
     version: int | None = Field(default=None, ge=1)
     path: str | None = None
     input_shape: tuple[int, ...] | None = None
@@ -187,6 +187,20 @@ class ModelSettings(_Frozen):
     contract: str | None = None
     output: OutputSettings = OutputSettings()
     screening: ScreeningSettings = ScreeningSettings()
+
+    @field_validator("factory_kwargs", mode="before")
+    @classmethod
+    def _no_kwargs(cls, v: Any) -> Any:
+        return {} if v is None else v  # `factory_kwargs: null`, as for TorchScript or ONNX
+
+    @model_validator(mode="after")
+    def _some_source(self) -> ModelSettings:
+        if self.path is None and self.version is None and self.alias is None:
+            raise ValueError(
+                f"model {self.name!r} needs a registry `alias`, a pinned `version` or a local "
+                "`path`; all three are null"
+            )
+        return self
 
     @field_validator("input_shape")
     @classmethod

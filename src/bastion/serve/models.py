@@ -98,7 +98,7 @@ def _load_file(path: Path, settings: ModelSettings) -> Classifier:
 def _from_registry(settings: ModelSettings, registry: RegistrySettings) -> tuple[Classifier, str]:
     from bastion.artifacts.registry import Registry
 
-    ref: int | str = settings.version if settings.version is not None else settings.alias
+    ref: int | str = settings.version if settings.version is not None else settings.alias or ""
     reg = Registry(registry.metadata_url, registry.storage_url, actor=registry.actor,
                    trusted_keys=registry.trusted_keys)
     tmp = Path(tempfile.mkdtemp(prefix="bastion-serve-"))

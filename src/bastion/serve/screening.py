@@ -55,7 +55,7 @@ class ContractScreener:
         if not isinstance(contract, TensorContract) or contract.reference.mahalanobis is None:
             raise ConfigurationError(
                 "screening 'contract' needs a tensor contract with an outlier model (infer it "
-                "from at least a few hundred reference samples with `bastion data contract`)")
+                "from at least a few hundred reference samples with `bastion data infer-contract`)")
         model = contract.reference.mahalanobis
         self._mean = np.asarray(model.mean, dtype=np.float64)
         self._precision = np.asarray(model.precision, dtype=np.float64)

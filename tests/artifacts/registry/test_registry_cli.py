@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,19 +10,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from bastion.cli import registry
-
 
 @pytest.fixture
-def app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:  # keep sub-commands as sub-commands
-        pass
-
-    registry.register(app)
-    return app
+def app(cli: typer.Typer) -> typer.Typer:
+    return cli
 
 
 @pytest.fixture
@@ -68,7 +60,8 @@ def test_encrypt_decrypt(app: typer.Typer, tmp_path: Path) -> None:
     assert code == 0
     code, out = _run(app, "decrypt", str(tmp_path / "d.enc"), str(tmp_path / "out.csv"),
                      "--key-file", str(tmp_path / "kek"))
-    assert code == 0 and json.loads(out) == {"owner": "ml"}
+    assert code == 0 and "-> " + str(tmp_path / "out.csv") in out.replace("\n", "")
+    assert json.loads(out.split("metadata: ", 1)[1]) == {"owner": "ml"}
     assert (tmp_path / "out.csv").read_bytes() == src.read_bytes()
     _run(app, "keygen", str(tmp_path / "kek2"), "--kind", "aes-256")
     code, out = _run(app, "decrypt", str(tmp_path / "d.enc"), str(tmp_path / "o2"),
@@ -101,7 +94,9 @@ def test_registry_workflow(app: typer.Typer, env: dict[str, str], tmp_path: Path
     assert shown["lineage"]["metrics"] == {"acc": 0.9}
 
     report = tmp_path / "report.json"
-    report.write_text(json.dumps({"clean_accuracy": 0.9, "robust_accuracy": 0.4}))
+    report.write_text(json.dumps({"model": {"digest": "sha256:" + hashlib.sha256(b"v1")
+                                            .hexdigest()},
+                                  "clean_accuracy": 0.9, "robust_accuracy": 0.4}))
     code, out = _run(app, "registry", "promote", "fraud", "1", "champion", "--report",
                      str(report), "--min", "robust_accuracy=0.5")
     assert code == 2 and "robust_accuracy = 0.4 is below 0.5" in out

@@ -67,9 +67,10 @@ def test_range_slack(contract):
     amount = contract.column("amount")
     assert amount.slack is not None
     below, above = amount.slack
-    # at least Tukey's far-out fences: quartiles -/+ 3 IQR of N(50, 10) are 2.8 and 97.2
-    assert amount.min - below == pytest.approx(2.8, abs=1.5)
-    assert amount.max + above == pytest.approx(97.2, abs=1.5)
+    # exactly what --range-tolerance says: 10% of (max - min) on each side (and rounding)
+    span = amount.max - amount.min
+    assert below == pytest.approx(0.1 * span, rel=2e-3)
+    assert above == pytest.approx(0.1 * span, rel=2e-3)
     df = frame(4, 7)
     df["amount"] = [
         amount.min - below + 0.01,

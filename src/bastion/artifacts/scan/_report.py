@@ -107,11 +107,12 @@ def render_sarif(report: ScanReport) -> str:
 def render_table(report: ScanReport, console: Console) -> None:
     """Print one row per file and one per finding."""
     table = Table(title="bastion scan", show_lines=False)
-    table.add_column("file")
+    # the key column folds (wraps inside the name) rather than being cut with an ellipsis
+    table.add_column("file", overflow="fold")
     table.add_column("format")
     table.add_column("verdict")
     table.add_column("severity")
-    table.add_column("finding")
+    table.add_column("finding", overflow="fold")
     for scan in report.files:
         style = _STYLE[scan.verdict]
         findings = scan.all_findings()

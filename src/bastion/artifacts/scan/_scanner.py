@@ -15,6 +15,7 @@ from typing import IO
 
 from bastion.artifacts.scan import _containers as containers
 from bastion.artifacts.scan import _formats as formats
+from bastion.artifacts.scan import _trees as trees
 from bastion.artifacts.scan._pickle import scan_pickles
 from bastion.artifacts.scan._stream import Budget, Reader, ScanLimitError, Truncated
 from bastion.artifacts.scan._stream import stream_size as _size
@@ -117,6 +118,8 @@ def scan_stream(
     fmt = formats.sniff(head)
     if fmt in ("unknown", "pickle?") and any(n.lower().endswith(_PICKLE_NAMES) for n in names):
         fmt = "pickle"
+    if fmt == "unknown":
+        fmt = trees.sniff_tree(head) or fmt
     try:
         return _dispatch(fmt, f, path, ctx, depth, torchscript)
     except ScanLimitError as exc:
@@ -168,6 +171,8 @@ def _dispatch(fmt: str, f: IO[bytes], path: str, ctx: _Context, depth: int,
     if fmt == "hdf5":
         kind, findings, error = formats.scan_hdf5(f)
         return combine(path, kind, findings, error=error)
+    if fmt in trees.TREE_FORMATS:
+        return combine(path, fmt, trees.scan_tree_model(fmt, _read_all(f, ctx)))
     return combine(path, "unknown", [], skipped=True)
 
 

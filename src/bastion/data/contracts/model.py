@@ -79,13 +79,18 @@ class ColumnSpec:
     ``min``/``max`` are the observed bounds (ISO strings for datetimes). A value may lie up
     to ``slack = [below, above]`` beyond them; without ``slack``, up to the contract's
     ``range_tolerance`` times ``max - min``. Inference sets the slack of a numeric column to
-    the largest of that, the reference's own tail (``min`` to its 1st percentile, 99th
-    percentile to ``max``) and the distance to Tukey's far-out fences (quartiles ∓ 3 IQR),
-    so that fresh data from the same distribution rarely fall outside;
+    exactly that widening (plus what rounding ``min``/``max`` needs), except that a column
+    never seen negative is not widened below zero: an ``age`` seen from 18 to 89 accepts
+    10.9 to 96.1 with the default tolerance 0.1;
     ``categories`` lists the allowed values of a
     categorical or boolean column; ``pattern`` is an optional regular expression every string
     value must match in full; ``drift`` turns the column's distribution check on or off.
     Robust statistics (``median``, ``mad``) feed the outlier check.
+
+    Rules for attacks on tabular models (:mod:`bastion.data.tabular`): ``immutable`` columns
+    (an id, a birth date) are never perturbed; ``cost`` weighs a unit change of the column
+    in perturbation distances (default 1); ``one_hot`` names the one-hot group the column
+    belongs to (exactly one column of a group is 1, the others 0).
     """
 
     name: str
@@ -104,6 +109,9 @@ class ColumnSpec:
     median: float | None = None
     mad: float | None = None
     drift: bool = True
+    immutable: bool = False
+    cost: float | None = None
+    one_hot: str | None = None
 
 
 @dataclass(frozen=True)

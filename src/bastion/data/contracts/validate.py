@@ -101,6 +101,21 @@ def validate(
     return report
 
 
+def accepted_range(spec: ColumnSpec, tol: float) -> tuple[Any, Any] | None:
+    """The values a numeric or datetime column accepts, ``(low, high)``, or ``None``.
+
+    Numbers for numeric columns (rounded to 6 significant digits), ISO strings for datetimes;
+    ``None`` for columns without a range (text, categories) or without observed bounds.
+    """
+    if spec.kind not in ("float", "integer", "datetime") or spec.min is None or spec.max is None:
+        return None
+    if spec.kind == "datetime":
+        lo, hi = _bounds(spec, tol, True)
+        return (pd.Timestamp(lo, unit="s").isoformat(), pd.Timestamp(hi, unit="s").isoformat())
+    lo, hi = _bounds(spec, tol, False)
+    return sig(lo, 6), sig(hi, 6)
+
+
 def _bounds(spec: ColumnSpec, tol: float, as_seconds: bool) -> tuple[float, float]:
     def conv(v: float | str | None, default: float) -> float:
         if v is None:
