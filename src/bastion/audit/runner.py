@@ -30,6 +30,7 @@ from bastion.audit.document import (
     check_entry,
     check_entry_valid,
     environment,
+    validate_document,
     write_json,
 )
 from bastion.audit.executor import Executor, InProcessExecutor
@@ -313,6 +314,7 @@ def run_audit(
     transport: Any = None,
     formats: Sequence[str] = REPORT_FORMATS,
     write: bool = True,
+    finalize: Callable[[dict[str, Any]], None] | None = None,
 ) -> AuditOutcome:
     """Audit ``config.model`` and write the report to ``config.out``.
 
@@ -320,6 +322,8 @@ def run_audit(
     out that way are not in the report at all, while ``config.only``/``skip`` keep them in the
     plan as ``not_run``. ``classifier`` audits an in-process model (``config.model`` may then
     name its file, which is digested and scanned). ``progress`` shows a transient bar.
+    ``finalize`` may amend the document (suppressions, the baseline's diff) before it is
+    validated again and written.
     """
     from bastion._progress import progress_bar
 
@@ -351,6 +355,9 @@ def run_audit(
         threat_model=prepared.threat_model, plan=[e.to_dict() for e in prepared.plan],
         checks=entries, environment=environment(prepared.ctx.device, executor.name),
         catalogue=catalogue)
+    if finalize is not None:
+        finalize(doc)
+        validate_document(doc)
     written: dict[str, Path] = {}
     replaced: tuple[Path, ...] = ()
     if write:

@@ -28,8 +28,13 @@ from bastion.threat import ATLAS, OWASP
 
 __all__ = ["ArtifactCheck"]
 
-_SEVERITY = {0: Severity.INFO, 1: Severity.LOW, 2: Severity.MEDIUM, 3: Severity.HIGH,
-             4: Severity.CRITICAL}
+_SEVERITY = {
+    0: Severity.INFO,
+    1: Severity.LOW,
+    2: Severity.MEDIUM,
+    3: Severity.HIGH,
+    4: Severity.CRITICAL,
+}
 _REMEDY = (
     "Do not load this file. Re-export the model in a format that cannot run code "
     "(safetensors, ONNX, skops with trusted types, or a torch state dict loaded with "
@@ -51,8 +56,11 @@ class ArtifactCheck(Check):
     name = "artifact"
     title = "Unsafe artifacts: model file scan and signature"
     threat = "unsafe_artifacts"
-    practices: ClassVar[tuple[str, ...]] = ("secure_data_access", "model_validation",
-                                            "regular_updates")
+    practices: ClassVar[tuple[str, ...]] = (
+        "secure_data_access",
+        "model_validation",
+        "regular_updates",
+    )
     needs_model = False
     defaults: ClassVar[dict[str, Any]] = {}
 
@@ -60,13 +68,13 @@ class ArtifactCheck(Check):
         if ctx.model_path is None:
             return Requirement(
                 "the model is a remote endpoint or an in-memory object: there is no file to scan",
-                "audit the model file or a registry://name@version reference")
+                "audit the model file or a registry://name@version reference",
+            )
         return None
 
     def inputs(self, ctx: AuditContext) -> dict[str, Any]:
         key = None if ctx.signature_key is None else str(ctx.signature_key)
-        return {"signature_key": key,
-                "registry_signature": ctx.model_info.get("signature_status")}
+        return {"signature_key": key, "registry_signature": ctx.model_info.get("signature_status")}
 
     def run(self, ctx: AuditContext) -> CheckResult:
         from bastion.artifacts.scan import scan_path
@@ -74,8 +82,11 @@ class ArtifactCheck(Check):
         assert_path = ctx.model_path
         if assert_path is None:  # requires() rules this out
             return CheckResult("not_run", reason="no model file")
-        paths = sorted(p for p in assert_path.rglob("*") if p.is_file()) \
-            if assert_path.is_dir() else [assert_path]
+        paths = (
+            sorted(p for p in assert_path.rglob("*") if p.is_file())
+            if assert_path.is_dir()
+            else [assert_path]
+        )
         findings: list[Finding] = []
         rows: list[list[Any]] = []
         unsafe = 0
@@ -86,42 +97,72 @@ class ArtifactCheck(Check):
             if verdict == "unsafe":
                 unsafe += 1
             if verdict == "error":
-                findings.append(Finding(
-                    id="artifact.unscannable", title=f"{p.name} could not be scanned completely",
-                    severity=Severity.HIGH, threat="unsafe_artifacts",
-                    atlas=(ATLAS["unsafe_artifacts"],), owasp=(OWASP["supply_chain"],),
-                    evidence={"file": p.name, "error": scan.error}, remediation=_REMEDY,
-                    location=p.name))
+                findings.append(
+                    Finding(
+                        id="artifact.unscannable",
+                        title=f"{p.name} could not be scanned completely",
+                        severity=Severity.HIGH,
+                        threat="unsafe_artifacts",
+                        atlas=(ATLAS["unsafe_artifacts"],),
+                        owasp=(OWASP["supply_chain"],),
+                        evidence={"file": p.name, "error": scan.error},
+                        remediation=_REMEDY,
+                        location=p.name,
+                    )
+                )
             seen: set[str] = set()
             for where, f in scan.all_findings():
                 location = f"{_member(where, scan.path)}:{f.target}"
                 if location in seen:
                     continue
                 seen.add(location)
-                findings.append(Finding(
-                    id="artifact.unsafe-import",
-                    title=f"Loading {p.name} would run {f.target} ({f.operator})",
-                    severity=_SEVERITY.get(int(f.severity), Severity.HIGH),
-                    threat="unsafe_artifacts",
-                    atlas=(ATLAS["unsafe_artifacts"], ATLAS["supply_chain_model"]),
-                    owasp=(OWASP["supply_chain"],),
-                    evidence={"file": p.name, "member": where, "operator": f.operator,
-                              "target": f.target, "position": f.position, "why": f.why},
-                    remediation=_REMEDY, location=location))
-        metrics = {"files_scanned": Metric(float(len(paths)), label="files scanned"),
-                   "unsafe_files": Metric(float(unsafe), label="unsafe files",
-                                          higher_is_better=False)}
+                findings.append(
+                    Finding(
+                        id="artifact.unsafe-import",
+                        title=f"Loading {p.name} would run {f.target} ({f.operator})",
+                        severity=_SEVERITY.get(int(f.severity), Severity.HIGH),
+                        threat="unsafe_artifacts",
+                        atlas=(ATLAS["unsafe_artifacts"], ATLAS["supply_chain_model"]),
+                        owasp=(OWASP["supply_chain"],),
+                        evidence={
+                            "file": p.name,
+                            "member": where,
+                            "operator": f.operator,
+                            "target": f.target,
+                            "position": f.position,
+                            "why": f.why,
+                        },
+                        remediation=_REMEDY,
+                        location=location,
+                    )
+                )
+        metrics = {
+            "files_scanned": Metric(float(len(paths)), label="files scanned"),
+            "unsafe_files": Metric(float(unsafe), label="unsafe files", higher_is_better=False),
+        }
         signature = self._signature(ctx, findings)
-        status: Status = "failed" if any(
-            f.severity.rank >= Severity.MEDIUM.rank for f in findings) else "passed"
-        verdict_text = (f"{unsafe} of {len(paths)} file(s) would run code when loaded"
-                        if unsafe else f"{len(paths)} file(s) scanned clean")
+        status: Status = (
+            "failed" if any(f.severity.rank >= Severity.MEDIUM.rank for f in findings) else "passed"
+        )
+        verdict_text = (
+            f"{unsafe} of {len(paths)} file(s) would run code when loaded"
+            if unsafe
+            else f"{len(paths)} file(s) scanned clean"
+        )
         return CheckResult(
-            status, metrics=metrics, findings=findings,
-            tables=[{"title": "Files scanned", "columns": ["file", "format", "verdict",
-                                                           "findings"], "rows": rows}],
+            status,
+            metrics=metrics,
+            findings=findings,
+            tables=[
+                {
+                    "title": "Files scanned",
+                    "columns": ["file", "format", "verdict", "findings"],
+                    "rows": rows,
+                }
+            ],
             summary=f"{verdict_text}; signature: {signature}.",
-            settings=self.inputs(ctx))
+            settings=self.inputs(ctx),
+        )
 
     def _signature(self, ctx: AuditContext, findings: list[Finding]) -> str:
         """Verify with ``--signature-key`` or take the registry's status; say which."""
@@ -141,13 +182,19 @@ class ArtifactCheck(Check):
             if registry_status == "valid":
                 return "valid (registry)"
             if registry_status == "unsigned":
-                findings.append(Finding(
-                    id="artifact.unsigned", title="The registry version is not signed",
-                    severity=Severity.LOW, threat="unsafe_artifacts",
-                    atlas=(ATLAS["supply_chain_model"],), owasp=(OWASP["supply_chain"],),
-                    evidence={"signature_status": registry_status},
-                    remediation="Sign models when pushing them (bastion registry push "
-                    "--sign-key) and configure trusted keys."))
+                findings.append(
+                    Finding(
+                        id="artifact.unsigned",
+                        title="The registry version is not signed",
+                        severity=Severity.LOW,
+                        threat="unsafe_artifacts",
+                        atlas=(ATLAS["supply_chain_model"],),
+                        owasp=(OWASP["supply_chain"],),
+                        evidence={"signature_status": registry_status},
+                        remediation="Sign models when pushing them (bastion registry push "
+                        "--sign-key) and configure trusted keys.",
+                    )
+                )
                 return "unsigned (registry)"
             findings.append(self._bad_signature(f"registry status {registry_status}"))
             return f"{registry_status} (registry)"
@@ -156,9 +203,13 @@ class ArtifactCheck(Check):
     @staticmethod
     def _bad_signature(why: str) -> Finding:
         return Finding(
-            id="artifact.bad-signature", title="The model does not match a trusted signature",
-            severity=Severity.HIGH, threat="unsafe_artifacts",
+            id="artifact.bad-signature",
+            title="The model does not match a trusted signature",
+            severity=Severity.HIGH,
+            threat="unsafe_artifacts",
             atlas=(ATLAS["supply_chain_model"], ATLAS["mitigation_verify_artifacts"]),
-            owasp=(OWASP["supply_chain"],), evidence={"why": why},
+            owasp=(OWASP["supply_chain"],),
+            evidence={"why": why},
             remediation="Do not deploy this file: obtain the model from its signed source and "
-            "verify it (bastion verify) before use.")
+            "verify it (bastion verify) before use.",
+        )

@@ -74,8 +74,10 @@ class EvasionCheck(Check):
             per_sample = max(10, min(per_sample or 1000, ctx.query_budget // max(n, 1)))
         attacks = []
         for i, name in enumerate(names):
-            extra: dict[str, Any] = {"seed": ctx.unit_seed(self.name, i),
-                                     "batch_size": int(s["batch_size"])}
+            extra: dict[str, Any] = {
+                "seed": ctx.unit_seed(self.name, i),
+                "batch_size": int(s["batch_size"]),
+            }
             if name.lower() in _ITERATIVE and s["steps"] is not None:
                 extra["steps"] = int(s["steps"])
             if name.lower() in _QUERY and per_sample:
@@ -100,10 +102,14 @@ class EvasionCheck(Check):
             x, y = x[keep], y[keep]
         attacks = self._attacks(ctx, n)
         ev = evaluate_evasion(
-            ctx.model, x, y, attacks, curve_points=int(s["curve_points"]), progress=False,
+            ctx.model,
+            x,
+            y,
+            attacks,
+            curve_points=int(s["curve_points"]),
+            progress=False,
             model_name=str(ctx.model_info.get("source", "")),
-            on_progress=None if ctx.progress is None else
-            (lambda f: ctx.progress(self.name, f)),  # type: ignore[misc]
+            on_progress=None if ctx.progress is None else (lambda f: ctx.progress(self.name, f)),  # type: ignore[misc]
         )
         results = list(ev.results.values())
         clean = results[0].clean_correct.cpu()
@@ -111,44 +117,74 @@ class EvasionCheck(Check):
         for r in results:
             robust &= (r.adv_pred == r.y).cpu()
         metrics = {
-            "clean_accuracy": Metric.proportion(int(clean.sum()), n, higher_is_better=True,
-                                                label="clean accuracy"),
-            "robust_accuracy": Metric.proportion(int(robust.sum()), n, higher_is_better=True,
-                                                 label=f"robust accuracy (worst case, "
-                                                 f"{ev.norm.value} eps {ev.eps:g})"),
+            "clean_accuracy": Metric.proportion(
+                int(clean.sum()), n, higher_is_better=True, label="clean accuracy"
+            ),
+            "robust_accuracy": Metric.proportion(
+                int(robust.sum()),
+                n,
+                higher_is_better=True,
+                label=f"robust accuracy (worst case, {ev.norm.value} eps {ev.eps:g})",
+            ),
         }
         for r in results:
             metrics[f"robust_accuracy.{r.attack}"] = Metric.proportion(
-                int((r.adv_pred == r.y).sum()), n, higher_is_better=True,
-                label=f"robust accuracy under {r.attack}")
+                int((r.adv_pred == r.y).sum()),
+                n,
+                higher_is_better=True,
+                label=f"robust accuracy under {r.attack}",
+            )
         findings = list(ev.findings)
         failed = any(f.severity.rank >= Severity.MEDIUM.rank for f in findings)
         plots = [self._curve_plot(ev, n), self._per_class_plot(y.cpu(), robust)]
         if ctx.domain == "image" and int(s["examples"]) > 0:
-            examples = self._examples(x.cpu(), y.cpu(), robust, clean, results,
-                                      int(s["examples"]), float(ev.eps or 0.0))
+            examples = self._examples(
+                x.cpu(), y.cpu(), robust, clean, results, int(s["examples"]), float(ev.eps or 0.0)
+            )
             if examples is not None:
                 plots.append(examples)
         table = {
             "title": "Attacks",
-            "columns": ["attack", "robust accuracy", "success rate", "median norm",
-                        "queries/sample"],
-            "rows": [[name, a["robust_accuracy"], a["success_rate"], a["median_norm"],
-                      a["queries_per_sample"]]
-                     for name, a in ev.to_dict()["attacks"].items()],
+            "columns": [
+                "attack",
+                "robust accuracy",
+                "success rate",
+                "median norm",
+                "queries/sample",
+            ],
+            "rows": [
+                [
+                    name,
+                    a["robust_accuracy"],
+                    a["success_rate"],
+                    a["median_norm"],
+                    a["queries_per_sample"],
+                ]
+                for name, a in ev.to_dict()["attacks"].items()
+            ],
         }
         access = effective_access(ctx)
         return CheckResult(
-            "failed" if failed else "passed", metrics=metrics, findings=findings, plots=plots,
+            "failed" if failed else "passed",
+            metrics=metrics,
+            findings=findings,
+            plots=plots,
             tables=[table],
-            summary=(f"Robust accuracy {metrics['robust_accuracy'].value:.1%} (clean "
-                     f"{metrics['clean_accuracy'].value:.1%}) on {n} samples under "
-                     f"{', '.join(a.name for a in attacks)} ({access} access, "
-                     f"{ev.norm.value} eps {ev.eps:g})"
-                     + (f"; {len(ev.warnings)} reliability warning(s)" if ev.warnings else "")
-                     + "."),
-            settings={**s, "attacks": [a.name for a in attacks], "access": access,
-                      "warnings": list(ev.warnings)})
+            summary=(
+                f"Robust accuracy {metrics['robust_accuracy'].value:.1%} (clean "
+                f"{metrics['clean_accuracy'].value:.1%}) on {n} samples under "
+                f"{', '.join(a.name for a in attacks)} ({access} access, "
+                f"{ev.norm.value} eps {ev.eps:g})"
+                + (f"; {len(ev.warnings)} reliability warning(s)" if ev.warnings else "")
+                + "."
+            ),
+            settings={
+                **s,
+                "attacks": [a.name for a in attacks],
+                "access": access,
+                "warnings": list(ev.warnings),
+            },
+        )
 
     @staticmethod
     def _curve_plot(ev: Any, n: int) -> dict[str, Any]:
@@ -157,12 +193,19 @@ class EvasionCheck(Check):
         points = list(ev.curve)
         bounds = [clopper_pearson(round(p.robust_accuracy * n), n) for p in points]
         return {
-            "kind": "line", "title": f"Robustness curve ({ev.curve_attack or 'no curve'})",
-            "x_label": f"eps ({ev.norm.value})", "y_label": "robust accuracy",
-            "series": [{"label": ev.curve_attack or "", "x": [p.eps for p in points],
-                        "y": [p.robust_accuracy for p in points],
-                        "lo": [float(b[0]) for b in bounds],
-                        "hi": [float(b[1]) for b in bounds]}],
+            "kind": "line",
+            "title": f"Robustness curve ({ev.curve_attack or 'no curve'})",
+            "x_label": f"eps ({ev.norm.value})",
+            "y_label": "robust accuracy",
+            "series": [
+                {
+                    "label": ev.curve_attack or "",
+                    "x": [p.eps for p in points],
+                    "y": [p.robust_accuracy for p in points],
+                    "lo": [float(b[0]) for b in bounds],
+                    "hi": [float(b[1]) for b in bounds],
+                }
+            ],
         }
 
     @staticmethod
@@ -175,13 +218,24 @@ class EvasionCheck(Check):
             vals.append(float(m.value or 0.0))
             lo.append(m.ci[0] if m.ci else 0.0)
             hi.append(m.ci[1] if m.ci else 1.0)
-        return {"kind": "bar", "title": "Robust accuracy per class", "x_label": "class",
-                "y_label": "robust accuracy",
-                "series": [{"label": "robust accuracy", "x": xs, "y": vals, "lo": lo, "hi": hi}]}
+        return {
+            "kind": "bar",
+            "title": "Robust accuracy per class",
+            "x_label": "class",
+            "y_label": "robust accuracy",
+            "series": [{"label": "robust accuracy", "x": xs, "y": vals, "lo": lo, "hi": hi}],
+        }
 
     @staticmethod
-    def _examples(x: torch.Tensor, y: torch.Tensor, robust: torch.Tensor, clean: torch.Tensor,
-                  results: list[Any], count: int, eps: float) -> dict[str, Any] | None:
+    def _examples(
+        x: torch.Tensor,
+        y: torch.Tensor,
+        robust: torch.Tensor,
+        clean: torch.Tensor,
+        results: list[Any],
+        count: int,
+        eps: float,
+    ) -> dict[str, Any] | None:
         broken = torch.nonzero(clean & ~robust).flatten().tolist()[:count]
         if not broken:
             return None
@@ -196,11 +250,17 @@ class EvasionCheck(Check):
             adv = r.x_adv[i].detach().cpu().float()
             delta = adv - x[i]
             scale = float(delta.abs().max()) or eps or 1.0
-            rows.append({
-                "caption": f"class {int(y[i])} → {int(r.adv_pred[i])} ({r.attack})",
-                "cells": [{"label": "original", "pixels": pixels(x[i])},
-                          {"label": "adversarial", "pixels": pixels(adv)},
-                          {"label": f"perturbation (±{scale:.3g} → 0..1)",
-                           "pixels": pixels(delta / (2 * scale) + 0.5)}],
-            })
+            rows.append(
+                {
+                    "caption": f"class {int(y[i])} → {int(r.adv_pred[i])} ({r.attack})",
+                    "cells": [
+                        {"label": "original", "pixels": pixels(x[i])},
+                        {"label": "adversarial", "pixels": pixels(adv)},
+                        {
+                            "label": f"perturbation (±{scale:.3g} → 0..1)",
+                            "pixels": pixels(delta / (2 * scale) + 0.5),
+                        },
+                    ],
+                }
+            )
         return {"kind": "images", "title": "Adversarial examples", "images": rows}
