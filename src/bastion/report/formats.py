@@ -25,7 +25,15 @@ from xml.etree import ElementTree as ET
 from bastion.audit.baseline import iter_findings
 from bastion.audit.findings import Severity
 
-__all__ = ["SECURITY_SEVERITY", "audit_junit", "audit_mlbom", "audit_sarif"]
+__all__ = [
+    "CHANGE_WORDS",
+    "SECURITY_SEVERITY",
+    "audit_junit",
+    "audit_mlbom",
+    "audit_sarif",
+    "diff_markdown",
+    "estimate_text",
+]
 
 _LEVEL = {"critical": "error", "high": "error", "medium": "warning", "low": "note", "info": "note"}
 #: GitHub code scanning reads ``security-severity`` (0.0-10.0) to rank security results.
@@ -384,3 +392,66 @@ def audit_mlbom(doc: Mapping[str, Any]) -> str:
         "vulnerabilities": vulnerabilities,
     }
     return json.dumps(bom, indent=2)
+
+
+# ------------------------------------------------------------------------------------ diffs
+
+
+def estimate_text(value: float | None, ci: tuple[float, float] | None) -> str:
+    """``0.42 [0.32, 0.52]``: a value with its interval, as the diff shows it."""
+    text = "n/a" if value is None else f"{value:.4g}"
+    return text if ci is None else f"{text} [{ci[0]:.3g}, {ci[1]:.3g}]"
+
+
+#: what each kind of metric change means, in words
+CHANGE_WORDS = {
+    "regression": "regression (outside both intervals)",
+    "improvement": "improvement (outside both intervals)",
+    "changed": "changed (outside both intervals)",
+    "within-intervals": "within both intervals",
+    "no-interval": "changed (no interval to judge)",
+    "same": "unchanged",
+}
+
+
+def diff_markdown(diff: Any, *, limit: int = 30) -> str:
+    """A :class:`~bastion.audit.baseline.AuditDiff` as Markdown for a pull-request comment."""
+    s = diff.to_dict()["summary"]
+    lines = [
+        "### Bastion audit: what changed",
+        "",
+        f"**{s['new']} new**, {s['fixed']} fixed, {s['unchanged']} unchanged finding(s);"
+        f" {s['regressions']} metric regression(s).",
+        "",
+    ]
+    if diff.model_before != diff.model_after:
+        lines += [f"Model: `{diff.model_before}` → `{diff.model_after}`", ""]
+    for title, items in (("New", diff.new), ("Fixed", diff.fixed)):
+        if items:
+            lines += [f"#### {title} findings", "", "| severity | finding | check |",
+                      "|---|---|---|"]
+            for f in items[:limit]:
+                lines.append(f"| {f.severity} | {_md(f.title)} (`{f.id}`, `{f.fingerprint}`) |"
+                             f" {f.check} |")
+            if len(items) > limit:
+                lines.append(f"| | … and {len(items) - limit} more | |")
+            lines.append("")
+    changed = [m for m in diff.metrics if m.change != "same"]
+    if changed:
+        lines += ["#### Metrics", "", "| check | metric | before | after | change |",
+                  "|---|---|---|---|---|"]
+        for m in changed[:limit]:
+            lines.append(
+                f"| {m.check} | {m.metric} | {estimate_text(m.before, m.ci_before)} |"
+                f" {estimate_text(m.after, m.ci_after)} | {CHANGE_WORDS[m.change]} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    """Neutralise Markdown and HTML in untrusted text (titles may name files)."""
+    out = text.replace("\\", "\\\\")
+    for ch in "|`*_[]<>#":
+        out = out.replace(ch, "\\" + ch)
+    return out.replace("\n", " ")
