@@ -137,9 +137,9 @@ def _central_directory(f: IO[bytes], size: int) -> tuple[int, int, int] | None:
     end = eocd_pos
     if eocd_pos >= 20:  # zip64 structures count whenever present, as in zipfile
         loc = _read_at(f, eocd_pos - 20, 20)
-        if len(loc) == 20 and loc[:4] == _EOCD64_LOCATOR:
-            (rec_off,) = struct.unpack_from("<Q", loc, 8)
-            rec = _read_at(f, rec_off, 56)
+        if len(loc) == 20 and loc[:4] == _EOCD64_LOCATOR and eocd_pos >= 76:
+            # zipfile reads the zip64 record just before the locator, not where it points
+            rec = _read_at(f, eocd_pos - 76, 56)
             if len(rec) == 56 and rec[:4] == b"PK\x06\x06":
                 cd_size, cd_offset = struct.unpack_from("<QQ", rec, 40)
                 end = eocd_pos - 20 - 56
@@ -198,6 +198,9 @@ def list_zip(f: IO[bytes]) -> list[ZipEntry]:
             else:
                 # two records read the same bytes differently: scan both readings
                 others.append(entry)
+        if i < len(data):
+            raise ContainerError(f"the central directory is corrupt at byte {i} of {len(data)}: "
+                                 "zip readers may list members the scanner cannot")
     for entry in _walk_local_headers(f, size, entries):
         entries.setdefault(entry.header_offset, entry)
     if not entries and cd is None:
