@@ -125,8 +125,11 @@ def scan_stream(
     if any(n.lower().endswith(_PICKLE_NAMES) for n in names):
         kinds = [("pickle" if k == "pickle?" else k) for k in kinds] or ["pickle"]
     kinds += [k for k in _stream_readings(f, start) if k not in kinds]
+    tree = trees.sniff_tree(head)
+    if tree is not None:
+        kinds.append(tree)
     if not kinds:
-        kinds = [trees.sniff_tree(head) or "unknown"]
+        kinds = ["unknown"]
     scans = []
     for kind in kinds:
         f.seek(start)
