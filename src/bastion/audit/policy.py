@@ -126,16 +126,11 @@ class AuditPolicy:
 
 
 def metric_value(doc: Mapping[str, Any], name: str) -> float | None:
-    """The value of metric ``name`` (or ``check.metric``) in an audit document, else None."""
-    check_name, _, metric = name.rpartition(".")
-    for c in doc.get("checks", []):
-        if check_name and c.get("name") != check_name:
-            continue
-        m = (c.get("metrics") or {}).get(metric)
-        if m is not None:
-            v = m.get("value") if isinstance(m, Mapping) else m
-            return None if v is None else float(v)
-    return None
+    """The value of metric ``name`` (or ``check.metric``) in an audit document, else None
+    (the registry's gates read metrics the same way)."""
+    from bastion.artifacts.registry.gates import lookup_metric
+
+    return lookup_metric(doc, name)
 
 
 @dataclass(frozen=True)
