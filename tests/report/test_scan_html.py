@@ -9,25 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 from typer.testing import CliRunner
 
 from bastion.cli import scan as scan_cli
 
-from .conftest import HOSTILE
+from .conftest import HOSTILE, typer_app
 
 PAYLOAD = b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00idq\x01\x85R."
 
-
-def _app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """bastion"""
-
-    scan_cli.register(app)
-    return app
 
 
 def _files(tmp_path: Path) -> list[Path]:
@@ -43,8 +32,8 @@ def _files(tmp_path: Path) -> list[Path]:
 def test_scan_writes_an_html_page(tmp_path: Path,
                                   check_page: Callable[..., list[Any]]) -> None:
     out = tmp_path / "scan.html"
-    res = CliRunner().invoke(_app(), ["scan", *map(str, _files(tmp_path)), "--format", "html",
-                                      "--out", str(out)])
+    res = CliRunner().invoke(typer_app(scan_cli.register), [
+        "scan", *map(str, _files(tmp_path)), "--format", "html", "--out", str(out)])
     assert res.exit_code == 1, res.output
     assert f"wrote html report {out}" in " ".join(res.output.split())
     page = out.read_text()
@@ -60,7 +49,7 @@ def test_scan_writes_an_html_page(tmp_path: Path,
 
 def test_scan_html_to_stdout_for_a_clean_file(tmp_path: Path) -> None:
     clean = _files(tmp_path)[1]
-    res = CliRunner().invoke(_app(), ["scan", str(clean), "--format", "html"])
+    res = CliRunner().invoke(typer_app(scan_cli.register), ["scan", str(clean), "--format", "html"])
     assert res.exit_code == 0, res.output
     assert res.output.startswith("<!DOCTYPE html>")
     assert "nothing that would run code on load" in res.output

@@ -74,13 +74,13 @@ def _metric_label(key: str, m: Any) -> str:
 
 def _privacy_view(privacy: dict[str, Any]) -> dict[str, Any]:
     before, after = privacy.get("before") or {}, privacy.get("after") or {}
-    rows = []
+    rows: list[list[str]] = []
     for key in [*before, *(k for k in after if k not in before)]:
         b, a = before.get(key), after.get(key)
         vb, va = _value(b), _value(a)
         if vb is None and va is None:
             continue  # text (the attack's name) or a curve, not a number
-        change = None if vb is None or va is None or key.startswith("n_") else f"{va - vb:+.4g}"
+        change = "—" if vb is None or va is None or key.startswith("n_") else f"{va - vb:+.4g}"
         rows.append([_metric_label(key, b if b is not None else a), _shown(b), _shown(a),
                      change])
     rows.sort(key=lambda r: (not r[0].startswith("TPR"), r[0]))  # the low-FPR risk first
