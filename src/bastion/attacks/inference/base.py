@@ -107,11 +107,12 @@ class MembershipResult:
         """A :class:`~bastion.audit.Finding` rating the leak by TPR at 1% FPR and AUC."""
         s = self.summary()
         tpr1, auc_ = s.get("tpr_at_1pct_fpr", 0.0), s.get("auc", 0.5)
+        eps_lo = (s.get("epsilon") or {}).get("lower", 0.0)  # the 95% ε lower bound agrees
         if tpr1 >= 0.2 or auc_ >= 0.8:
             sev = Severity.HIGH
-        elif tpr1 >= 0.05 or auc_ >= 0.6:
+        elif tpr1 >= 0.05 or auc_ >= 0.6 or eps_lo >= 2.0:
             sev = Severity.MEDIUM
-        elif tpr1 > 0.02 or auc_ > 0.55:
+        elif tpr1 > 0.02 or auc_ > 0.55 or eps_lo >= 0.5:
             sev = Severity.LOW
         else:
             sev = Severity.INFO
