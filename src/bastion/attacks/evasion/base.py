@@ -66,8 +66,13 @@ class EvasionResult:
 
     @property
     def robust_accuracy(self) -> float:
-        """Fraction of samples still classified correctly after the attack."""
-        return _mean(self.adv_pred == self.y)
+        """Fraction of samples classified correctly both before and after the attack.
+
+        A sample the model already gets wrong is not robust, whatever the attack's output
+        does (the clean input is itself inside the eps-ball); this is the per-sample rule
+        of the evaluation's worst case, so one attack's number and the headline agree.
+        """
+        return _mean(self.clean_correct & (self.adv_pred == self.y))
 
     @property
     def success_rate(self) -> float:
