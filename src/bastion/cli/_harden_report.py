@@ -23,8 +23,14 @@ _TITLES = {
 }
 
 
-def summarise(defence: str, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """``{metric: {"before", "after", "change"}}`` for the headline metrics of ``defence``."""
+def summarise(
+    defence: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    privacy: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """``{metric: {"before", "after", "change"}}`` for the headline metrics of ``defence``
+    (with ``privacy``, the membership attack's AUC and TPR at 1% FPR before and after)."""
 
     def row(b: float | None, a: float | None) -> dict[str, float | None]:
         change = None if a is None or b is None else a - b
@@ -43,6 +49,9 @@ def summarise(defence: str, before: dict[str, Any], after: dict[str, Any]) -> di
         )
     if defence == "dp":
         out["epsilon"] = row(before.get("epsilon"), after.get("epsilon"))
+    if privacy is not None:
+        for key in ("auc", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr"):
+            out[f"membership_{key}"] = row(privacy["before"][key], privacy["after"][key])
     return out
 
 
@@ -112,6 +121,14 @@ def render_html(doc: dict[str, Any]) -> str:
     if "epsilon" in summary:
         eps = summary["epsilon"]["after"]
         cards.append(_card("∞ → " + ("∞" if eps is None else f"{eps:.3g}"), "privacy ε"))
+    if "membership_tpr_at_1pct_fpr" in summary:
+        tpr = summary["membership_tpr_at_1pct_fpr"]
+        cards.append(
+            _card(
+                f"{tpr['before']:.1%} → {tpr['after']:.1%}",
+                "membership attack: TPR at 1% FPR (loss threshold)",
+            )
+        )
     parts = [f'<div class="cards">{"".join(cards)}</div>', "<h2>Before and after</h2>"]
     parts.append(
         table_html(
