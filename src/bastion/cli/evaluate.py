@@ -49,13 +49,13 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_xy(path: Path, bounds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load ``x`` and ``y`` from an ``.npz`` and check them (labels integral, x numeric)."""
+    """Load ``x`` and ``y`` (an ``.npz``, or a ``.csv``/``.parquet`` table) and check them."""
     import numpy as np
     import torch
 
-    from bastion.data import load_npz
+    from bastion.data import load_labelled
 
-    x_np, y_np = load_npz(path)
+    x_np, y_np = load_labelled(path)
     if x_np.dtype.kind not in "fiu" or x_np.ndim < 2:
         raise InputError(
             f"x in {path} must be a numeric array of shape (n, ...), got {x_np.dtype} {x_np.shape}"
@@ -88,15 +88,18 @@ def evaluate_evasion_cmd(
         help="Model file: TorchScript .pt, state_dict + --factory, .onnx, .skops, joblib.",
     ),
     data: Path = typer.Option(
-        ..., "--data", "-d", help=".npz file with arrays x (inputs) and y (labels)."
+        ..., "--data", "-d",
+        help=".npz with arrays x (inputs) and y (labels), or a .csv/.parquet table (label "
+        "column y, label, target or class, else the last).",
     ),
-    attack: list[str] = typer.Option(
-        ["pgd"],
+    attack: list[str] | None = typer.Option(
+        None,
         "--attack",
         "-a",
         help=(
             "Attack to run; repeat for several (fgsm, pgd, apgd-ce, apgd-dlr, apgd-t, cw, "
-            "deepfool, square, hopskipjump, autoattack)."
+            "deepfool, square, hopskipjump, autoattack). Default: what the model allows: pgd "
+            "with gradients, square on score-only image models, hopskipjump otherwise."
         ),
     ),
     norm: str = typer.Option("linf", "--norm", help="Perturbation norm: linf or l2."),
@@ -147,7 +150,7 @@ def evaluate_evasion_cmd(
 
 @handle_errors
 def _evaluate(**opts: Any) -> None:
-    from bastion.attacks.evasion.catalog import build_attack
+    from bastion.attacks.evasion.catalog import build_attack, default_attacks, runnable_attacks
     from bastion.audit.evasion import evaluate_evasion
     from bastion.models.loading import load_model
     from bastion.report import write_evasion_report
@@ -171,8 +174,16 @@ def _evaluate(**opts: Any) -> None:
         device=dev,
     )
     overrides: dict[str, Any] = {"batch_size": opts["batch_size"], "seed": opts["seed"]}
+    names = list(opts["attack"] or [])
+    if not names:
+        names = default_attacks(clf, opts["norm"])
+        console.print(
+            f"attack: {', '.join(names)} (the default for this model; it runs "
+            f"{', '.join(runnable_attacks(clf, opts['norm']))})",
+            highlight=False,
+        )
     attacks = []
-    for name in opts["attack"]:
+    for name in names:
         extra = dict(overrides)
         if opts["steps"] is not None and name.lower() in {
             "pgd",

@@ -63,7 +63,9 @@ def register(app: typer.Typer) -> typer.Typer:
 
 
 # -- options shared by the three subcommands ------------------------------------------------
-_DATA = typer.Option("digits", "--data", "-d", help="digits, mnist, or an .npz with x and y.")
+_DATA = typer.Option(
+    "digits", "--data", "-d", help="digits, mnist, an .npz with x and y, or a .csv/.parquet table."
+)
 _ARCH = typer.Option("small_cnn", "--arch", help="Baseline architecture: small_cnn or small_mlp.")
 _MODEL = typer.Option(
     None, "--model", "-m", help="Baseline torch model file to start from (instead of --arch)."
@@ -388,8 +390,11 @@ def _load_data(opts: dict[str, Any]) -> _Data:
         x, y, num_classes, bounds = ds.x, ds.y, ds.num_classes, ds.bounds
     else:
         path = Path(source)
-        if path.suffix.lower() != ".npz":
-            raise InputError(f"--data must be digits, mnist or an .npz file, got {source!r}")
+        if path.suffix.lower() not in (".npz", ".csv", ".parquet"):
+            raise InputError(
+                f"--data must be digits, mnist, an .npz (arrays x and y) or a .csv/.parquet "
+                f"table, got {source!r}"
+            )
         lo_hi = parse_floats(opts["bounds"], "--bounds", 2)
         bounds = (lo_hi[0], lo_hi[1])
         if not (math.isfinite(bounds[0]) and math.isfinite(bounds[1]) and bounds[0] < bounds[1]):

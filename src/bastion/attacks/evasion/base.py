@@ -371,10 +371,13 @@ class EvasionAttack(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         missing = self.requires & ~classifier.capabilities
         if missing:
+            from bastion.attacks.evasion.catalog import runnable_attacks
+
             need = "gradients" if Capability.GRADIENTS in missing else "scores"
+            runnable = runnable_attacks(classifier, self.norm)
             raise CapabilityError(
                 f"{type(self).__name__} needs {need}, which {type(classifier).__name__} does "
-                f"not offer; choose a score-based (square) or decision-based (hopskipjump) attack"
+                f"not offer; attacks that run on this model: {', '.join(runnable) or 'none'}"
             )
         if not isinstance(x, torch.Tensor):
             raise InputError(f"x must be a torch.Tensor, got {type(x).__name__}")
