@@ -662,6 +662,7 @@ def _evaluate(
         curve_points=opts["curve_points"],
         progress=not opts["quiet"],
         model_name=label,
+        hardening=defence if label == "hardened" else None,
     )
     doc = ev.to_dict()
     out: dict[str, Any] = {

@@ -124,8 +124,13 @@ class MembershipResult:
             atlas=(ATLAS["membership_inference"],),
             owasp=(OWASP["membership_inference"],),
             evidence=s,
-            remediation="Reduce overfitting (regularisation, early stopping), train with DP-SGD, "
-            "and return labels or rounded scores instead of full confidence vectors.",
+            remediation=(
+                f"No measurable leak with the {self.attack} attack at this sample size; "
+                "stronger attacks with reference models (lira, shadow) may still find one."
+                if sev is Severity.INFO
+                else "Reduce overfitting (regularisation, early stopping), train with DP-SGD, "
+                "and return labels or rounded scores instead of full confidence vectors."
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
