@@ -4,3 +4,5 @@
 eval "$(scripts/start-postgres.sh)"
 eval "$(scripts/start-s3.sh)"
 eval "$(scripts/start-redis.sh)"
+# Headless Chromium for the HTML report tests (tests/report/test_browser.py).
+scripts/install-chromium.sh

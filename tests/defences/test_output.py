@@ -127,7 +127,9 @@ def test_policies_against_equation_solving_and_copycat(digits_lr) -> None:
     base = by["none"]
     assert base.accuracy_cost == 0.0 and base.accuracy > 0.9
     assert base.attacks["equation"]["fidelity"] == 1.0
-    assert by["rounding(decimals=2)"].attacks["equation"]["fidelity_drop"] > 0.5
+    # the solver leaves the scores rounded to 0 out (censored), so rounding hurts it less than
+    # it hurt a solver that trusted them, but still costs it a large share of its fidelity
+    assert by["rounding(decimals=2)"].attacks["equation"]["fidelity_drop"] > 0.2
     assert by["topk(k=1)"].attacks["equation"]["fidelity_drop"] > 0.5
     assert by["noise(sigma=0.05)"].attacks["equation"]["fidelity_drop"] > 0.5
     assert by["label-only"].attacks["equation"]["blocked"]

@@ -25,7 +25,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +117,7 @@ def evaluate_evasion(
     reliability_checks: bool = True,
     progress: bool = True,
     model_name: str = "",
+    on_progress: Callable[[float], None] | None = None,
     hardening: str | None = None,
 ) -> EvasionEvaluation:
     """Run ``attacks`` on ``(x, y)`` and summarise robustness (see :class:`EvasionEvaluation`).
@@ -124,7 +125,8 @@ def evaluate_evasion(
     ``curve_points`` radii from 0 to the attacks' eps are evaluated with ``curve_attack``
     (default: the first eps-bounded white-box attack given, else the first eps-bounded one).
     With ``reliability_checks`` the evaluation looks for signs of gradient masking and reports
-    them in ``warnings``. ``hardening`` names what was already done to the model
+    them in ``warnings``. ``on_progress`` is called with the fraction done after each attack
+    and each point of the curve. ``hardening`` names what was already done to the model
     (``"adversarial"``, ``"dp"``, ``"smooth"``), so that the findings' remedies do not advise
     it again.
     """
@@ -145,12 +147,21 @@ def evaluate_evasion(
     start = time.perf_counter()
 
     results: dict[str, EvasionResult] = {}
+    steps_total = len(attacks) + max(curve_points - 1, 0)
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if on_progress is not None:
+            on_progress(min(done[0] / steps_total, 1.0))
+
     with _progress(progress) as bar:
         task = bar.add_task("attacks", total=len(attacks))
         for attack in attacks:
             bar.update(task, description=f"{attack.name}")
             results[attack.name] = attack.generate(classifier, x, y)
             bar.advance(task)
+            tick()
 
         first = next(iter(results.values()))
         clean_correct = first.clean_correct
@@ -172,6 +183,7 @@ def evaluate_evasion(
                     acc = with_eps(chosen, e).generate(classifier, x, y).robust_accuracy
                 curve.append(CurvePoint(e, acc))
                 bar.advance(task)
+                tick()
 
         norm_curves = {
             a.name: _curve_from_distances(results[a.name], [p.eps for p in curve])
@@ -370,7 +382,7 @@ def _with_findings(ev: EvasionEvaluation, hardening: str | None = None) -> Evasi
         worst = min(ev.results.values(), key=lambda r: r.robust_accuracy)
         findings.append(
             Finding(
-                id="BASTION-EVASION-001",
+                id="evasion.low-robust-accuracy",
                 title=(
                     f"Robust accuracy {ev.robust_accuracy:.1%} under {ev.norm.value} attacks "
                     f"at eps {ev.eps:g} (clean {ev.clean_accuracy:.1%})"
@@ -391,7 +403,7 @@ def _with_findings(ev: EvasionEvaluation, hardening: str | None = None) -> Evasi
     if ev.warnings:
         findings.append(
             Finding(
-                id="BASTION-EVASION-002",
+                id="evasion.gradient-masking",
                 title="The evaluation may overstate robustness (gradient masking suspected)",
                 severity=Severity.MEDIUM,
                 threat="evasion",

@@ -10,6 +10,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bastion.errors import BastionError, ConfigurationError
 
@@ -38,7 +39,7 @@ log = logging.getLogger("bastion.cli")
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     """Print ``message`` as an error and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -53,8 +54,8 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             raise
         except BastionError as exc:
             raise fail(cli_spelling(str(exc))) from None
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-            raise fail(f"{exc.strerror}: {exc.filename}") from None
+        except OSError as exc:  # missing file, a file where a folder is expected, ...
+            raise fail(f"{exc.strerror or exc}: {exc.filename}") from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
 
@@ -95,7 +96,10 @@ def report_chain(result: Any) -> None:
     if not result.ok:
         raise fail(f"audit log does not verify at entry {result.first_bad_seq}: {result.reason}",
                    code=1)
-    typer.echo(f"audit log verified: {result.entries} entries, head {result.head_hash}")
+    cp = getattr(result, "checkpoint", None)
+    anchor = (f"; anchored by the signed checkpoint of entry {cp.seq} ({cp.at})" if cp
+              else "; not anchored by a signed checkpoint")
+    typer.echo(f"audit log verified: {result.entries} entries, head {result.head_hash}{anchor}")
 
 
 def fmt_value(value: Any) -> str:

@@ -46,6 +46,7 @@ def _root(
 def _register_all() -> None:
     from bastion.cli import (
         access,
+        audit,
         data,
         evaluate,
         extraction,
@@ -53,6 +54,7 @@ def _register_all() -> None:
         inference,
         poison,
         registry,
+        report,
         scan,
         serve,
     )
@@ -67,6 +69,7 @@ def _register_all() -> None:
     harden.register(app)
     serve.register(app)
     access.register(app)
+    audit.register(app, report.register(app))
 
 
 _register_all()

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -247,6 +248,8 @@ class HardenedClassifier(BaseClassifier):
                 "this model answers label-only (LabelOnly policy): it offers predict(), not scores"
             )
         return super().logits(x)
+
+    score_floor = math.log(_LOG_EPS)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         q = self._hardened(x)

@@ -13,6 +13,10 @@ endpoint) into one interface that attacks, defences and detectors use:
   count past the budget raises :class:`~bastion.errors.QueryBudgetExceeded` before querying.
 - ``evaluation()``: a context manager that puts the model in inference mode and restores its
   previous mode on exit, even when the body raises.
+- ``score_floor`` / ``censored(scores)``: adapters that clamp probabilities before taking their
+  log (sklearn, ONNX and remote adapters clamp at ``1e-12``) name the log-probability floor, and
+  ``censored`` marks the outputs at that floor: for those the model's true score is only known
+  to be *at most* the floor, so an attack must not read them as equations.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ __all__ = [
     "BaseClassifier",
     "Capability",
     "Classifier",
+    "censored_outputs",
     "check_bounds",
     "check_labels",
     "unmetered",
@@ -85,8 +90,12 @@ class Classifier(Protocol):
 class BaseClassifier:
     """Shared bookkeeping for adapters: shape checks, the query counter and budget.
 
-    Subclasses implement :meth:`_logits` (and :meth:`_predict` when they are label-only).
+    Subclasses implement :meth:`_logits` (and :meth:`_predict` when they are label-only), and
+    set :attr:`score_floor` when their scores are clamped.
     """
+
+    #: the log-probability at which this adapter clamps its scores (``None``: never clamped)
+    score_floor: float | None = None
 
     def __init__(
         self,
@@ -172,6 +181,16 @@ class BaseClassifier:
     def evaluation(self) -> Iterator[None]:
         yield
 
+    def censored(self, scores: torch.Tensor) -> torch.Tensor:
+        """Which entries of a ``logits()`` answer are censored (clamped or not finite).
+
+        A censored entry's true log-probability is at most :attr:`score_floor`; its value says
+        nothing more. Scores are log-probabilities up to a per-row constant, so the floor is
+        compared after normalising each row (with a little slack for float32 rounding: an entry
+        just above the floor may be marked censored, never the reverse).
+        """
+        return _censored(scores, self.score_floor)
+
     # -- for subclasses -------------------------------------------------------------------
     def _logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -234,6 +253,25 @@ def check_labels(y: torch.Tensor, num_classes: int, n: int, *, name: str = "y") 
             f"{name} has labels in [{int(y.min())}, {int(y.max())}], "
             f"outside [0, {num_classes - 1}] for a {num_classes}-class model"
         )
+
+
+def _censored(scores: torch.Tensor, floor: float | None) -> torch.Tensor:
+    s = scores.detach().double()
+    mask = ~torch.isfinite(s)
+    if floor is None or s.numel() == 0:
+        return mask
+    safe = torch.where(mask, torch.full_like(s, -math.inf), s)
+    logp = torch.log_softmax(safe, dim=1)
+    slack = 1e-5 * max(1.0, abs(floor))
+    return mask | (logp <= floor + slack)
+
+
+def censored_outputs(classifier: Classifier, scores: torch.Tensor) -> torch.Tensor:
+    """``classifier.censored(scores)`` where the adapter offers it, else the non-finite entries."""
+    method = getattr(classifier, "censored", None)
+    if method is None:
+        return _censored(scores, getattr(classifier, "score_floor", None))
+    return method(scores)
 
 
 @contextlib.contextmanager

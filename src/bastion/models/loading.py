@@ -11,7 +11,15 @@ format              recognised by                                  loaded with
 ``skops``           zip with ``schema.json``                       ``skops.io.load``
 ``onnx``            an ONNX ``ModelProto`` (protobuf)              onnxruntime
 ``pickle``          a pickle stream, plain or compressed (joblib)  refused unless trusted
+``xgboost-json``    XGBoost's JSON model document                  bastion's own parser
+``xgboost-ubj``     the same document as Universal Binary JSON     bastion's own parser
+``lightgbm-text``   LightGBM's text model (``tree`` header)        bastion's own parser
 ==================  =============================================  ==========================
+
+Tree models (the three native formats, and scikit-learn tree classifiers in a skops file)
+become a :class:`~bastion.models.trees.TreeClassifier`: their structure is validated (node
+indices, cycles, feature ids, finite values) before anything is evaluated, and bastion
+evaluates them itself, so a crafted array never reaches a library's C code.
 
 Safety: a pickle (or a torch file holding more than tensors) can run any code when it is
 loaded, so it is refused unless ``trust_pickle=True``, which also emits a ``UserWarning``.
@@ -81,6 +89,9 @@ class ModelFormat(StrEnum):
     SKOPS = "skops"
     ONNX = "onnx"
     PICKLE = "pickle"
+    XGBOOST_JSON = "xgboost-json"
+    XGBOOST_UBJ = "xgboost-ubj"
+    LIGHTGBM_TEXT = "lightgbm-text"
     UNKNOWN = "unknown"
 
 
@@ -186,6 +197,11 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return ModelFormat.TORCH_LEGACY.value
     if _is_pickle(head):
         return ModelFormat.PICKLE.value
+    from bastion.artifacts.scan._trees import sniff_tree
+
+    tree_format = sniff_tree(head)
+    if tree_format is not None:
+        return tree_format
     inner = _decompressed_head(head, p)
     if inner is not None:
         return ModelFormat.PICKLE.value if _is_pickle(inner) else ModelFormat.UNKNOWN.value
@@ -298,6 +314,13 @@ def _wrap_object(
         )
     if isinstance(obj, Classifier):
         return obj
+    tree = _sklearn_tree_classifier(obj, bounds)
+    if tree is not None:
+        if num_classes is not None and int(num_classes) != tree.num_classes:
+            raise ModelLoadError(
+                f"num_classes={num_classes} but the tree model in {path} has {tree.num_classes}"
+            )
+        return tree
     if hasattr(obj, "predict") and hasattr(obj, "fit"):
         from bastion.models.sklearn_model import from_sklearn
 
@@ -311,6 +334,35 @@ def _wrap_object(
         f"{path} holds a {type(obj).__name__}, not a model bastion can wrap (a torch module, "
         "a scikit-learn classifier or a bastion Classifier)"
     )
+
+
+def _sklearn_tree_classifier(obj: Any, bounds: tuple[float, float]) -> Classifier | None:
+    """A validated :class:`TreeClassifier` for a scikit-learn tree classifier, else ``None``."""
+    from sklearn.base import BaseEstimator
+
+    if not isinstance(obj, BaseEstimator):
+        return None
+    from bastion.models.trees import TreeClassifier
+    from bastion.models.trees._convert import SKLEARN_TREE_TYPES, from_sklearn_trees
+
+    if type(obj).__name__ not in SKLEARN_TREE_TYPES:
+        return None
+    return TreeClassifier(from_sklearn_trees(obj), bounds=bounds)
+
+
+def _load_tree_file(path: Path, fmt: str, bounds: tuple[float, float]) -> Classifier:
+    from bastion.artifacts.scan._trees import parse_tree_model
+    from bastion.models.trees import TreeClassifier
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model file {path}: {exc.strerror or exc}") from exc
+    try:
+        ensemble = parse_tree_model(fmt, data)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"refusing {path}: {exc}") from exc
+    return TreeClassifier(ensemble, bounds=bounds)
 
 
 # -- loaders ------------------------------------------------------------------------------
@@ -482,11 +534,18 @@ def load_model(
             return _wrap_object(_load_skops(p, trust_pickle), p, **opts)
         if fmt == ModelFormat.PICKLE:
             return _wrap_object(_load_pickle(p, trust_pickle), p, **opts)
+        if fmt in (ModelFormat.XGBOOST_JSON, ModelFormat.XGBOOST_UBJ, ModelFormat.LIGHTGBM_TEXT):
+            clf = _load_tree_file(p, fmt, bounds)
+            if num_classes is not None and int(num_classes) != clf.num_classes:
+                raise ModelLoadError(
+                    f"num_classes={num_classes} but the tree model in {p} has {clf.num_classes}"
+                )
+            return clf
     except ModelLoadError:
         raise
     except BastionError as exc:
         raise ModelLoadError(f"cannot use the model in {p}: {brief(exc)}") from exc
     raise ModelLoadError(
         f"{p} is not a model format bastion recognises (TorchScript, torch state dict, ONNX, "
-        "skops, pickle/joblib); it may be corrupt or truncated"
+        "skops, pickle/joblib, XGBoost JSON/UBJ, LightGBM text); it may be corrupt or truncated"
     )

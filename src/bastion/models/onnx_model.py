@@ -250,6 +250,11 @@ class OnnxClassifier(BaseClassifier):
             )
         return scores
 
+    @property
+    def score_floor(self) -> float | None:  # type: ignore[override]
+        """``log(1e-12)`` when the model outputs probabilities (clamped before the log)."""
+        return math.log(_LOG_EPS) if self.output == "probabilities" else None
+
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_floating_point(x):
             raise InputError(f"expected a floating-point batch, got {x.dtype}")

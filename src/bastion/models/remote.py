@@ -199,6 +199,11 @@ class RemoteClassifier(BaseClassifier):
         return results
 
     # -- BaseClassifier -------------------------------------------------------------------
+    @property
+    def score_floor(self) -> float | None:  # type: ignore[override]
+        """``log(1e-12)`` in scores mode: probabilities below it are answered as the floor."""
+        return math.log(_LOG_EPS) if self.mode == "scores" else None
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "labels":
             raise CapabilityError(

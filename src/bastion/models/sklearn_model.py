@@ -330,7 +330,8 @@ class SklearnScoreClassifier(_SklearnBlackBox):
     """Score-only adapter over any fitted classifier with ``predict_proba``.
 
     ``logits(x)`` returns ``log(predict_proba(x))`` clamped at ``log(1e-12)`` (float32, on
-    ``x``'s device); it carries no gradient. ``predict`` is the estimator's own ``predict``
+    ``x``'s device); it carries no gradient. Entries at that floor are censored
+    (:attr:`score_floor`, :meth:`censored`). ``predict`` is the estimator's own ``predict``
     (for most estimators the argmax of ``predict_proba``; where the two differ, ``predict`` is
     what the deployed model answers).
     """
@@ -355,6 +356,8 @@ class SklearnScoreClassifier(_SklearnBlackBox):
             capabilities=Capability.score_only(),
             query_budget=query_budget,
         )
+
+    score_floor = math.log(_LOG_EPS)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         proba = self._call("predict_proba", x).astype(np.float64)

@@ -1,12 +1,35 @@
-"""Report renderers: JSON, self-contained HTML, Markdown and SARIF over the same findings."""
+"""Renderers of the one audit document (``bastion.audit/1``): JSON, HTML and Markdown.
 
+``render(doc, "html")`` returns a self-contained page (scorecard, findings by severity with
+their fix, one section per check with its charts); ``write_report(doc, out_dir)`` writes
+``report.json``, ``report.html`` and ``report.md`` atomically. :data:`RENDERERS` maps each
+format to its function; other formats (SARIF, JUnit, CycloneDX) add themselves to it.
+Charts are drawn by matplotlib and pages by autoescaped Jinja2 templates.
+"""
+
+from bastion.report.document import (
+    FILE_NAMES,
+    RENDERERS,
+    json_safe,
+    render,
+    render_json,
+    validate_document,
+    write_report,
+)
 from bastion.report.html import line_chart_svg, render_html_page
 from bastion.report.writers import findings_markdown, findings_sarif, write_evasion_report
 
 __all__ = [
+    "FILE_NAMES",
+    "RENDERERS",
     "findings_markdown",
     "findings_sarif",
+    "json_safe",
     "line_chart_svg",
+    "render",
     "render_html_page",
+    "render_json",
+    "validate_document",
     "write_evasion_report",
+    "write_report",
 ]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bastion import __version__
 from bastion._io import atomic_write_json, atomic_write_text
+from bastion.report.document import json_safe
 from bastion.report.html import (
     esc,
     findings_html,
@@ -18,17 +18,6 @@ from bastion.report.html import (
 )
 
 __all__ = ["findings_markdown", "findings_sarif", "json_safe", "write_evasion_report"]
-
-
-def json_safe(value: Any) -> Any:
-    """Replace non-finite floats (not valid JSON) with None, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def write_evasion_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:

@@ -48,23 +48,27 @@ def test_probabilities_match_and_more_queries_still_exact(digits_logreg, digits_
     assert float((probs - ref).abs().max()) < 1e-5
 
 
-def test_rounding_to_two_decimals_breaks_it(digits_logreg, digits_split) -> None:
+def test_rounding_to_two_decimals_is_reported_not_exact(
+    digits_logreg, digits_split, caplog
+) -> None:
     x, y = digits_split
     victim = from_sklearn(digits_logreg, access="scores", input_shape=(1, 8, 8))
     hardened = HardenedClassifier(victim, Rounding(decimals=2))
     w, _ = _true(digits_logreg)
-    res = EquationSolving(query_budget=(D + 1) * K).extract(
-        hardened, x_eval=x[1400:], y_eval=y[1400:]
-    )
-    assert _rel(res.surrogate.weight, w) > 1.0
-    assert res.fidelity is not None and res.fidelity < 0.5
-    # even a least-squares fit over the whole (d+1)k budget stays far from the model
+    with caplog.at_level("WARNING", logger="bastion.attacks.extraction.equation_solving"):
+        res = EquationSolving(query_budget=(D + 1) * K).extract(
+            hardened, x_eval=x[1400:], y_eval=y[1400:]
+        )
+    assert _rel(res.surrogate.weight, w) > 0.1
+    assert res.extra["status"] != "exact"
+    assert "could not recover the model exactly" in caplog.text
+    # even a least-squares fit over the whole (d+1)k budget stays far from the model, and says so
     res = EquationSolving(query_budget=(D + 1) * K, queries=(D + 1) * K).extract(
         hardened, x_eval=x[1400:], y_eval=y[1400:]
     )
-    assert _rel(res.surrogate.weight, w) > 0.5
-    assert res.fidelity is not None and res.fidelity < 0.97
-    assert res.extra["residual"] > 0.1
+    assert _rel(res.surrogate.weight, w) > 0.1
+    assert res.extra["status"] == "inconsistent"
+    assert res.extra["residual"] > 0.01
 
 
 def test_white_box_float64_victim_is_exact() -> None:

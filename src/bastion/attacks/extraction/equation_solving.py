@@ -13,9 +13,26 @@ recovered model is the victim exactly, up to the softmax's invariance to adding 
 to every class: its probabilities, and so its labels, are the victim's.
 
 Needs scores (a score-only or white-box victim); queries are uniform in the victim's bounds.
-Rows with non-finite scores are dropped. ``extra["residual"]`` is the relative residual of the
-fit: near 0 for a linear softmax model answering exact scores, large when the victim is not
-linear or its outputs are hardened (rounded, truncated, noised).
+
+Censored scores. Score APIs clamp small probabilities (bastion's sklearn, ONNX and remote
+adapters at ``1e-12``); a clamped log-probability is not an equation, only an upper bound, and
+on a confident victim many are clamped. The solver asks the adapter which outputs are censored
+(:meth:`~bastion.models.base.BaseClassifier.censored`; non-finite scores, and a minimum value
+repeated bit for bit, count as censored too) and never uses them: class by class it writes
+``log p_j - c(x) = W_j x + b_j`` only where ``p_j`` is uncensored, estimating the per-row
+constant ``c(x)`` from the classes already solved that are uncensored in the same row,
+starting from the class uncensored most often. A class with too few such rows to determine
+its ``d + 1`` unknowns gets more queries, in batches of ``d + 1``, while the budget lasts.
+
+``extra["status"]`` says what came back: ``"exact"`` (every class determined and every answer
+consistent: uncensored scores fitted, censored ones at or below the floor), ``"underdetermined"``
+(some classes were censored too often within the budget; ``extra["undetermined_classes"]``
+lists them and their rows of the surrogate only respect the censoring bound) or
+``"inconsistent"`` (the answers are not those of a linear softmax model, e.g. rounded or noised
+scores). Anything but ``"exact"`` is also logged as a warning. ``extra["residual"]`` is the
+relative residual over the uncensored scores (near 0 for exact scores); with exactly ``d + 1``
+usable rows per class the system is square and the residual cannot reveal a wrong model, so
+more ``queries`` give a check as well as a least-squares fit.
 
 Defaults: ``queries = d + 1`` (``d`` the number of input features), capped by ``query_budget``.
 
@@ -39,6 +56,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,7 +64,7 @@ from torch import nn
 
 from bastion.attacks.extraction.base import ExtractionAttack, QueryOracle, Recorder, check_int
 from bastion.errors import ConfigurationError, QueryBudgetExceeded
-from bastion.models.base import Capability
+from bastion.models.base import Capability, censored_outputs
 
 __all__ = ["EquationSolving", "LinearSoftmaxModel"]
 
@@ -99,8 +117,7 @@ class EquationSolving(ExtractionAttack):
                     f"queries ({queries}) exceeds query_budget ({query_budget})"
                 )
         self.queries = queries
-        self._residual: float | None = None
-        self._used_rows = 0
+        self._fit: _Fit | None = None
 
     def _requires(self) -> Capability:
         return Capability.SCORES
@@ -122,31 +139,141 @@ class EquationSolving(ExtractionAttack):
                 f"but the budget allows {oracle.remaining}; raise query_budget"
             )
         lo, hi = victim.bounds
-        x = lo + (hi - lo) * torch.rand((n, *shape), generator=generator, dtype=torch.float64)
-        if _wants_float32(victim):
-            x = x.float()
-        scores = oracle.logits(x)
-        design = torch.cat([x.reshape(n, d).double(), torch.ones(n, 1, dtype=torch.float64)], dim=1)
-        keep = torch.isfinite(scores).all(dim=1)
-        if int(keep.sum()) < d + 1:
-            log.warning(
-                "only %d of %d answers are finite: the system is underdetermined",
-                int(keep.sum()),
-                n,
-            )
-        scores = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -1e3))
-        centered = scores - scores.mean(dim=1, keepdim=True)
-        theta = torch.linalg.lstsq(design[keep], centered[keep], driver="gelsd").solution
-        fitted = design @ theta
-        denom = float(torch.linalg.norm(centered)) or 1.0
-        self._residual = float(torch.linalg.norm(fitted - centered)) / denom
-        self._used_rows = int(keep.sum())
-        model = LinearSoftmaxModel(theta[:d].T.contiguous(), theta[d].contiguous())
+        xs: list[torch.Tensor] = []
+        scores: list[torch.Tensor] = []
+        while True:
+            x = lo + (hi - lo) * torch.rand((n, *shape), generator=generator, dtype=torch.float64)
+            if _wants_float32(victim):
+                x = x.float()
+            scores.append(oracle.logits(x))
+            xs.append(x.reshape(n, d).double())
+            fit = _solve(torch.cat(xs), torch.cat(scores), victim)
+            n = min(d + 1, oracle.remaining)
+            if not fit.undetermined or n == 0:
+                break
+        self._fit = fit
+        model = LinearSoftmaxModel(fit.weight, fit.bias)
         record(model)
+        if fit.status != "exact":
+            log.warning("equation solving could not recover the model exactly: %s", fit.why)
         return model
 
     def _result_extra(self) -> dict[str, Any]:
-        return {"residual": self._residual, "rows_used": self._used_rows}
+        fit = self._fit
+        if fit is None:
+            return {}
+        return {
+            "status": fit.status,
+            "why": fit.why,
+            "residual": fit.residual,
+            "rows_used": fit.rows_used,
+            "censored": fit.censored,
+            "undetermined_classes": list(fit.undetermined),
+            "undeclared_floor": fit.undeclared_floor,
+        }
+
+
+@dataclass(frozen=True)
+class _Fit:
+    weight: torch.Tensor
+    bias: torch.Tensor
+    status: str
+    why: str
+    residual: float
+    rows_used: int
+    censored: int
+    undetermined: tuple[int, ...]
+    undeclared_floor: bool
+
+
+def _censoring(scores: torch.Tensor, victim: object) -> tuple[torch.Tensor, bool]:
+    """The adapter's censored outputs; without a declared floor, a minimum value repeated bit
+    for bit is taken for an undeclared clamp."""
+    mask = censored_outputs(victim, scores)  # type: ignore[arg-type]
+    finite = scores[torch.isfinite(scores)]
+    undeclared = False
+    if getattr(victim, "score_floor", None) is None and finite.numel() > 1:
+        low = finite.min()
+        ties = (scores == low) & ~mask
+        if int(ties.sum()) >= 2 and bool((finite != low).any()):
+            mask = mask | (scores == low)
+            undeclared = True
+    return mask, undeclared
+
+
+def _solve(x: torch.Tensor, scores: torch.Tensor, victim: object) -> _Fit:
+    """Fit ``W, b`` class by class on the uncensored scores only (see the module docstring)."""
+    n, d = x.shape
+    k = scores.shape[1]
+    censored, undeclared = _censoring(scores, victim)
+    ok = ~censored
+    z = torch.cat([x, torch.ones(n, 1, dtype=torch.float64)], dim=1)
+    s = torch.where(ok, scores, torch.zeros_like(scores))
+    theta = torch.zeros(k, d + 1, dtype=torch.float64)
+    known = torch.zeros(k, dtype=torch.bool)
+    if bool(ok.any()):
+        known[int(ok.sum(0).argmax())] = True
+    progress = True
+    while progress:
+        progress = False
+        # the per-row constant, estimated from the solved classes uncensored in that row
+        pred = z @ theta.T
+        weight = (ok & known).double()
+        count = weight.sum(1)
+        const = ((s - pred) * weight).sum(1) / count.clamp_min(1)
+        for j in range(k):
+            if known[j]:
+                continue
+            rows = ok[:, j] & (count > 0)
+            if int(rows.sum()) < d + 1 or int(torch.linalg.matrix_rank(z[rows])) < d + 1:
+                continue
+            target = s[rows, j] - const[rows]
+            theta[j] = torch.linalg.lstsq(z[rows], target[:, None], driver="gelsd").solution[:, 0]
+            known[j] = True
+            progress = True
+    pred = z @ theta.T
+    weight = (ok & known).double()
+    count = weight.sum(1)
+    const = ((s - pred) * weight).sum(1) / count.clamp_min(1)
+    floor = getattr(victim, "score_floor", None)
+    undetermined = tuple(int(j) for j in torch.nonzero(~known).flatten())
+    for j in undetermined:
+        # only bounds are known: keep the class at (or below) the lowest score seen for it
+        seen = scores[:, j][torch.isfinite(scores[:, j])] - const[torch.isfinite(scores[:, j])]
+        theta[j] = 0.0
+        theta[j, d] = float(seen.min()) if seen.numel() else -1e3
+    fitted = z @ theta.T + const[:, None]
+    used = ok & known[None, :] & (count[:, None] > 0)
+    resid = torch.where(used, fitted - s, torch.zeros_like(s))
+    centered = torch.where(used, s - const[:, None], torch.zeros_like(s))
+    denom = float(torch.linalg.norm(centered)) or 1.0
+    residual = float(torch.linalg.norm(resid)) / denom
+    violated = 0
+    if floor is not None:
+        logp = torch.log_softmax(z @ theta.T, dim=1)
+        violated = int((censored & known[None, :] & (logp > floor + 1e-3 * abs(floor))).sum())
+    if undetermined:
+        status = "underdetermined"
+        why = (f"classes {list(undetermined)} had too few uncensored scores (fewer than d + 1 = "
+               f"{d + 1} rows in general position) within the query budget; raise query_budget")
+    elif residual > 1e-3 or violated:
+        status = "inconsistent"
+        why = (f"the answers are not those of a linear softmax model (relative residual "
+               f"{residual:.3g}, {violated} censored scores the fit puts above the floor)")
+    else:
+        status, why = "exact", ""
+    theta = theta - theta.mean(dim=0, keepdim=True)
+    return _Fit(
+        weight=theta[:, :d].contiguous(),
+        bias=theta[:, d].contiguous(),
+        status=status,
+        why=why,
+        residual=residual,
+        rows_used=int((used.any(dim=1)).sum()),
+        censored=int(censored.sum()),
+        undetermined=undetermined,
+        undeclared_floor=undeclared,
+    )
 
 
 def _wants_float32(victim: object) -> bool:

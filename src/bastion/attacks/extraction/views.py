@@ -70,6 +70,11 @@ class BlackBoxView(BaseClassifier):
             )
         return super().logits(x)
 
+    @property
+    def score_floor(self) -> float | None:  # type: ignore[override]
+        """The wrapped classifier's floor: its clamped scores stay at (or below) it here."""
+        return getattr(self.base, "score_floor", None)
+
     @torch.no_grad()
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.base.logits(x).detach().float(), dim=1)

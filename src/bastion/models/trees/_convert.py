@@ -25,6 +25,7 @@ from bastion.errors import ModelLoadError
 from bastion.models.trees._ensemble import Link, Tree, TreeEnsemble
 
 __all__ = [
+    "SKLEARN_TREE_TYPES",
     "from_lightgbm_text",
     "from_sklearn_trees",
     "from_xgboost_json",
@@ -297,6 +298,18 @@ def _lightgbm_tree(kv: Mapping[str, str], i: int, n_out: int, sigmoid: float) ->
 
 
 # -- scikit-learn -------------------------------------------------------------------------
+SKLEARN_TREE_TYPES = frozenset(
+    {
+        "DecisionTreeClassifier",
+        "ExtraTreeClassifier",
+        "RandomForestClassifier",
+        "ExtraTreesClassifier",
+        "GradientBoostingClassifier",
+        "HistGradientBoostingClassifier",
+    }
+)
+
+
 def _sk_tree(tree: Any, *, n_classes: int, column: int | None, n_out: int, factor: float) -> Tree:
     """A fitted ``sklearn.tree._tree.Tree``: class frequencies, or one regression column."""
     left = np.asarray(tree.children_left, dtype=np.int64)
