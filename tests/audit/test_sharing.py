@@ -356,3 +356,27 @@ def test_policy_refuses_a_foreign_or_missing_audit_and_nan_metrics(tmp_path: Pat
         r = evaluate_audit(audit, keys=[pub], manifest=_manifest(model),
                            policy=AuditPolicy.from_mapping(gate), now=NOW)
         assert not r.passed and "not finite" in r.reasons[0]
+
+
+def test_every_share_format_is_a_registered_renderer(tmp_path: Path) -> None:
+    from bastion.report import write_report
+
+    doc = make_doc()
+    paths = write_report(doc, tmp_path, ["json", "sarif", "junit", "cyclonedx"])
+    assert {p.name for p in paths.values()} == {
+        "report.json", "report.sarif", "report.junit.xml", "report.cdx.json"
+    }
+    assert json.loads(paths["sarif"].read_text())["version"] == "2.1.0"
+    assert json.loads(paths["cyclonedx"].read_text())["specVersion"] == "1.6"
+    assert paths["junit"].read_text().startswith("<?xml")
+
+
+def test_suppressed_documents_still_validate_against_the_audit_schema(tmp_path: Path) -> None:
+    doc = make_doc()
+    fp = doc["checks"][1]["findings"][0]["fingerprint"]
+    sup = load_suppressions(_write_suppressions(tmp_path, fp, "2026-11-30"))
+    apply_suppressions(doc, sup, today=dt.date(2026, 12, 7))
+    jsonschema.validate(doc, SCHEMA)
+    doc["suppressions"]["stale"][0].pop("owner")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, SCHEMA)

@@ -68,17 +68,22 @@ def test_evaluate_evasion_writes_json_and_html(files, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert "robust accuracy" in result.output
     doc = json.loads((out / "report.json").read_text())
-    assert {"clean_accuracy", "robust_accuracy", "attacks", "curve", "findings"} <= set(doc)
+    assert doc["schema"] == "bastion.audit/1" and doc["command"] == "evaluate evasion"
+    [ev] = doc["checks"]
+    assert ev["name"] == "evasion" and ev["settings"]["attacks"] == ["fgsm", "pgd"]
+    clean = ev["metrics"]["clean_accuracy"]["value"]
+    robust = ev["metrics"]["robust_accuracy"]
     for name in ("fgsm", "pgd"):
-        a = doc["attacks"][name]
-        assert {"robust_accuracy", "success_rate", "median_norm", "queries", "seconds"} <= set(a)
-        assert a["robust_accuracy"] < doc["clean_accuracy"]
-    assert doc["robust_accuracy"] <= min(a["robust_accuracy"] for a in doc["attacks"].values())
-    assert len(doc["curve"]["points"]) == 3
-    html = (out / "report.html").read_text()
-    assert "<svg" in html and "polyline" in html
-    assert "<script" not in html and 'src="http' not in html and "<link" not in html
+        assert ev["metrics"][f"robust_accuracy.{name}"]["value"] < clean
+    assert robust["value"] <= min(ev["metrics"][f"robust_accuracy.{n}"]["value"]
+                                  for n in ("fgsm", "pgd"))
+    assert robust["ci_method"] == "clopper-pearson" and robust["n"] == 60
+    [curve] = [p for p in ev["plots"] if p["kind"] == "line"]
+    assert len(curve["series"][0]["x"]) == 3
     assert not list(out.glob(".*tmp"))  # no temporary files left behind
+    again = _run("evaluate", "evasion", "--model", files["model"], "--data", files["data"],
+                 "--attack", "fgsm", "--out", out, "--quiet", "--curve-points", "0")
+    assert again.exit_code == 2 and "--force" in again.output  # never overwritten silently
 
 
 def test_fail_under_gates_a_pipeline(files, tmp_path) -> None:
@@ -151,18 +156,21 @@ def test_version_and_help() -> None:
     assert result.exit_code == 0 and "--attack" in result.output
 
 
-def test_demo_trains_evaluates_and_repeats_exactly(tmp_path) -> None:
+def test_demo_trains_audits_and_repeats_exactly(tmp_path) -> None:
     runs = []
     for name in ("a", "b"):
         out = tmp_path / name
         result = _run("--threads", "1", "demo", "--out", out, "--quiet")
         assert result.exit_code == 0, result.output
+        assert "Scorecard" in result.output
         runs.append(json.loads((out / "report.json").read_text()))
-        assert (out / "report.html").exists()
     first, second = runs
-    assert first["clean_accuracy"] > 0.9
-    assert first["robust_accuracy"] < first["clean_accuracy"]
-    assert set(first["attacks"]) == {"fgsm", "pgd", "apgd-ce", "square", "deepfool"}
-    for key in ("clean_accuracy", "robust_accuracy"):
-        assert first[key] == second[key]
-    assert first["curve"] == second["curve"]
+    checks = {c["name"]: c for c in first["checks"]}
+    assert first["command"] == "demo"
+    assert checks["artifact"]["status"] == "passed"
+    ev = checks["evasion"]
+    assert ev["metrics"]["clean_accuracy"]["value"] > 0.9
+    assert ev["metrics"]["robust_accuracy"]["value"] < ev["metrics"]["clean_accuracy"]["value"]
+    assert [c["status"] for c in first["checks"]] == [c["status"] for c in second["checks"]]
+    for a, b in zip(first["checks"], second["checks"], strict=True):
+        assert a["metrics"] == b["metrics"]

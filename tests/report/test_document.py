@@ -33,7 +33,7 @@ def test_an_invalid_document_is_refused_naming_the_place(audit_doc: dict[str, An
 
 
 def test_unknown_format_names_the_choices(minimal_doc: dict[str, Any]) -> None:
-    with pytest.raises(ConfigurationError, match="html, json, md"):
+    with pytest.raises(ConfigurationError, match="cyclonedx, html, json, junit, md, sarif"):
         render(minimal_doc, "pdf")
 
 

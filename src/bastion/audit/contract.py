@@ -192,6 +192,12 @@ class Check(ABC):
     practices: ClassVar[tuple[str, ...]]
     #: Bump when the check's method changes so older audits are known to be stale.
     version: ClassVar[int] = 1
+    #: Whether the check needs a loaded model. When the model could not be loaded (refused by
+    #: the scanner, say), the plan records such checks as ``not_run`` with the reason.
+    needs_model: ClassVar[bool] = True
+    #: The check's settings and their defaults. The audit configuration may set only these keys
+    #: (others are refused); the runner fills ``ctx.settings[name]`` with defaults and overrides.
+    defaults: ClassVar[Mapping[str, Any]] = {}
 
     def requires(self, ctx: AuditContext) -> Requirement | None:
         return None

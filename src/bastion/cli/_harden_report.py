@@ -19,8 +19,14 @@ from bastion.report.harden import TITLES, render_harden_html
 __all__ = ["print_summary", "summarise", "write_report"]
 
 
-def summarise(defence: str, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """``{metric: {"before", "after", "change"}}`` for the headline metrics of ``defence``."""
+def summarise(
+    defence: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    privacy: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """``{metric: {"before", "after", "change"}}`` for the headline metrics of ``defence``
+    (with ``privacy``, the membership attack's AUC and TPR at 1% FPR before and after)."""
 
     def row(b: float | None, a: float | None) -> dict[str, float | None]:
         change = None if a is None or b is None else a - b
@@ -39,6 +45,9 @@ def summarise(defence: str, before: dict[str, Any], after: dict[str, Any]) -> di
         )
     if defence == "dp":
         out["epsilon"] = row(before.get("epsilon"), after.get("epsilon"))
+    if privacy is not None:
+        for key in ("auc", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr"):
+            out[f"membership_{key}"] = row(privacy["before"][key], privacy["after"][key])
     return out
 
 

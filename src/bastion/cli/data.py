@@ -55,6 +55,12 @@ def infer_contract_cmd(
     report_dir: Path | None = typer.Option(
         None, "--report-dir",
         help="Folder for report.json and report.html (default: the contract's folder)."),
+    immutable: list[str] | None = typer.Option(
+        None, "--immutable", help="A column attacks may never change (repeatable)."),
+    cost: list[str] | None = typer.Option(
+        None, "--cost", help="COLUMN=VALUE: the cost of a unit change of a column (repeatable)."),
+    one_hot: list[str] | None = typer.Option(
+        None, "--one-hot", help="GROUP=COL1,COL2,...: a one-hot encoded group (repeatable)."),
 ) -> None:
     """Infer a human-editable YAML contract from reference data."""
     from bastion._io import atomic_write_json, atomic_write_text
@@ -64,6 +70,8 @@ def infer_contract_cmd(
     contract = infer_contract(
         data, name=name or data.stem, categorical=tuple(categorical or ()),
         categorical_max=categorical_max, range_tolerance=range_tolerance,
+        immutable=tuple(immutable or ()), costs=_costs(cost or []),
+        one_hot=_groups(one_hot or []),
     )
     save_contract(contract, out)
     doc = {"data": str(data), "contract_file": str(out), **contract_summary(contract)}
@@ -78,6 +86,29 @@ def infer_contract_cmd(
         if col["accepted"] is not None:
             console.print(f"  {col['name']}: seen {_accepted_text([col['min'], col['max']])}, "
                           f"accepts {_accepted_text(col['accepted'])}", highlight=False)
+
+
+def _costs(items: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        col, sep, value = item.partition("=")
+        try:
+            out[col] = float(value)
+        except ValueError:
+            raise fail(f"--cost {item!r}: expected COLUMN=NUMBER") from None
+        if not sep or not col:
+            raise fail(f"--cost {item!r}: expected COLUMN=NUMBER")
+    return out
+
+
+def _groups(items: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in items:
+        group, sep, cols = item.partition("=")
+        if not sep or not group or not cols:
+            raise fail(f"--one-hot {item!r}: expected GROUP=COL1,COL2,...")
+        out[group] = [c.strip() for c in cols.split(",") if c.strip()]
+    return out
 
 
 @data_app.command("validate")

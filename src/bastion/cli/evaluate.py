@@ -20,8 +20,6 @@ __all__ = ["load_xy", "pick_device", "print_summary", "register"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DEMO_ATTACKS = ("fgsm", "pgd", "apgd-ce", "square", "deepfool")
-
 
 def register(app: typer.Typer) -> typer.Typer:
     """Add ``evaluate`` (returned, so other areas can add their evaluations) and ``demo``."""
@@ -50,34 +48,10 @@ def pick_device(name: str) -> torch.device:
 
 def load_xy(path: Path, bounds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Load ``x`` and ``y`` from an ``.npz`` and check them (labels integral, x numeric)."""
-    import numpy as np
-    import torch
+    from bastion.audit.sources import load_dataset
 
-    from bastion.data import load_npz
-
-    x_np, y_np = load_npz(path)
-    if x_np.dtype.kind not in "fiu" or x_np.ndim < 2:
-        raise InputError(
-            f"x in {path} must be a numeric array of shape (n, ...), got {x_np.dtype} {x_np.shape}"
-        )
-    if y_np.ndim != 1 or y_np.shape[0] != x_np.shape[0]:
-        raise InputError(
-            f"y in {path} must be a 1-d array with one label per row of x; "
-            f"got y {y_np.shape} for x {x_np.shape}"
-        )
-    if y_np.dtype.kind == "f":
-        if not np.all(np.isfinite(y_np)) or not np.all(y_np == np.round(y_np)):
-            raise InputError(f"y in {path} must hold integer class labels")
-    elif y_np.dtype.kind not in "iu":
-        raise InputError(f"y in {path} must hold integer class labels, got dtype {y_np.dtype}")
-    x = torch.from_numpy(np.ascontiguousarray(x_np, dtype=np.float32))
-    y = torch.from_numpy(y_np.astype(np.int64))
-    if x_np.dtype == np.uint8 and bounds == (0.0, 1.0) and x_np.max(initial=0) > 1:
-        raise InputError(
-            f"x in {path} holds uint8 pixels in [0, 255] but the model's bounds are [0, 1]; "
-            "divide by 255 or pass --bounds 0,255"
-        )
-    return x, y
+    data = load_dataset(path, bounds)
+    return data.x, data.y
 
 
 def evaluate_evasion_cmd(
@@ -88,10 +62,12 @@ def evaluate_evasion_cmd(
         help="Model file: TorchScript .pt, state_dict + --factory, .onnx, .skops, joblib.",
     ),
     data: Path = typer.Option(
-        ..., "--data", "-d", help=".npz file with arrays x (inputs) and y (labels)."
+        ..., "--data", "-d",
+        help=".npz with arrays x (inputs) and y (labels), or a .csv/.parquet table (label "
+        "column y, label, target or class, else the last).",
     ),
-    attack: list[str] = typer.Option(
-        ["pgd"],
+    attack: list[str] | None = typer.Option(
+        None,
         "--attack",
         "-a",
         help=(
@@ -104,8 +80,11 @@ def evaluate_evasion_cmd(
         0.3, "--eps", help="Perturbation budget (success threshold for minimum-norm attacks)."
     ),
     out: Path = typer.Option(
-        Path("bastion-report"), "--out", "-o", help="Folder for report.json and report.html."
+        Path("bastion-evasion"), "--out", "-o",
+        help="Folder for the report (report.json, .html, .md); an existing report is kept "
+        "unless --force.",
     ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing report in --out."),
     factory: str | None = typer.Option(
         None, "--factory", help="module:function building the nn.Module for a state_dict file."
     ),
@@ -147,99 +126,113 @@ def evaluate_evasion_cmd(
 
 @handle_errors
 def _evaluate(**opts: Any) -> None:
-    from bastion.attacks.evasion.catalog import build_attack
-    from bastion.audit.evasion import evaluate_evasion
-    from bastion.models.loading import load_model
-    from bastion.report import write_evasion_report
+    from bastion.audit.config import AuditConfig, AuditThreat
+    from bastion.audit.runner import run_audit
 
     lo_hi = parse_floats(opts["bounds"], "--bounds", 2)
-    bounds = (lo_hi[0], lo_hi[1])
-    dev = pick_device(opts["device"])
-    x, y = load_xy(opts["data"], bounds)
-    if opts["max_samples"] is not None:
-        if opts["max_samples"] < 1:
-            raise ConfigurationError("--max-samples must be at least 1")
-        x, y = x[: opts["max_samples"]], y[: opts["max_samples"]]
-    shape = parse_shape(opts["input_shape"]) or tuple(x.shape[1:])
-    clf = load_model(
-        opts["model"],
-        input_shape=shape,
-        num_classes=opts["num_classes"],
-        bounds=bounds,
-        factory=opts["factory"],
-        trust_pickle=opts["trust_pickle"],
-        device=dev,
+    if opts["max_samples"] is not None and opts["max_samples"] < 1:
+        raise ConfigurationError("--max-samples must be at least 1")
+    out: Path = opts["out"]
+    refuse_existing(out, opts["force"])
+    model_options: dict[str, Any] = {"bounds": list(lo_hi), "device": opts["device"],
+                                     "trust_pickle": opts["trust_pickle"]}
+    shape = parse_shape(opts["input_shape"])
+    if shape is not None:
+        model_options["input_shape"] = list(shape)
+    if opts["factory"]:
+        model_options["factory"] = opts["factory"]
+    if opts["num_classes"] is not None:
+        model_options["num_classes"] = opts["num_classes"]
+    settings = {
+        "attacks": list(opts["attack"] or []) or None,  # None: what the model allows
+        "max_samples": opts["max_samples"] or 2**31 - 1,
+        "subset": "first",
+        "steps": opts["steps"],
+        "max_queries": opts["max_queries"],
+        "batch_size": opts["batch_size"],
+        "curve_points": opts["curve_points"],
+    }
+    config = AuditConfig(
+        model=str(opts["model"]), test=opts["data"], out=out, seed=opts["seed"],
+        threat=AuditThreat(norm=opts["norm"], eps=opts["eps"], query_budget=None),
+        model_options=model_options, settings={"evasion": settings},
     )
-    overrides: dict[str, Any] = {"batch_size": opts["batch_size"], "seed": opts["seed"]}
-    attacks = []
-    for name in opts["attack"]:
-        extra = dict(overrides)
-        if opts["steps"] is not None and name.lower() in {
-            "pgd",
-            "apgd-ce",
-            "apgd-dlr",
-            "apgd-t",
-            "cw",
-            "deepfool",
-            "autoattack",
-        }:
-            extra["steps"] = opts["steps"]
-        if opts["max_queries"] is not None and name.lower() in {"square", "hopskipjump", "hsj"}:
-            extra["max_queries"] = opts["max_queries"]
-        attacks.append(build_attack(name, norm=opts["norm"], eps=opts["eps"], **extra))
-    evaluation = evaluate_evasion(
-        clf,
-        x,
-        y,
-        attacks,
-        curve_points=opts["curve_points"],
-        progress=not opts["quiet"],
-        model_name=str(opts["model"]),
-    )
-    json_path, html_path = write_evasion_report(evaluation.to_dict(), opts["out"])
-    print_summary(evaluation.to_dict())
-    console.print(f"wrote {json_path} and {html_path}")
+    outcome = run_audit(config, checks=("evasion",), command="evaluate evasion", fresh=True,
+                        progress=not opts["quiet"], write=False)
+    entry = one_check(outcome.document, "evasion")
+    written = write_reports(outcome.document, out)
+    print_summary(entry)
+    console.print("wrote " + ", ".join(str(p) for p in written.values()))
     fail_under = opts["fail_under"]
-    if fail_under is not None and evaluation.robust_accuracy < fail_under:
-        err_console.print(
-            f"robust accuracy {evaluation.robust_accuracy:.3f} is below --fail-under {fail_under}"
-        )
+    robust = entry["metrics"]["robust_accuracy"]["value"]
+    if fail_under is not None and robust < fail_under:
+        err_console.print(f"robust accuracy {robust:.3f} is below --fail-under {fail_under}")
         raise typer.Exit(1)
 
 
-def print_summary(doc: dict[str, Any]) -> None:
-    table = Table(title=f"Evasion robustness ({doc['norm']}, eps {doc['eps']})")
-    for col in ("attack", "robust acc.", "success rate", "median norm", "queries/sample", "s"):
+def refuse_existing(out: Path, force: bool) -> None:
+    """Never overwrite a report silently: refuse unless ``--force``."""
+    existing = [p for p in (out / "report.json", out / "report.html") if p.exists()]
+    if existing and not force:
+        raise ConfigurationError(
+            f"{existing[0]} already exists; pass --force to replace it or choose another --out")
+
+
+def one_check(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    """The entry of a one-check audit; its error (or not_run reason) is the command's error."""
+    entry = next(c for c in doc["checks"] if c["name"] == name)
+    if entry["status"] in ("error", "not_run"):
+        reason = entry["reason"] or "the check did not run"
+        raise InputError(reason.split(": ", 1)[1] if entry["status"] == "error"
+                         and ": " in reason else reason)
+    return entry
+
+
+def write_reports(doc: dict[str, Any], out: Path) -> dict[str, Path]:
+    from bastion.audit.runner import write_reports as _write
+
+    return _write(doc, out)
+
+
+def print_summary(entry: dict[str, Any]) -> None:
+    """The attack table and the robust accuracy of an evasion check entry."""
+    table_doc = entry["tables"][0]
+    table = Table(title=entry["title"])
+    for col in table_doc["columns"]:
         table.add_column(col, justify="left" if col == "attack" else "right")
-    for name, a in doc["attacks"].items():
-        median = "—" if a["median_norm"] is None else f"{a['median_norm']:.4g}"
-        table.add_row(
-            name,
-            f"{a['robust_accuracy']:.3f}",
-            f"{a['success_rate']:.3f}",
-            median,
-            f"{a['queries_per_sample']:.1f}",
-            f"{a['seconds']:.2f}",
-        )
+    for row in table_doc["rows"]:
+        table.add_row(*(_cell(v) for v in row))
     console.print(table)
+    console.print(entry["summary"] or "")
+    clean, robust = entry["metrics"]["clean_accuracy"], entry["metrics"]["robust_accuracy"]
+    lo, hi = robust["ci"] or (0.0, 1.0)
     console.print(
-        f"clean accuracy {doc['clean_accuracy']:.3f} · robust accuracy (worst case) "
-        f"{doc['robust_accuracy']:.3f} · n {doc['n']}"
+        f"clean accuracy {clean['value']:.3f} · robust accuracy (worst case) "
+        f"{robust['value']:.3f} [95% CI {lo:.3f}–{hi:.3f}] · n {robust['n']}"
     )
-    for w in doc["warnings"]:
+    for w in entry["settings"].get("warnings", []):
         console.print(f"[yellow]warning:[/] {w}")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def demo_cmd(
     out: Path = typer.Option(
-        Path("demo-out"), "--out", "-o", help="Folder for the demo's report and model."
+        Path("demo-out"), "--out", "-o", help="Folder for the demo's model, data and report."
     ),
     eps: float = typer.Option(0.1, "--eps", help="L∞ budget (pixels in [0, 1])."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train a small CNN on scikit-learn's digits (seeded, seconds) and evaluate its robustness."""
+    """Train a small CNN on scikit-learn's digits (seeded, seconds) and audit it: every check
+    that applies, one report (json, html, md)."""
     _demo(out=out, eps=eps, seed=seed, device=device, quiet=quiet)
 
 
@@ -247,42 +240,16 @@ def demo_cmd(
 def _demo(*, out: Path, eps: float, seed: int, device: str, quiet: bool) -> None:
     import torch
 
-    from bastion.attacks.evasion.catalog import build_attack
-    from bastion.audit.evasion import evaluate_evasion
-    from bastion.data import load_digits
-    from bastion.models import TorchClassifier
-    from bastion.models.zoo import small_cnn, train_classifier
-    from bastion.report import write_evasion_report
+    from bastion.audit.demo import run_demo
+    from bastion.cli.audit import print_audit
 
     dev = pick_device(device)
     if dev.type == "cpu" and "--threads" not in sys.argv:
         # a tiny model: thread start-up costs more than it saves, badly so on a busy machine
         torch.set_num_threads(1)
-    data = load_digits()
-    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    x, y = data.x[perm], data.y[perm]
-    x_train, y_train, x_test, y_test = x[:1400], y[:1400], x[1400:], y[1400:]
-    console.print(f"training a small CNN on {len(x_train)} digits (seed {seed}) ...")
-    torch.manual_seed(seed)  # the initial weights too, so the whole demo repeats exactly
-    net = small_cnn((1, 8, 8), 10, width=8).to(dev)
-    train_classifier(net, x_train, y_train, epochs=10, lr=3e-3, seed=seed)
-    clf = TorchClassifier(net, input_shape=(1, 8, 8), num_classes=10, bounds=(0.0, 1.0))
-    attacks = [
-        build_attack(name, norm="linf", eps=eps, seed=seed, **_demo_budget(name))
-        for name in DEFAULT_DEMO_ATTACKS
-    ]
-    evaluation = evaluate_evasion(
-        clf, x_test, y_test, attacks, curve_points=6, progress=not quiet, model_name="demo-cnn"
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, html_path = write_evasion_report(evaluation.to_dict(), out)
-    print_summary(evaluation.to_dict())
-    console.print(f"wrote {json_path} and {html_path}")
-
-
-def _demo_budget(name: str) -> dict[str, Any]:
-    if name == "square":
-        return {"max_queries": 500}
-    if name == "apgd-ce":
-        return {"steps": 50}
-    return {}
+    console.print(f"training a small CNN on scikit-learn's digits (seed {seed}) and auditing it")
+    outcome = run_demo(out, eps=eps, seed=seed, device=str(dev), progress=not quiet)
+    print_audit(outcome.document)
+    for p in outcome.replaced:
+        console.print(f"replaced the earlier {p}")
+    console.print("wrote " + ", ".join(str(p) for p in outcome.written.values()))

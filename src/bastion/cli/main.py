@@ -46,6 +46,7 @@ def _root(
 def _register_all() -> None:
     from bastion.cli import (
         access,
+        audit,
         data,
         evaluate,
         extraction,
@@ -68,7 +69,7 @@ def _register_all() -> None:
     harden.register(app)
     serve.register(app)
     access.register(app)
-    report.register(app)
+    audit.register(app, report.register(app))
 
 
 _register_all()

@@ -84,14 +84,42 @@ def _md(doc: dict[str, Any]) -> str:
     return render_markdown(doc)
 
 
+def _sarif(doc: dict[str, Any]) -> str:
+    from bastion.report.formats import audit_sarif
+
+    return audit_sarif(doc)
+
+
+def _junit(doc: dict[str, Any]) -> str:
+    from bastion.report.formats import audit_junit
+
+    return audit_junit(doc)
+
+
+def _cyclonedx(doc: dict[str, Any]) -> str:
+    from bastion.report.formats import audit_mlbom
+
+    return audit_mlbom(doc)
+
+
 #: Format name → function rendering an audit document to text. Add formats here.
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "json": render_json,
     "html": _html,
     "md": _md,
+    "sarif": _sarif,
+    "junit": _junit,
+    "cyclonedx": _cyclonedx,
 }
 #: Format name → file name ``write_report`` writes it to (``report.<format>`` when absent).
-FILE_NAMES: dict[str, str] = {"json": "report.json", "html": "report.html", "md": "report.md"}
+FILE_NAMES: dict[str, str] = {
+    "json": "report.json",
+    "html": "report.html",
+    "md": "report.md",
+    "sarif": "report.sarif",
+    "junit": "report.junit.xml",
+    "cyclonedx": "report.cdx.json",
+}
 
 
 def render(doc: dict[str, Any], fmt: str, *, validate: bool = True) -> str:

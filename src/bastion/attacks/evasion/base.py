@@ -14,8 +14,9 @@ import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, final
+from typing import TYPE_CHECKING, Any, ClassVar, final
 
+import numpy as np
 import torch
 
 from bastion.attacks.evasion._common import clip, flat_norm, project
@@ -23,6 +24,9 @@ from bastion.errors import CapabilityError, ConfigurationError, InputError
 from bastion.models.base import Capability, Classifier, check_bounds, check_labels
 from bastion.models.base import unmetered as _unmetered
 from bastion.threat import Norm, parse_norm
+
+if TYPE_CHECKING:
+    from bastion.data.tabular import FeatureSchema
 
 __all__ = ["EvasionAttack", "EvasionResult"]
 
@@ -66,8 +70,13 @@ class EvasionResult:
 
     @property
     def robust_accuracy(self) -> float:
-        """Fraction of samples still classified correctly after the attack."""
-        return _mean(self.adv_pred == self.y)
+        """Fraction of samples classified correctly both before and after the attack.
+
+        A sample the model already gets wrong is not robust, whatever the attack's output
+        does (the clean input is itself inside the eps-ball); this is the per-sample rule
+        of the evaluation's worst case, so one attack's number and the headline agree.
+        """
+        return _mean(self.clean_correct & (self.adv_pred == self.y))
 
     @property
     def success_rate(self) -> float:
@@ -235,14 +244,36 @@ class EvasionAttack(ABC):
         y: torch.Tensor | None = None,
         *,
         target: torch.Tensor | None = None,
+        constraints: FeatureSchema | None = None,
     ) -> EvasionResult:
         """Attack ``classifier`` on inputs ``x`` with true labels ``y``.
+
+        ``constraints`` (a :class:`~bastion.data.tabular.FeatureSchema`, for tabular inputs
+        of shape ``(n, features)``) makes every returned row obey the data's rules: the
+        algorithm may use it inside its iterations (:meth:`_constrain`), and the result is
+        projected onto it in any case, each column moved only towards the original row.
+        Inputs stay float64 then (thresholds of tree models need the precision).
 
         ``y`` defaults to the model's own predictions. ``target`` (the classes to reach) is
         required by targeted attacks and refused by untargeted ones. Returns an
         :class:`EvasionResult` whose ``x_adv`` lies inside the bounds and the eps-ball.
         """
-        x, y, target = self._validate(classifier, x, y, target)
+        if constraints is not None:
+            if tuple(classifier.input_shape) != (constraints.n_features,):
+                raise InputError(
+                    f"the schema has {constraints.n_features} columns but the model takes "
+                    f"inputs of shape {tuple(classifier.input_shape)}"
+                )
+            bad = constraints.check(x.detach().cpu().double().numpy()) if x.dim() == 2 else None
+            if bad is not None and bad.any():
+                raise InputError(
+                    f"{int((bad > 0).sum())} input row(s) already break the schema's rules "
+                    f"(first: row {int(np.flatnonzero(bad)[0])}); attack rows the contract accepts"
+                )
+        self._constraints = constraints
+        # Tabular rows and tree models keep float64: split thresholds need the precision.
+        keep = constraints is not None or getattr(classifier, "ensemble", None) is not None
+        x, y, target = self._validate(classifier, x, y, target, keep_double=keep)
         self._reset()
         n = x.shape[0]
         device = classifier.device
@@ -270,7 +301,7 @@ class EvasionAttack(ABC):
                 x_adv = torch.where(torch.isfinite(x_adv), x_adv, xb)
                 if self.eps is not None:
                     x_adv = xb + project(x_adv - xb, self.norm, self.eps)
-                chunks.append(clip(x_adv, (lo, hi)))
+                chunks.append(self._constrain(clip(x_adv, (lo, hi)), xb))
             queries = classifier.queries - queries_before
             x_adv_all = torch.cat(chunks)
             with torch.no_grad(), _unmetered(classifier):
@@ -322,6 +353,19 @@ class EvasionAttack(ABC):
         """Called at the start of every :meth:`generate`: clear per-run state (``*_``)."""
         return None
 
+    def _constrain(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x_adv`` projected onto the run's tabular rules (identity without a schema)."""
+        schema: FeatureSchema | None = getattr(self, "_constraints", None)
+        if schema is None:
+            return x_adv
+        out = schema.project(
+            x_adv.detach().cpu().double().numpy(),
+            x.detach().cpu().double().numpy(),
+            norm=self.norm.value,
+            eps=self.eps,
+        )
+        return torch.as_tensor(out, dtype=x_adv.dtype, device=x_adv.device)
+
     def _sample_queries(self) -> torch.Tensor | None:
         """Per-sample query counts of the run, for attacks that meter them (else ``None``)."""
         return None
@@ -363,13 +407,18 @@ class EvasionAttack(ABC):
         x: torch.Tensor,
         y: torch.Tensor | None,
         target: torch.Tensor | None,
+        *,
+        keep_double: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         missing = self.requires & ~classifier.capabilities
         if missing:
+            from bastion.attacks.evasion.catalog import runnable_attacks
+
             need = "gradients" if Capability.GRADIENTS in missing else "scores"
+            runnable = runnable_attacks(classifier, self.norm)
             raise CapabilityError(
                 f"{type(self).__name__} needs {need}, which {type(classifier).__name__} does "
-                f"not offer; choose a score-based (square) or decision-based (hopskipjump) attack"
+                f"not offer; attacks that run on this model: {', '.join(runnable) or 'none'}"
             )
         if not isinstance(x, torch.Tensor):
             raise InputError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -380,7 +429,9 @@ class EvasionAttack(ABC):
             )
         if x.shape[0] == 0:
             raise InputError("x is empty: give at least one input")
-        x = x.detach().float() if x.dtype == torch.float64 else x.detach()
+        x = x.detach().float() if x.dtype == torch.float64 and not keep_double else x.detach()
+        if keep_double:
+            x = x.double()
         check_bounds(x, classifier.bounds)
         if y is None:
             with torch.no_grad(), _unmetered(classifier):

@@ -185,7 +185,7 @@ class HopSkipJump(QueryRecorder, EvasionAttack):
         with torch.no_grad():
             found, start = self._initialise(oracle, classifier, x, generator)
             cur = x.clone()
-            dist = torch.full((n,), math.inf, device=x.device)
+            dist = torch.full((n,), math.inf, device=x.device, dtype=x.dtype)
             idx = found.nonzero().squeeze(1)
             if idx.numel():
                 cur[idx] = binary_search(oracle, idx, x[idx], start[idx], self.norm, theta)

@@ -2,7 +2,11 @@
 
 from bastion.attacks.inference._common import DefaultTrainer, TrainFn
 from bastion.attacks.inference.attribute import AttributeInference, AttributeResult
-from bastion.attacks.inference.base import MembershipAttack, MembershipResult
+from bastion.attacks.inference.base import (
+    MembershipAttack,
+    MembershipResult,
+    membership_severity,
+)
 from bastion.attacks.inference.inversion import (
     InversionResult,
     MIFace,
@@ -15,6 +19,7 @@ from bastion.attacks.inference.metrics import (
     EpsilonBound,
     RocCurve,
     auc,
+    auc_interval,
     clopper_pearson,
     empirical_epsilon,
     roc_curve,
@@ -41,8 +46,10 @@ __all__ = [
     "ThresholdAttack",
     "TrainFn",
     "auc",
+    "auc_interval",
     "clopper_pearson",
     "empirical_epsilon",
+    "membership_severity",
     "reconstruction_metrics",
     "roc_curve",
     "ssim",

@@ -109,7 +109,8 @@ class AttributeResult:
         if adv <= 0.01:
             sev = Severity.INFO
         return Finding(
-            id=f"attribute-inference-{self.feature}",
+            id="inversion.attribute-inference",
+            location=f"feature:{self.feature}",
             title=f"Attribute inference of feature {self.feature}: {adv:+.1%} accuracy over a "
             "baseline that never queries the model",
             severity=sev,
@@ -164,7 +165,6 @@ class AttributeInference(ParamsRepr):
         self.prior_: np.ndarray | None = None
         self.imputer_: Any = None
         self.num_classes_ = 0
-
 
     def _index(self, col: torch.Tensor) -> torch.Tensor:
         """Index of the nearest candidate value for each entry of ``col``."""

@@ -28,7 +28,7 @@ from bastion.errors import CapabilityError, ConfigurationError, InputError, Quer
 from bastion.models.base import Capability, Classifier, check_bounds, check_labels
 from bastion.threat import ATLAS, OWASP
 
-__all__ = ["MembershipAttack", "MembershipResult"]
+__all__ = ["MembershipAttack", "MembershipResult", "membership_severity"]
 
 
 @dataclass(frozen=True)
@@ -103,28 +103,49 @@ class MembershipResult:
             )
         return out
 
+    @property
+    def kind(self) -> str:
+        """The finding kind of this attack: ``loss-threshold`` for the loss attack,
+        ``confidence-threshold``, ``lira``, ``shadow``, ``label-only``, ..."""
+        if self.attack == "threshold":
+            signal = str(self.params.get("signal", "loss")).replace("_", "-")
+            return f"{signal}-threshold"
+        return self.attack.replace("_", "-")
+
     def finding(self) -> Finding:
-        """A :class:`~bastion.audit.Finding` rating the leak by TPR at 1% FPR and AUC."""
+        """A :class:`~bastion.audit.Finding` (id ``membership.<kind>``) rated by
+        :func:`membership_severity` on the TPR at low FPR, the AUC and the ε lower bound."""
         s = self.summary()
-        tpr1, auc_ = s.get("tpr_at_1pct_fpr", 0.0), s.get("auc", 0.5)
-        if tpr1 >= 0.2 or auc_ >= 0.8:
-            sev = Severity.HIGH
-        elif tpr1 >= 0.05 or auc_ >= 0.6:
-            sev = Severity.MEDIUM
-        elif tpr1 > 0.02 or auc_ > 0.55:
-            sev = Severity.LOW
-        else:
-            sev = Severity.INFO
+        tpr1, tpr01, auc_ = (
+            s.get("tpr_at_1pct_fpr", 0.0),
+            s.get("tpr_at_0_1pct_fpr", 0.0),
+            s.get("auc", 0.5),
+        )
+        eps = self.epsilon() if self.membership is not None else None
+        sev = membership_severity(
+            tpr_at_1pct=tpr1,
+            tpr_at_0_1pct=tpr01,
+            auc=auc_,
+            epsilon_lower=0.0 if eps is None else eps.lower,
+        )
+        title = f"Membership inference ({self.kind}): AUC {auc_:.3f}, TPR {tpr1:.3f} at 1% FPR"
+        if eps is not None and eps.lower > 0:
+            title += f", ε ≥ {eps.lower:.2f} ({eps.explain()})"
         return Finding(
-            id=f"membership-{self.attack}",
-            title=f"Membership inference ({self.attack}): AUC {auc_:.3f}, TPR {tpr1:.3f} at 1% FPR",
+            id=f"membership.{self.kind}",
+            title=title,
             severity=sev,
             threat="membership inference",
             atlas=(ATLAS["membership_inference"],),
             owasp=(OWASP["membership_inference"],),
             evidence=s,
-            remediation="Reduce overfitting (regularisation, early stopping), train with DP-SGD, "
-            "and return labels or rounded scores instead of full confidence vectors.",
+            remediation=(
+                f"No measurable leak with the {self.attack} attack at this sample size; "
+                "stronger attacks with reference models (lira, shadow) may still find one."
+                if sev is Severity.INFO
+                else "Reduce overfitting (regularisation, early stopping), train with DP-SGD, "
+                "and return labels or rounded scores instead of full confidence vectors."
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -319,6 +340,30 @@ class MembershipAttack(ABC):
                 raise InputError("membership must be a 1-d tensor with one flag per sample")
             membership = membership.detach().bool().cpu()
         return x, y.long(), membership
+
+
+def membership_severity(
+    *, tpr_at_1pct: float, tpr_at_0_1pct: float, auc: float, epsilon_lower: float
+) -> Severity:
+    """How bad a membership leak is, from every piece of its evidence.
+
+    The attack's success where it matters (TPR at 0.1% and 1% FPR: members it picks out
+    with almost no false alarm) and its AUC rate it; the empirical ε lower bound raises the
+    rating too, since it is the one number that holds at 95% confidence and it also counts
+    the low-score tail (non-members picked out), which TPR at low FPR does not see: ε ≥ 0.5 is
+    at least ``low`` and ε ≥ 3 at least ``medium``. So an AUC near 0.5 beside a large ε bound
+    is never rated ``info``.
+
+    >>> membership_severity(tpr_at_1pct=0.0025, tpr_at_0_1pct=0.0, auc=0.545, epsilon_lower=2.26)
+    <Severity.LOW: 'low'>
+    """
+    if tpr_at_0_1pct >= 0.1 or tpr_at_1pct >= 0.2 or auc >= 0.8:
+        return Severity.HIGH
+    if tpr_at_1pct >= 0.05 or auc >= 0.6 or epsilon_lower >= 3.0:
+        return Severity.MEDIUM
+    if tpr_at_1pct > 0.02 or auc > 0.55 or epsilon_lower >= 0.5:
+        return Severity.LOW
+    return Severity.INFO
 
 
 def check_positive(value: object, name: str, *, integer: bool = False) -> None:

@@ -132,7 +132,7 @@ class ReconstructionMetrics:
         if leak <= 0.2:
             sev = Severity.INFO
         return Finding(
-            id=f"inversion-{result.attack}",
+            id=f"inversion.{result.attack}",
             title=f"Model inversion ({result.method}): {leak:.0%} of class representatives "
             "resemble their class",
             severity=sev,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -70,6 +71,12 @@ class LiRA(MembershipAttack):
         Share one standard deviation per side across all examples.
     batch_size, seed:
         Query batch size; seed for the data splits and the reference models.
+    reference_seeds:
+        One seed per reference model (``n_reference`` of them). Offline, reference model ``k``
+        then draws its half of the population and its initial weights from
+        ``reference_seeds[k]`` alone, so each model is one independent unit of work (the same
+        models whichever order, process or machine trains them). Default: derived from
+        ``seed`` (``seed * 1000 + k``, the halves from one shared generator).
     """
 
     name: ClassVar[str] = "lira"
@@ -85,9 +92,17 @@ class LiRA(MembershipAttack):
         fixed_variance: bool = True,
         batch_size: int = 512,
         seed: int | None = 0,
+        reference_seeds: Sequence[int] | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed)
         check_positive(n_reference, "n_reference", integer=True)
+        if reference_seeds is not None and (
+            len(reference_seeds) != n_reference
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in reference_seeds)
+        ):
+            raise ConfigurationError(
+                f"reference_seeds must be {n_reference} integers (one per reference model)"
+            )
         if n_reference < 2 or (online and n_reference % 2):
             raise ConfigurationError(
                 f"n_reference must be at least 2 (and even when online), got {n_reference}"
@@ -100,6 +115,7 @@ class LiRA(MembershipAttack):
         self.online = bool(online)
         self.train_fn = train_fn
         self.fixed_variance = bool(fixed_variance)
+        self._reference_seeds = None if reference_seeds is None else list(reference_seeds)
         self.reference_models_: list[nn.Module] = []
 
     def get_params(self) -> dict[str, Any]:
@@ -120,7 +136,15 @@ class LiRA(MembershipAttack):
         return DefaultTrainer(tuple(classifier.input_shape), classifier.num_classes)
 
     def _seed(self, k: int) -> int:
+        if self._reference_seeds is not None:
+            return self._reference_seeds[k]
         return (0 if self.seed is None else self.seed) * 1000 + k
+
+    def _half(self, n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+        """Reference model ``k``'s half of ``n`` population samples."""
+        if self._reference_seeds is not None:
+            generator = torch.Generator().manual_seed(self._reference_seeds[k])
+        return torch.randperm(n, generator=generator)[: n // 2]
 
     def _fit(
         self,
@@ -133,9 +157,7 @@ class LiRA(MembershipAttack):
         if self.online:
             return
         n = x.shape[0]
-        subsets = [
-            torch.randperm(n, generator=generator)[: n // 2] for _ in range(self.n_reference)
-        ]
+        subsets = [self._half(n, k, generator) for k in range(self.n_reference)]
         seeds = [self._seed(k) for k in range(self.n_reference)]
         self.reference_models_ = train_references(self._trainer(classifier), x, y, subsets, seeds)
         log.info("LiRA offline: trained %d reference models", self.n_reference)

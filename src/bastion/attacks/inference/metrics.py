@@ -38,6 +38,7 @@ __all__ = [
     "EpsilonBound",
     "RocCurve",
     "auc",
+    "auc_interval",
     "clopper_pearson",
     "empirical_epsilon",
     "roc_curve",
@@ -120,6 +121,45 @@ def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
 
 
+def auc_interval(
+    scores: torch.Tensor | np.ndarray | Sequence[float],
+    labels: torch.Tensor | np.ndarray | Sequence[bool],
+    *,
+    n_boot: int = 200,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Stratified percentile-bootstrap interval of the AUC: members and non-members are
+    resampled separately (``n_boot`` times, seeded), each resample's AUC computed exactly
+    (the Mann–Whitney statistic, ties counted half, equal to the trapezoidal ROC area).
+
+    >>> lo, hi = auc_interval([0.9, 0.8, 0.7, 0.3, 0.2, 0.1], [1, 1, 0, 1, 0, 0])
+    >>> 0.0 <= lo <= 8 / 9 <= hi <= 1.0
+    True
+    """
+    from scipy.stats import rankdata
+
+    s = _as_numpy(scores, "scores").astype(np.float64)
+    y = _as_numpy(labels, "labels").astype(bool)
+    if s.shape != y.shape or not np.all(np.isfinite(s)):
+        raise InputError("scores and labels must be 1-d of one length, scores finite")
+    if not 0.0 < confidence < 1.0 or n_boot < 1:
+        raise ConfigurationError("confidence must lie in (0, 1) and n_boot be at least 1")
+    pos, neg = s[y], s[~y]
+    if pos.size == 0 or neg.size == 0:
+        raise InputError("an AUC needs both members and non-members")
+    rng = np.random.default_rng(seed)
+    p_idx = rng.integers(0, pos.size, size=(n_boot, pos.size))
+    n_idx = rng.integers(0, neg.size, size=(n_boot, neg.size))
+    both = np.concatenate([pos[p_idx], neg[n_idx]], axis=1)
+    ranks = rankdata(both, axis=1)
+    u = ranks[:, : pos.size].sum(1) - pos.size * (pos.size + 1) / 2.0
+    aucs = u / (pos.size * neg.size)
+    alpha = 1.0 - confidence
+    lo, hi = np.quantile(aucs, [alpha / 2, 1.0 - alpha / 2])
+    return float(lo), float(hi)
+
+
 def tpr_at_fpr(roc: RocCurve, fpr: float) -> float:
     """The largest TPR among thresholds whose FPR is at most ``fpr``."""
     if not (0.0 <= fpr <= 1.0):
@@ -159,7 +199,13 @@ class EpsilonBound:
 
     ``lower`` holds with probability at least ``confidence`` (each rate is bounded by its
     Clopper–Pearson interval); ``point`` uses the observed rates (``inf`` when a test makes no
-    error of one kind). ``tpr``/``fpr`` are the rates of the test that gave ``lower``.
+    error of one kind). ``tpr``/``fpr`` are the rates of the test that gave ``lower``, and
+    ``direction`` says which way that test points: ``"members"`` when it picks out members
+    (scores at or above the threshold: ``TPR <= e^ε FPR + δ`` was violated), ``"non-members"``
+    when it picks out non-members (scores below it: ``TNR <= e^ε FNR + δ``). A bound from the
+    non-member direction comes from the low-score tail, e.g. non-members the model gets
+    confidently wrong while it gets every member right; the TPR at low FPR, which only looks
+    at the high-score end, can then be near zero and the AUC near 0.5 while ``lower`` is large.
     """
 
     lower: float
@@ -168,6 +214,7 @@ class EpsilonBound:
     delta: float
     tpr: float
     fpr: float
+    direction: str = "members"
 
     def to_dict(self) -> dict[str, Any]:
         def num(v: float) -> float | None:
@@ -180,7 +227,22 @@ class EpsilonBound:
             "delta": self.delta,
             "tpr": self.tpr,
             "fpr": self.fpr,
+            "direction": self.direction,
         }
+
+    def explain(self) -> str:
+        """One sentence on the test behind the bound, for reports."""
+        if self.lower <= 0.0:
+            return "no threshold separates members from non-members beyond chance"
+        if self.direction == "members":
+            return (
+                f"{self.tpr:.1%} of members but only {self.fpr:.1%} of non-members score above "
+                "the threshold"
+            )
+        return (
+            f"{1.0 - self.fpr:.1%} of non-members but only {1.0 - self.tpr:.1%} of members score "
+            "below the threshold"
+        )
 
 
 def empirical_epsilon(
@@ -194,11 +256,17 @@ def empirical_epsilon(
     """Lower bound on ε from one test or a sweep of thresholds (``tpr``/``fpr`` arrays).
 
     Each rate is turned back into a count (``round(rate * n)``) and bounded by its two-sided
-    Clopper–Pearson interval of level ``confidence``. The bound is the largest of
-    ``log((TPR_lo - δ) / FPR_hi)`` and ``log((1 - FPR_hi - δ) / (1 - TPR_lo))`` over all
-    thresholds (both directions of the test), and never below 0. Choosing the best of many
-    thresholds on the same scores is slightly optimistic; pick the threshold on held-out
-    canaries for a strict audit.
+    Clopper–Pearson interval. The bound is the largest of ``log((TPR_lo - δ) / FPR_hi)`` and
+    ``log((1 - FPR_hi - δ) / (1 - TPR_lo))`` over all thresholds (both directions of the
+    test), and never below 0.
+
+    Picking the best of ``k`` thresholds on the same scores is a choice made after seeing the
+    data: the threshold just below the weakest member always shows no false negatives, so an
+    uncorrected bound reads a large ε off a model whose AUC is near 0.5. The intervals are
+    therefore Bonferroni-corrected: each of the ``2k`` rates is bounded at level
+    ``1 - (1 - confidence) / (2k)``, which makes ``lower`` hold with probability
+    ``confidence`` for the best threshold too. A single test (``k = 1``) keeps the plain
+    intervals; for a stricter audit pick the threshold on held-out canaries.
 
     >>> b = empirical_epsilon(0.5, 0.0, 1000, 1000)
     >>> round(b.lower, 2), b.point
@@ -216,12 +284,15 @@ def empirical_epsilon(
         raise InputError("tpr and fpr must be rates in [0, 1]")
     tp = np.rint(t * n_pos)
     fp = np.rint(f * n_neg)
-    tpr_lo, _ = clopper_pearson(tp, n_pos, confidence)
-    _, fpr_hi = clopper_pearson(fp, n_neg, confidence)
+    tests = int(np.unique(np.stack([tp, fp]), axis=1).shape[1])  # distinct thresholds
+    level = 1.0 - (1.0 - confidence) / tests if tests > 1 else confidence
+    tpr_lo, _ = clopper_pearson(tp, n_pos, level)
+    _, fpr_hi = clopper_pearson(fp, n_neg, level)
     lower_1 = _log_ratio(tpr_lo - delta, fpr_hi)
     lower_2 = _log_ratio(1.0 - fpr_hi - delta, 1.0 - tpr_lo)
     lower_all = np.maximum(lower_1, lower_2)
     best = int(np.argmax(lower_all))
+    direction = "members" if lower_1[best] >= lower_2[best] else "non-members"
     t_hat, f_hat = tp / n_pos, fp / n_neg
     point = np.maximum(
         _log_ratio(t_hat - delta, f_hat), _log_ratio(1.0 - f_hat - delta, 1.0 - t_hat)
@@ -233,6 +304,7 @@ def empirical_epsilon(
         delta=float(delta),
         tpr=float(t_hat[best]),
         fpr=float(f_hat[best]),
+        direction=direction,
     )
 
 

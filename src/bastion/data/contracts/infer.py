@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,9 @@ def infer_contract(
     reference_sample: int = 100_000,
     range_tolerance: float = 0.1,
     seed: int = 0,
+    immutable: Sequence[str] = (),
+    costs: Mapping[str, float] | None = None,
+    one_hot: Mapping[str, Sequence[str]] | None = None,
 ) -> Contract:
     """Infer a :class:`TableContract` or :class:`TensorContract` from reference ``data``.
 
@@ -49,6 +53,10 @@ def infer_contract(
     tensor: the sample shape, dtype, value range and per-channel statistics.
     Sketches of the reference distributions are kept for drift checks, computed on at most
     ``reference_sample`` rows (a seeded random subset).
+
+    The rules of attacks on tabular models are recorded on the columns: ``immutable`` names
+    columns no perturbation may change, ``costs`` maps a column to the cost of a unit change,
+    ``one_hot`` maps a group name to its 0/1 columns (see :mod:`bastion.data.tabular`).
 
     >>> import numpy as np
     >>> c = infer_contract(np.zeros((10, 3), dtype=np.float32), name="zeros")
@@ -66,9 +74,35 @@ def infer_contract(
     if isinstance(frame, np.ndarray):
         return infer_tensor(frame, name=label, reference_sample=reference_sample,
                             range_tolerance=range_tolerance, seed=seed)
-    return _infer_table(frame, name=label, categorical=tuple(categorical),
-                        categorical_max=categorical_max, reference_sample=reference_sample,
-                        range_tolerance=range_tolerance, seed=seed)
+    table = _infer_table(frame, name=label, categorical=tuple(categorical),
+                         categorical_max=categorical_max, reference_sample=reference_sample,
+                         range_tolerance=range_tolerance, seed=seed)
+    return _with_attack_rules(table, immutable, costs or {}, one_hot or {})
+
+
+def _with_attack_rules(table: TableContract, immutable: Sequence[str],
+                       costs: Mapping[str, float], one_hot: Mapping[str, Sequence[str]]
+                       ) -> TableContract:
+    names = {c.name for c in table.columns}
+    groups = {str(col): str(g) for g, cols in one_hot.items() for col in cols}
+    unknown = sorted((set(immutable) | set(costs) | set(groups)) - names)
+    if unknown:
+        raise ConfigurationError(f"attack rules name unknown columns: {', '.join(unknown)}")
+    for g, cols in one_hot.items():
+        if len(cols) < 2:
+            raise ConfigurationError(f"one-hot group {g!r} needs at least 2 columns")
+    for col, cost in costs.items():
+        if not (isinstance(cost, int | float) and math.isfinite(cost) and cost > 0):
+            raise ConfigurationError(f"cost of column {col!r} must be > 0, got {cost!r}")
+    columns = []
+    for c in table.columns:
+        if c.name in groups and c.kind not in ("integer", "boolean", "float"):
+            raise ConfigurationError(f"one-hot column {c.name!r} must hold 0/1 numbers")
+        columns.append(dataclasses.replace(
+            c, immutable=c.name in set(immutable),
+            cost=float(costs[c.name]) if c.name in costs else None,
+            one_hot=groups.get(c.name)))
+    return dataclasses.replace(table, columns=tuple(columns))
 
 
 def _kind_of(s: pd.Series, forced: bool, categorical_max: int) -> str:

@@ -5,6 +5,7 @@ YAML is read with ``yaml.safe_load`` only; arrays with ``allow_pickle=False`` on
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ _HEADER = """\
 #   A value may lie `slack: [below, above]` beyond a column's min/max; without slack (and
 #   for tensors) range_tolerance x (max - min). Set a column's `drift: false` to skip its
 #   distribution check; `pattern` is a full-match regex; `nullable`, `unique`,
-#   `max_missing` and `categories` are checked as written.
+#   `max_missing` and `categories` are checked as written. For attacks on tabular models:
+#   `immutable: true` columns are never perturbed, `cost` weighs a unit change of a column,
+#   columns sharing a `one_hot` group name hold exactly one 1.
 # The `reference` section at the end is a machine-made summary of the reference data
 # (CDF sketches, category counts) used by the distribution checks: regenerate it with
 # `bastion data infer-contract` rather than editing it by hand.
@@ -109,6 +112,12 @@ def _column_to_dict(c: ColumnSpec) -> dict[str, Any]:
         out["stats"] = {k: v for k, v in stats.items() if v is not None}
     if not c.drift:
         out["drift"] = False
+    if c.immutable:
+        out["immutable"] = True
+    if c.cost is not None:
+        out["cost"] = c.cost
+    if c.one_hot is not None:
+        out["one_hot"] = c.one_hot
     return out
 
 
@@ -217,6 +226,9 @@ def _column_from(d: Any, i: int) -> ColumnSpec:
     if slack is not None and (len(slack) != 2 or any(
             isinstance(v, bool) or not isinstance(v, int | float) or v < 0 for v in slack)):
         raise DataContractError(f"{where}: slack must be two numbers >= 0 [below, above]")
+    cost = _num(d, "cost", where, None)
+    if cost is not None and not (math.isfinite(cost) and cost > 0):
+        raise DataContractError(f"{where}: cost must be a number > 0, got {cost!r}")
     return ColumnSpec(
         name=str(_get(d, "name", (str, int), where)),
         kind=kind,
@@ -234,6 +246,9 @@ def _column_from(d: Any, i: int) -> ColumnSpec:
         median=_num(stats, "median", where, None),
         mad=_num(stats, "mad", where, None),
         drift=bool(_get(d, "drift", bool, where, True)),
+        immutable=bool(_get(d, "immutable", bool, where, False)),
+        cost=None if cost is None else float(cost),
+        one_hot=_get(d, "one_hot", str, where, None),
     )
 
 

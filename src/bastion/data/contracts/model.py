@@ -86,6 +86,11 @@ class ColumnSpec:
     categorical or boolean column; ``pattern`` is an optional regular expression every string
     value must match in full; ``drift`` turns the column's distribution check on or off.
     Robust statistics (``median``, ``mad``) feed the outlier check.
+
+    Rules for attacks on tabular models (:mod:`bastion.data.tabular`): ``immutable`` columns
+    (an id, a birth date) are never perturbed; ``cost`` weighs a unit change of the column
+    in perturbation distances (default 1); ``one_hot`` names the one-hot group the column
+    belongs to (exactly one column of a group is 1, the others 0).
     """
 
     name: str
@@ -104,6 +109,9 @@ class ColumnSpec:
     median: float | None = None
     mad: float | None = None
     drift: bool = True
+    immutable: bool = False
+    cost: float | None = None
+    one_hot: str | None = None
 
 
 @dataclass(frozen=True)
