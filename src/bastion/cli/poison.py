@@ -93,7 +93,11 @@ def _scan(**opts: Any) -> None:
             raise ConfigurationError(
                 f"labels in {opts['data']} lie outside the model's {clf.num_classes} classes"
             )
-    scan = scan_poison(clf, x, y, methods=methods, layer=opts["layer"], seed=opts["seed"])
+    try:
+        scan = scan_poison(clf, x, y, methods=methods, layer=opts["layer"], seed=opts["seed"])
+    except RuntimeError as exc:  # torch failing on this model and data: an error, exit 2
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigurationError(f"the model could not be run on {opts['data']}: {first}") from None
     doc = scan.to_dict()
     doc["model"] = str(opts["model"])
     doc["data"] = str(opts["data"])
