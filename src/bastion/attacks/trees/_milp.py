@@ -216,12 +216,27 @@ class TreeMILP:
     def _intervals(self, i: int, x0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         return feature_cells(self.ensemble, self.schema, i, x0, self.thresholds[i])
 
-    def solve(self, x0: np.ndarray, y: int, *, upper: float | None = None) -> ExactSolution:
+    def solve(
+        self, x0: np.ndarray, y: int, *, upper: float | None = None, hint: float | None = None
+    ) -> ExactSolution:
         """The minimal perturbation of row ``x0`` (true label ``y``) within the schema.
 
         ``upper`` bounds the search: a row with no adversarial example within it is reported
-        ``robust`` with ``distance`` = ``upper`` (a certificate at that radius).
+        ``robust`` with ``distance`` = ``upper`` (a certificate at that radius). ``hint`` is
+        the distance of a known adversarial example (e.g. from the fast attack): cells farther
+        than it cannot hold the optimum (a feature's own distance never exceeds the total),
+        so they are pruned before the solve, which keeps it exact and makes it much smaller.
         """
+        if hint is not None and math.isfinite(hint):
+            bound = hint if upper is None else min(upper, hint)
+            sol = self._solve(x0, y, upper=upper, prune=bound * (1 + 1e-7) + 1e-9)
+            if sol.status in ("adversarial", "misclassified"):
+                return sol
+        return self._solve(x0, y, upper=upper, prune=upper)
+
+    def _solve(
+        self, x0: np.ndarray, y: int, *, upper: float | None, prune: float | None
+    ) -> ExactSolution:
         import time
 
         start = time.perf_counter()
@@ -237,6 +252,9 @@ class TreeMILP:
             if i in self.o_index:
                 continue
             feasible, cost, witness, own = self._intervals(i, float(x0[i]))
+            if prune is not None:
+                feasible = feasible & (cost <= prune * (1 + 1e-7) + 1e-9)
+                feasible[own] = True
             per_feature[i] = (witness, own, cost)
             s, m = self.p_start[i], self.thresholds[i].size
             # Interval k is chosen iff p_{k+1} - p_k = 1 (p_0 = 0, p_{m+1} = 1).
