@@ -16,6 +16,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+"${PIP[@]}" "torch==2.13.0"  # bastion.data and bastion.attacks import torch
 "${PIP[@]}" "adversarial-robustness-toolbox==1.20.1" "dtai-veritas==0.3.1" xgboost lightgbm \
     pandas pyarrow pyyaml packaging
 "${PIP[@]}" --no-deps -e "$ROOT"
