@@ -93,27 +93,6 @@ def test_poisoned_data_exit_1_with_reports(
     assert "Flagged training samples" in html and "data:image/png;base64," in html
 
 
-def test_torchscript_with_a_layer_is_an_error_not_suspicious(
-    files: dict[str, Path], tmp_path: Path
-) -> None:
-    import warnings
-
-    from bastion.models.zoo import small_cnn
-
-    net = small_cnn((1, 8, 8), 10)
-    net.load_state_dict(torch.load(files["model"]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.trace(net.eval(), torch.zeros(2, 1, 8, 8)).save(str(tmp_path / "ts.pt"))
-    args = ["data", "scan-poison", "--model", str(tmp_path / "ts.pt")]
-    args += ["--data", str(files["poisoned"]), "--layer", "4", "--out", str(tmp_path / "r")]
-    result = runner.invoke(_app(), args)
-    assert result.exit_code == 2, result.output
-    assert "TorchScript" in result.output and "--factory" in result.output
-    assert "Traceback" not in result.output and "layer=" not in result.output
-    assert not (tmp_path / "r" / "report.json").exists()
-
-
 def test_clean_data_exit_0(files: dict[str, Path], on_path: None, tmp_path: Path) -> None:
     result = _scan(files, "clean", tmp_path, "--layer", "5", "--methods", "spectral")
     assert result.exit_code == 0, result.output

@@ -17,7 +17,9 @@ nonce ``nonce_prefix (8 bytes) || i (4 bytes)`` and is authenticated together wi
 metadata, reordering, dropping or appending chunks, or truncating the file at any point makes
 decryption fail with :class:`~bastion.errors.DecryptionError` (the STREAM construction of
 Hoang, Reyhanitabar, Rogaway and Vizár, https://eprint.iacr.org/2015/189). Output is written to
-a temporary file and renamed only once every chunk has been authenticated.
+a temporary file and renamed only once every chunk has been authenticated; on Linux that file
+is unnamed until then (``O_TMPFILE``), so a decryption killed half-way leaves no partial
+plaintext on disk, and elsewhere the next decryption to the same path removes the leftover.
 
 Example:
     >>> import os, tempfile, pathlib
@@ -36,10 +38,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -266,30 +271,64 @@ def decrypt_file(
 
 
 class _AtomicFile:
-    """A binary file written under a temporary name and renamed over ``path`` on success."""
+    """A binary file that appears at ``path`` only once written completely.
+
+    Where the system allows it (Linux ``O_TMPFILE``), the bytes go to an *unnamed* file in the
+    destination folder, linked in under a temporary name and renamed over ``path`` only at the
+    end: a crash -- even SIGKILL or a power cut -- while writing leaves nothing behind, so no
+    partial plaintext can linger. Elsewhere (or where the unnamed file cannot be linked, as in
+    some sandboxes) a named ``.NAME.*.tmp`` file (mode 0600) is used; leftovers of a crashed
+    run writing the same ``path`` are removed when the next write to it starts.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._tmp: str | None = None
         self._fh: BinaryIO | None = None
 
+    def _stale(self) -> None:
+        for old in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                if old.is_file() and not old.is_symlink() and old.stat().st_uid == os.getuid():
+                    old.unlink()
+
     def __enter__(self) -> BinaryIO:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
-                                         suffix=".tmp")
-        self._fh = os.fdopen(fd, "wb")
+        self._stale()
+        try:
+            fd = os.open(self.path.parent, os.O_TMPFILE | os.O_RDWR, 0o600)  # unnamed
+        except (AttributeError, OSError):
+            fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
+                                             suffix=".tmp")
+        self._fh = os.fdopen(fd, "w+b")
         return self._fh
 
+    def _name_unnamed(self, fh: BinaryIO) -> str:
+        """Give the finished unnamed file a temporary name (a link, or else a copy)."""
+        name = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            os.link(f"/proc/self/fd/{fh.fileno()}", name)
+        except OSError:
+            fh.seek(0)
+            with open(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+                shutil.copyfileobj(fh, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+        return str(name)
+
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self._fh is None or self._tmp is None:
+        fh = self._fh
+        if fh is None:
             return
         try:
             if exc_type is None:
-                self._fh.flush()
-                os.fsync(self._fh.fileno())
-            self._fh.close()
-            if exc_type is None:
+                fh.flush()
+                os.fsync(fh.fileno())
+                if self._tmp is None:
+                    self._tmp = self._name_unnamed(fh)
+            fh.close()
+            if exc_type is None and self._tmp is not None:
                 os.replace(self._tmp, self.path)
         finally:
-            if exc_type is not None or os.path.exists(self._tmp):
+            if self._tmp is not None and (exc_type is not None or os.path.exists(self._tmp)):
                 Path(self._tmp).unlink(missing_ok=True)

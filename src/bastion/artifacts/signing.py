@@ -32,11 +32,13 @@ Example:
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,19 +58,26 @@ __all__ = [
     "STATEMENT_TYPE",
     "KeyKind",
     "VerifyResult",
+    "atomic_write",
     "compare_manifests",
     "generate_keypair",
     "hash_file",
     "list_files",
+    "load_bundle",
     "load_private_key",
     "load_public_key",
     "manifest_of",
     "public_key_hint",
+    "read_file_once",
+    "read_model",
+    "read_small",
     "root_digest",
     "sign",
+    "sign_bytes",
     "sign_manifest",
     "verify",
     "verify_bundle",
+    "verify_bytes",
 ]
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -143,9 +152,24 @@ def generate_keypair(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     private_path, public_path = Path(private_out), Path(public_out)
-    _atomic_write(private_path, priv, mode=0o600)
-    _atomic_write(public_path, pub, mode=0o644)
+    for path in (private_path, public_path):
+        _refuse_existing(path)
+    atomic_write(private_path, priv, mode=0o600, exclusive=True)
+    try:
+        atomic_write(public_path, pub, mode=0o644, exclusive=True)
+    except BaseException:
+        private_path.unlink(missing_ok=True)
+        raise
     return private_path, public_path
+
+
+def _refuse_existing(path: Path) -> None:
+    """ConfigurationError if anything -- a file, a folder, a link, even a dangling one -- is at
+    ``path``: a key is never overwritten."""
+    if os.path.lexists(path):
+        what = "a symbolic link" if path.is_symlink() else "something"
+        raise ConfigurationError(f"{path} already exists ({what}); choose a new path -- keys are"
+                                 " never overwritten")
 
 
 def load_private_key(
@@ -210,13 +234,177 @@ def _ec_hash(key: ec.EllipticCurvePublicKey) -> hashes.HashAlgorithm:
 # --------------------------------------------------------------------------- manifests
 
 
+def _what(mode: int) -> str:
+    """Name a non-regular file type in words."""
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _refuse(shown: object, mode: int) -> InputError:
+    if stat.S_ISLNK(mode):
+        return InputError(f"{shown} is a symbolic link; models may not hold links")
+    return InputError(f"{shown} is {_what(mode)}, not a regular file; models may hold only"
+                      " regular files and folders")
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+#: what must not change between opening a file and reading its last byte
+_STABLE = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
+
+
+def _open_regular(name: str | os.PathLike[str], shown: object, *,
+                  dir_fd: int | None = None) -> tuple[int, os.stat_result]:
+    """Open a regular file without following a link and without blocking on a FIFO."""
+    try:
+        fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{shown} is a symbolic link; models may not hold links") from None
+        if exc.errno == errno.ENXIO:  # opening a Unix socket
+            raise InputError(f"{shown} is a socket, not a regular file; models may hold only"
+                             " regular files and folders") from None
+        raise type(exc)(exc.errno, exc.strerror, str(shown)) from None
+    before = os.fstat(fd)
+    if not stat.S_ISREG(before.st_mode):
+        os.close(fd)
+        raise _refuse(shown, before.st_mode)
+    os.set_blocking(fd, True)
+    return fd, before
+
+
+def read_file_once(
+    path: str | os.PathLike[str], *, copy_to: str | os.PathLike[str] | None = None,
+    dir_fd: int | None = None, shown: object = None,
+) -> tuple[str, int]:
+    """Read a regular file once: return ``(sha256 hex, size)`` of exactly the bytes read.
+
+    The file is opened without following a symbolic link (``O_NOFOLLOW``) and without
+    blocking on a FIFO; anything but a regular file is refused with :class:`InputError`, and
+    so is a file that changed while it was read (its size, modification or change time, or
+    inode moved). With ``copy_to`` the same bytes are written to that new file (mode 0600,
+    never overwriting): what is hashed is what is copied.
+    """
+    shown = path if shown is None else shown
+    fd, before = _open_regular(path, shown, dir_fd=dir_fd)
+    h, size = hashlib.sha256(), 0
+    out = None
+    try:
+        if copy_to is not None:
+            out = os.fdopen(os.open(copy_to, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                    | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600), "wb")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            while chunk := fh.read(_CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+                if out is not None:
+                    out.write(chunk)
+        after = os.fstat(fd)
+        if out is not None:
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        os.close(fd)
+        if out is not None:
+            out.close()
+    if size != before.st_size or any(getattr(before, a) != getattr(after, a) for a in _STABLE):
+        raise InputError(f"{shown} changed while it was read; retry once nothing writes to it")
+    return h.hexdigest(), size
+
+
+def read_small(path: str | os.PathLike[str], *, limit: int = 16 << 20) -> bytes:
+    """The bytes of a small regular file (a signature, a report), read without following links
+    or blocking on a FIFO; :class:`InputError` if it is larger than ``limit``."""
+    fd, before = _open_regular(path, path)
+    if before.st_size > limit:
+        os.close(fd)
+        raise InputError(f"{path} is {before.st_size} bytes; at most {limit} are expected")
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read(limit + 1)[:limit]
+
+
 def hash_file(path: str | os.PathLike[str]) -> str:
-    """SHA-256 (hex) of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    """SHA-256 (hex) of a regular file, read once from a descriptor (see :func:`read_file_once`)."""
+    return read_file_once(path)[0]
+
+
+def _walk(dfd: int, rel_dir: str, shown_dir: Path, skip: set[str]
+          ) -> Iterator[tuple[str, int, str, Path]]:
+    """Yield ``(relative name, folder descriptor, entry name, shown path)`` of every file below
+    the open folder ``dfd``; folders are opened relative to their parent without following
+    links, so a folder swapped for a link while walking is refused rather than followed."""
+    with os.scandir(dfd) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
+        if rel in skip:
+            continue
+        shown = shown_dir / e.name
+        mode = os.stat(e.name, dir_fd=dfd, follow_symlinks=False).st_mode
+        if stat.S_ISDIR(mode):
+            try:
+                sub = os.open(e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                              | getattr(os, "O_CLOEXEC", 0), dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise InputError(f"{shown} changed while the folder was read") from None
+                raise
+            try:
+                yield from _walk(sub, rel, shown, skip)
+            finally:
+                os.close(sub)
+        elif stat.S_ISREG(mode):
+            yield rel, dfd, e.name, shown
+        else:
+            raise _refuse(shown, mode)
+
+
+def _model_root(path: str | os.PathLike[str]) -> tuple[Path, int]:
+    root = Path(path)
+    try:
+        mode = os.lstat(root).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(2, "No such file or directory", str(root)) from None
+    if stat.S_ISLNK(mode):
+        raise InputError(f"{root} is a symbolic link; sign or push the file it points to")
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise _refuse(root, mode)
+    return root, mode
+
+
+def read_model(
+    path: str | os.PathLike[str], *, ignore: Iterable[str] = (),
+    copy_to: str | os.PathLike[str] | None = None,
+) -> dict[str, tuple[str, int]]:
+    """``{relative POSIX name: (sha256, size)}`` of a model file or folder, each file read once.
+
+    The single read of :func:`read_file_once` per file (no links followed, FIFOs, sockets and
+    devices refused, a file changed while read refused). With ``copy_to`` (a path that does
+    not exist yet) the model is copied there from the very bytes hashed -- so a scanner run on
+    the copy scans what was hashed, signed and stored. A single file is named ``"."``.
+    """
+    root, mode = _model_root(path)
+    target = Path(copy_to) if copy_to is not None else None
+    if stat.S_ISREG(mode):
+        return {".": read_file_once(root, copy_to=target)}
+    skip = set(DEFAULT_IGNORE) | {str(i).strip("/") for i in ignore}
+    out: dict[str, tuple[str, int]] = {}
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if target is not None:
+            target.mkdir(mode=0o700)
+        for rel, dfd, name, shown in _walk(top, "", root, skip):
+            dest = None
+            if target is not None:
+                dest = target / rel
+                dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            out[rel] = read_file_once(name, dir_fd=dfd, shown=shown, copy_to=dest)
+    finally:
+        os.close(top)
+    return dict(sorted(out.items()))
 
 
 def list_files(
@@ -226,43 +414,25 @@ def list_files(
 
     A single file is named ``"."``. Entries of ``ignore`` (relative names, files or folders)
     and :data:`DEFAULT_IGNORE` are skipped. Symbolic links are refused, as in model-signing's
-    default.
+    default, and so are FIFOs, sockets and devices. To hash or copy the files, use
+    :func:`read_model`, which reads each one once.
     """
-    root = Path(path)
-    if root.is_symlink():
-        raise InputError(f"{root} is a symbolic link; sign the file it points to")
-    if root.is_file():
+    root, mode = _model_root(path)
+    if stat.S_ISREG(mode):
         return [(".", root)]
-    if not root.is_dir():
-        raise FileNotFoundError(2, "No such file or directory", str(root))
     skip = set(DEFAULT_IGNORE) | {str(i).strip("/") for i in ignore}
-    out: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = Path(dirpath).relative_to(root)
-        for d in list(dirnames):
-            rel = (rel_dir / d).as_posix()
-            if rel in skip:
-                dirnames.remove(d)
-            elif (Path(dirpath) / d).is_symlink():
-                raise InputError(
-                    f"{Path(dirpath) / d} is a symbolic link; models may not hold links"
-                )
-        for f in filenames:
-            rel = (rel_dir / f).as_posix()
-            if rel in skip:
-                continue
-            full = Path(dirpath) / f
-            if full.is_symlink():
-                raise InputError(f"{full} is a symbolic link; models may not hold links")
-            out.append((rel, full))
-    return sorted(out)
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return sorted((rel, root / rel) for rel, _, _, _ in _walk(top, "", root, skip))
+    finally:
+        os.close(top)
 
 
 def manifest_of(
     path: str | os.PathLike[str], *, ignore: Iterable[str] = ()
 ) -> dict[str, str]:
-    """``{relative POSIX name: sha256 hex}`` of the files :func:`list_files` returns."""
-    return {rel: hash_file(full) for rel, full in list_files(path, ignore=ignore)}
+    """``{relative POSIX name: sha256 hex}`` of the files, each read once (:func:`read_model`)."""
+    return {rel: digest for rel, (digest, _) in read_model(path, ignore=ignore).items()}
 
 
 def root_digest(files: Mapping[str, str]) -> str:
@@ -299,18 +469,35 @@ def _pae(payload: bytes) -> bytes:
     return head + payload
 
 
+def sign_bytes(key: PrivateKey, data: bytes) -> bytes:
+    """Sign ``data`` with an Ed25519 key, or ECDSA with the curve's matching SHA-2."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(data)
+    pub = key.public_key()
+    if not isinstance(pub, ec.EllipticCurvePublicKey):  # pragma: no cover - typing
+        raise ConfigurationError("unsupported key")
+    return key.sign(data, ec.ECDSA(_ec_hash(pub)))
+
+
+def verify_bytes(key: PublicKey, data: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is ``key``'s signature of ``data``."""
+    try:
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, data)
+        else:
+            key.verify(signature, data, ec.ECDSA(_ec_hash(key)))
+    except InvalidSignature:
+        return False
+    return True
+
+
 def sign_manifest(
     model_name: str, files: Mapping[str, str], key: PrivateKey, *, ignore: Iterable[str] = ()
 ) -> dict[str, Any]:
     """Sign a manifest and return the Sigstore bundle as a JSON-ready dict."""
     payload = _statement(model_name, files, ignore)
     pub = key.public_key()
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        raw = key.sign(_pae(payload))
-    else:
-        if not isinstance(pub, ec.EllipticCurvePublicKey):  # pragma: no cover - typing
-            raise ConfigurationError("unsupported key")
-        raw = key.sign(_pae(payload), ec.ECDSA(_ec_hash(pub)))
+    raw = sign_bytes(key, _pae(payload))
     return {
         "mediaType": BUNDLE_MEDIA_TYPE,
         "verificationMaterial": {"publicKey": {"hint": public_key_hint(pub)}, "tlogEntries": []},
@@ -346,8 +533,22 @@ def sign(
             pass
     files = manifest_of(model, ignore=ignore)
     bundle = sign_manifest(model.resolve().name, files, private, ignore=ignore)
-    _atomic_write(sig_path, json.dumps(bundle, indent=2).encode(), mode=0o644)
+    atomic_write(sig_path, json.dumps(bundle, indent=2).encode(), mode=0o644)
     return sig_path
+
+
+def load_bundle(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a signature bundle (a JSON object) from a regular file; SignatureError if it is not
+    one."""
+    try:
+        bundle = json.loads(read_small(path))
+    except (FileNotFoundError, InputError):
+        raise
+    except (OSError, ValueError) as exc:
+        raise SignatureError(f"cannot read signature {path}: {exc}") from exc
+    if not isinstance(bundle, dict):
+        raise SignatureError(f"signature {path} is not a JSON object: a malformed bundle")
+    return bundle
 
 
 def _decode_bundle(bundle: Mapping[str, Any]) -> tuple[bytes, bytes, str]:
@@ -383,15 +584,9 @@ def verify_bundle(
     payload, sig, hint = _decode_bundle(bundle)
     if hint and hint != public_key_hint(pub):
         raise SignatureError("the signature was made with another key than the public key given")
-    try:
-        if isinstance(pub, ed25519.Ed25519PublicKey):
-            pub.verify(sig, _pae(payload))
-        else:
-            pub.verify(sig, _pae(payload), ec.ECDSA(_ec_hash(pub)))
-    except InvalidSignature as exc:
+    if not verify_bytes(pub, _pae(payload), sig):
         raise SignatureError(
-            "the signature does not verify: the statement or the signature was altered"
-        ) from exc
+            "the signature does not verify: the statement or the signature was altered")
     try:
         statement = json.loads(payload)
         if statement["_type"] != STATEMENT_TYPE or statement["predicateType"] != PREDICATE_TYPE:
@@ -408,14 +603,14 @@ def verify_bundle(
         ignore = [str(p) for p in pred.get("serialization", {}).get("ignore_paths", [])]
         name = str(subject["name"])
         expected = subject["digest"]["sha256"]
-    except (KeyError, TypeError, ValueError) as exc:
+        # model-signing's subject digest runs over the resources in listed order
+        h = hashlib.sha256()
+        for r in pred["resources"]:
+            h.update(bytes.fromhex(r["digest"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, SignatureError):
             raise
         raise SignatureError(f"malformed signed statement: {exc!r}") from exc
-    # model-signing's subject digest runs over the resources in listed order
-    h = hashlib.sha256()
-    for r in pred["resources"]:
-        h.update(bytes.fromhex(r["digest"]))
     if h.hexdigest() != expected:
         raise SignatureError("the statement's subject digest does not match its resources")
     return name, files, ignore
@@ -445,12 +640,7 @@ def verify(
     """
     model = Path(path)
     sig_path = Path(signature) if signature is not None else _default_signature_path(model)
-    try:
-        bundle = json.loads(sig_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise SignatureError(f"cannot read signature {sig_path}: {exc}") from exc
+    bundle = load_bundle(sig_path)
     try:
         name, signed, ignore = verify_bundle(bundle, public_key)
     except SignatureError as exc:
@@ -472,7 +662,9 @@ def verify(
     return result
 
 
-def _atomic_write(path: Path, data: bytes, *, mode: int) -> None:
+def atomic_write(path: Path, data: bytes, *, mode: int, exclusive: bool = False) -> None:
+    """Write through a temporary file; ``exclusive`` links it into place, never replacing
+    anything (a concurrent writer or a link at ``path`` makes it fail)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -481,7 +673,14 @@ def _atomic_write(path: Path, data: bytes, *, mode: int) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise ConfigurationError(f"{path} already exists; choose a new path") from None
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -61,10 +61,12 @@ def model_files(path: Path) -> tuple[list[dict[str, Any]], str]:
 
 # -- data -----------------------------------------------------------------------------------
 def load_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``x`` and ``y`` of an ``.npz``, checked: numeric ``x`` of shape (n, ...), integer labels."""
-    from bastion.data import load_npz
+    """``x`` and ``y`` of an ``.npz`` (or a ``.csv``/``.parquet`` table, see
+    :func:`bastion.data.load_labelled`), checked: numeric ``x`` of shape (n, ...), integer
+    labels."""
+    from bastion.data import load_labelled
 
-    x, y = load_npz(path)
+    x, y = load_labelled(path)
     if x.dtype.kind not in "fiu" or x.ndim < 2:
         raise InputError(
             f"x in {path} must be a numeric array of shape (n, ...), got {x.dtype} {x.shape}"
@@ -230,10 +232,6 @@ def _device(name: str) -> str:
     return name
 
 
-def _split(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
-
-
 def _registry(
     source: str, *, options: dict[str, Any], input_shape: Sequence[int] | None,
     num_classes: int | None, bounds: tuple[float, float], domain: str, workdir: Path | None,
@@ -241,7 +239,7 @@ def _registry(
     """Pull ``registry://name@alias-or-version`` (digests and signature checked by the
     registry) into a private folder, then treat it as a file. The registry is configured from
     the same environment as ``bastion registry`` (``BASTION_REGISTRY_METADATA_URL``, ...)."""
-    from bastion.artifacts.registry import Registry
+    from bastion.artifacts.registry.connect import open_registry_from_env
 
     ref_text = source[len(REGISTRY_SCHEME):]
     name, _, ref = ref_text.partition("@")
@@ -250,19 +248,8 @@ def _registry(
             f"registry reference {source!r} must look like registry://name@alias-or-version"
         )
     ref_value: int | str = int(ref) if ref.isdigit() else (ref or "latest")
-    kek = None
-    if os.environ.get("BASTION_REGISTRY_KEK_FILE"):
-        from bastion.artifacts.encryption import load_kek
-
-        kek = load_kek(os.environ["BASTION_REGISTRY_KEK_FILE"])
-    registry = Registry(
-        os.environ.get("BASTION_REGISTRY_METADATA_URL"),
-        os.environ.get("BASTION_REGISTRY_STORAGE_URL"),
-        actor=os.environ.get("BASTION_ACTOR"),
-        admins=_split(os.environ.get("BASTION_REGISTRY_ADMINS")),
-        trusted_keys=_split(os.environ.get("BASTION_TRUSTED_KEYS")),
-        kek=kek,
-    )
+    # the service by URL, or the database as the login name: never a claimed identity
+    registry = open_registry_from_env()
     tmp = Path(tempfile.mkdtemp(prefix=".bastion-pull-", dir=workdir))
     try:
         with registry:

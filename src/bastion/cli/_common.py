@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bastion.errors import BastionError, ConfigurationError
 
@@ -37,7 +39,7 @@ log = logging.getLogger("bastion.cli")
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     """Print ``message`` as an error and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -51,13 +53,39 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         except typer.Exit:
             raise
         except BastionError as exc:
-            raise fail(str(exc)) from None
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-            raise fail(f"{exc.strerror}: {exc.filename}") from None
+            raise fail(cli_spelling(str(exc))) from None
+        except OSError as exc:  # missing file, a file where a folder is expected, ...
+            raise fail(f"{exc.strerror or exc}: {exc.filename}") from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
 
     return wrapper
+
+
+# Python keyword arguments that library messages name, and the command-line flags that set
+# them: a CLI user reads `--layer`, not `layer=`.
+_FLAGS = {
+    "layer": "--layer", "factory": "--factory", "trust_pickle": "--trust-pickle",
+    "num_classes": "--num-classes", "input_shape": "--input-shape", "access": "--access",
+    "method": "--method", "bounds": "--bounds",
+}  # fmt: skip
+_KWARG = re.compile(
+    r"\b(?P<name>" + "|".join(_FLAGS) + r")=(?P<value>True|'[^']*'|\.\.\.)?"
+    r"(?P<again> \(--[a-z-]+\))?"
+)
+
+
+def cli_spelling(message: str) -> str:
+    """``message`` with Python keyword spellings (``layer=``, ``trust_pickle=True``,
+    ``factory='pkg.mod:fn'``) replaced by the flags that set them (``--layer``, ...)."""
+
+    def flag(m: re.Match[str]) -> str:
+        value = m.group("value")
+        if value is None or value == "True":
+            return _FLAGS[m.group("name")]
+        return f"{_FLAGS[m.group('name')]} {value.strip(chr(39))}"
+
+    return _KWARG.sub(flag, message)
 
 
 def report_chain(result: Any) -> None:
@@ -68,7 +96,10 @@ def report_chain(result: Any) -> None:
     if not result.ok:
         raise fail(f"audit log does not verify at entry {result.first_bad_seq}: {result.reason}",
                    code=1)
-    typer.echo(f"audit log verified: {result.entries} entries, head {result.head_hash}")
+    cp = getattr(result, "checkpoint", None)
+    anchor = (f"; anchored by the signed checkpoint of entry {cp.seq} ({cp.at})" if cp
+              else "; not anchored by a signed checkpoint")
+    typer.echo(f"audit log verified: {result.entries} entries, head {result.head_hash}{anchor}")
 
 
 def fmt_value(value: Any) -> str:

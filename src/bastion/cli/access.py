@@ -21,6 +21,7 @@ import typer
 from rich.table import Table
 
 from bastion.cli._common import console, fail, handle_errors, report_chain
+from bastion.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from bastion.access import AccessStore
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 DEFAULT_DB = "sqlite:///bastion-access.db"
+#: the name under which the access log is checkpointed
+ACCESS_LOG_NAME = "bastion.access"
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 users_app = typer.Typer(help="Users, service accounts and their roles.", no_args_is_help=True)
@@ -244,16 +247,74 @@ def users_list_cmd(db: str | None = _DB) -> None:
 
 @audit_app.command("verify")
 @handle_errors
-def audit_verify_cmd(db: str | None = _DB) -> None:
-    """Recompute the hash chain; exit 1 naming the first bad entry."""
+def audit_verify_cmd(
+    db: str | None = _DB,
+    checkpoint: Path | None = typer.Option(None, envvar="BASTION_ACCESS_CHECKPOINT",
+                                           help="Latest signed checkpoint of the log."),
+    checkpoint_key: Path | None = typer.Option(None, envvar="BASTION_ACCESS_CHECKPOINT_KEY",
+                                               help="Public key of the checkpoints."),
+    archive: Path | None = typer.Option(None, "--archive", help="Folder of the sealed "
+                                        "segments (audit-log rotate): re-verify them too."),
+) -> None:
+    """Recompute the hash chain (across sealed segments, against the signed checkpoint if
+    given); exit 1 naming the first bad entry."""
+    from bastion.access import AuditLog
+    from bastion.artifacts.registry.audit import load_checkpoint
+
+    if (checkpoint is None) != (checkpoint_key is None):
+        raise ConfigurationError("give both --checkpoint and --checkpoint-key, or neither")
+    cp = (load_checkpoint(checkpoint, checkpoint_key, log=ACCESS_LOG_NAME)
+          if checkpoint is not None and checkpoint_key is not None else None)
+    log = AuditLog(_existing(db))
+    try:
+        result = log.verify(cp, archive=archive)
+    finally:
+        log.close()
+    report_chain(result)
+
+
+@audit_app.command("checkpoint")
+@handle_errors
+def audit_checkpoint_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint file, kept outside the DB."),
+    key: Path = typer.Option(..., "--key", "-k", help="Private key the DB writer does not hold."),
+    every: float = typer.Option(0.0, "--every", help="Repeat every SECONDS until interrupted."),
+    password_env: str | None = typer.Option(None, help="Variable holding the key's password."),
+    db: str | None = _DB,
+) -> None:
+    """Sign the access log's head into a checkpoint (see ``registry audit-log checkpoint``)."""
+    from bastion.access import AuditLog
+    from bastion.cli.registry import checkpoint_loop
+
+    log = AuditLog(_existing(db))
+    try:
+        checkpoint_loop(out, key, password_env, every, ACCESS_LOG_NAME, log.verify)
+    finally:
+        log.close()
+
+
+@audit_app.command("rotate")
+@handle_errors
+def audit_rotate_cmd(
+    archive: Path = typer.Option(..., "--archive", help="Folder for the sealed segment files."),
+    keep: int = typer.Option(..., "--keep", min=0, help="Newest entries to keep in the "
+                             "database; older ones move to a sealed segment."),
+    db: str | None = _DB,
+    actor: str | None = _ACTOR,
+) -> None:
+    """Retention: move old entries into a sealed segment file; the chain still verifies."""
     from bastion.access import AuditLog
 
     log = AuditLog(_existing(db))
     try:
-        result = log.verify()
+        seg = log.rotate(archive, keep=keep, actor=_actor(actor))
     finally:
         log.close()
-    report_chain(result)
+    if seg is None:
+        typer.echo(f"nothing to rotate: at most {keep} entries in the database")
+        return
+    typer.echo(f"sealed entries {seg.first_seq}..{seg.last_seq} into {archive / seg.file} "
+               f"(sha256 {seg.sha256})")
 
 
 @audit_app.command("show")

@@ -1,12 +1,24 @@
 """CLI: ``bastion registry ...``, ``sign``/``verify``, ``encrypt``/``decrypt`` and ``keygen``.
 
-The registry commands read their backends from options or the environment:
-``--metadata-url`` / ``BASTION_REGISTRY_METADATA_URL`` (default SQLite under
-``~/.bastion/registry``), ``--storage-url`` / ``BASTION_REGISTRY_STORAGE_URL`` (default a local
-folder), ``--actor`` / ``BASTION_ACTOR`` (default the login name), trusted public keys
-``--trusted-key`` / ``BASTION_TRUSTED_KEYS`` (comma-separated paths) and admin identities
-``BASTION_REGISTRY_ADMINS`` (comma-separated); ``--kek-file`` / ``BASTION_REGISTRY_KEK_FILE``
-stores pushed blobs encrypted at rest.
+Two modes:
+
+* **Service mode** -- ``--registry-url`` / ``BASTION_REGISTRY_URL`` names a registry service
+  (``bastion registry serve``) and ``BASTION_REGISTRY_TOKEN`` holds your API key: your identity
+  is the key's owner, proven, and the service checks what you may do. Use this for a registry
+  shared by several people.
+* **Direct mode** (single user) -- the commands open the database themselves:
+  ``--metadata-url`` / ``BASTION_REGISTRY_METADATA_URL`` (default SQLite under
+  ``~/.bastion/registry``) and ``--storage-url`` / ``BASTION_REGISTRY_STORAGE_URL`` (default a
+  local folder). Whoever can write the database is its administrator, so per-model permissions
+  are bookkeeping, not protection. You act as your login name; the first login to use a new
+  database is recorded as its administrator, and only an administrator *by the database's
+  record* may act as someone else with ``--actor`` / ``BASTION_ACTOR``.
+
+Other options: trusted public keys ``--trusted-key`` / ``BASTION_TRUSTED_KEYS``
+(comma-separated paths); ``--kek-file`` / ``BASTION_REGISTRY_KEK_FILE`` stores pushed blobs
+encrypted at rest; ``--checkpoint`` / ``BASTION_REGISTRY_CHECKPOINT`` and
+``--checkpoint-key`` / ``BASTION_REGISTRY_CHECKPOINT_KEY`` anchor the audit log to the latest
+signed checkpoint (written by ``registry audit-log checkpoint``).
 
 Exit codes: 0 success, 1 a signature or audit log that does not verify, 2 an error or a refused
 operation (failed gate, permission denied, unknown model).
@@ -16,14 +28,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Column, Table
 
 from bastion.cli._common import console, fail, handle_errors, parse_kv, report_chain
-from bastion.errors import ConfigurationError
+from bastion.errors import ConfigurationError, InputError
 
 __all__ = ["register"]
 
@@ -50,6 +64,20 @@ def _params(values: list[str] | None) -> dict[str, Any]:
         except ValueError:
             out[k] = v
     return out
+
+
+def _lineage_file(path: Path) -> dict[str, Any]:
+    from bastion.artifacts.signing import read_small
+
+    try:
+        data = json.loads(read_small(path))
+    except ValueError as exc:
+        if isinstance(exc, ConfigurationError | InputError):
+            raise
+        raise ConfigurationError(f"lineage file {path} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"lineage file {path} must hold a JSON object")
+    return data
 
 
 # ---------------------------------------------------------------------- signing
@@ -95,8 +123,10 @@ def keygen_cmd(
     kind: str = typer.Option("ed25519", help="ed25519, ecdsa-p256, or aes-256 (a KEK)."),
 ) -> None:
     """Create a signing key pair, or a key-encryption key for ``bastion encrypt``."""
-    if out.exists():
-        raise ConfigurationError(f"{out} already exists; choose a new path")
+    pub = public_out or out.with_name(out.name + ".pub")
+    for path in (out,) if kind == "aes-256" else (out, pub):
+        if os.path.lexists(path):  # a dangling link too: keys are never overwritten
+            raise ConfigurationError(f"{path} already exists; choose a new path")
     if kind == "aes-256":
         from bastion.artifacts.encryption import generate_kek
 
@@ -104,7 +134,6 @@ def keygen_cmd(
         return
     from bastion.artifacts.signing import generate_keypair
 
-    pub = public_out or out.with_name(out.name + ".pub")
     priv, pub = generate_keypair(kind, out, pub)  # type: ignore[arg-type]
     typer.echo(f"wrote private key {priv} and public key {pub}")
 
@@ -153,40 +182,51 @@ registry_app.add_typer(audit_app, name="audit-log")
 @registry_app.callback()
 def _registry_options(
     ctx: typer.Context,
+    registry_url: str | None = typer.Option(
+        None, envvar="BASTION_REGISTRY_URL",
+        help="URL of a registry service (bastion registry serve); the API key comes from"
+             " $BASTION_REGISTRY_TOKEN. Without it the commands open the database directly"
+             " (single-user mode)."),
     metadata_url: str | None = typer.Option(None, envvar="BASTION_REGISTRY_METADATA_URL",
                                             help="sqlite:///PATH or postgresql+psycopg://..."),
     storage_url: str | None = typer.Option(None, envvar="BASTION_REGISTRY_STORAGE_URL",
                                            help="file:///PATH or s3://BUCKET/PREFIX?endpoint_url=..."),
-    actor: str | None = typer.Option(None, envvar="BASTION_ACTOR", help="Acting identity."),
+    actor: str | None = typer.Option(
+        None, envvar="BASTION_ACTOR",
+        help="Direct mode only: act as another identity (registry administrators only)."),
     trusted_key: list[Path] | None = typer.Option(
         None, "--trusted-key", help="Public key whose signatures count as valid (repeatable)."),
     kek_file: Path | None = typer.Option(
         None, envvar="BASTION_REGISTRY_KEK_FILE",
         help="Key-encryption key file: store pushed blobs encrypted and decrypt pulls."),
+    checkpoint: Path | None = typer.Option(
+        None, envvar="BASTION_REGISTRY_CHECKPOINT",
+        help="The latest signed checkpoint of the audit log (verify and promote check it)."),
+    checkpoint_key: Path | None = typer.Option(
+        None, envvar="BASTION_REGISTRY_CHECKPOINT_KEY", help="Public key of the checkpoints."),
 ) -> None:
     keys: list[Any] = list(trusted_key or []) + _split(os.environ.get("BASTION_TRUSTED_KEYS"))
-    ctx.obj = {"metadata_url": metadata_url, "storage_url": storage_url, "actor": actor,
-               "trusted_keys": keys,
-               "admins": _split(os.environ.get("BASTION_REGISTRY_ADMINS")), "kek_file": kek_file}
+    ctx.obj = {"registry_url": registry_url, "metadata_url": metadata_url,
+               "storage_url": storage_url, "actor": actor, "trusted_keys": keys,
+               "kek_file": kek_file, "checkpoint": checkpoint, "checkpoint_key": checkpoint_key}
 
 
-def _open(ctx: typer.Context, **extra: Any) -> Any:
-    from bastion.artifacts.registry import Registry
+def _open(ctx: typer.Context, *, direct_only: str | None = None) -> Any:
+    """The registry of this command: :func:`bastion.artifacts.registry.connect.open_registry`."""
+    from bastion.artifacts.registry.connect import open_registry
 
     o = ctx.obj or {}
-    kek = None
-    if o.get("kek_file") is not None:
-        from bastion.artifacts.encryption import load_kek
-
-        kek = load_kek(o["kek_file"])
-    return Registry(o.get("metadata_url"), o.get("storage_url"), actor=o.get("actor"),
-                    admins=o.get("admins", ()), trusted_keys=o.get("trusted_keys", ()),
-                    kek=kek, **extra)
+    return open_registry(url=o.get("registry_url"), metadata_url=o.get("metadata_url"),
+                         storage_url=o.get("storage_url"), actor=o.get("actor"),
+                         trusted_keys=o.get("trusted_keys", ()), kek_file=o.get("kek_file"),
+                         checkpoint=o.get("checkpoint"), checkpoint_key=o.get("checkpoint_key"),
+                         direct_only=direct_only)
 
 
 def _row(v: Any) -> list[str]:
-    return [v.name, str(v.version), ",".join(v.aliases) or "-", v.digest[:12],
-            v.signature_status, v.scan_verdict, v.created_by, v.created_at[:19]]
+    cells = [v.name, str(v.version), ",".join(v.aliases) or "-", v.digest[:12],
+             v.signature_status, v.scan_verdict, v.created_by, v.created_at[:19]]
+    return [escape(c) for c in cells]
 
 
 @registry_app.command("push")
@@ -205,7 +245,7 @@ def push_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the new version as JSON."),
 ) -> None:
     """Push a new immutable version of NAME."""
-    data: dict[str, Any] = json.loads(lineage.read_text()) if lineage else {}
+    data: dict[str, Any] = _lineage_file(lineage) if lineage else {}
     if training_data_digest:
         data["training_data_digest"] = training_data_digest
     if code_version:
@@ -276,8 +316,12 @@ def promote_cmd(
     gates = GateConfig(require_clean_scan=require_scan, require_signature=require_signature,
                        minimums=_numbers(minimum, "--min"), maximums=_numbers(maximum, "--max"))
     with _open(ctx) as reg:
-        v = reg.promote(name, ref, alias, gates=gates, report=report)
+        v, result = reg.promote_checked(name, ref, alias, gates=gates, report=report)
     typer.echo(f"{alias} -> {v.name} v{v.version}")
+    used = result.report
+    if used:
+        typer.echo(f"gate used report {used['id']} (sha256 {used['digest'][:16]}...,"
+                   f" attached by {used['attached_by']} at {used['attached_at'][:19]})")
 
 
 @registry_app.command("rollback")
@@ -322,6 +366,55 @@ def revoke_cmd(ctx: typer.Context, name: str = typer.Argument(...),
     typer.echo(f"revoked {identity} on {name}")
 
 
+@registry_app.command("permissions")
+@handle_errors
+def permissions_cmd(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
+    """Print who holds which permission on model NAME, as JSON."""
+    with _open(ctx) as reg:
+        typer.echo(json.dumps(reg.permissions(name), indent=2, sort_keys=True))
+
+
+@registry_app.command("gc")
+@handle_errors
+def gc_cmd(
+    ctx: typer.Context,
+    older_than: float = typer.Option(24.0, "--older-than",
+                                     help="Only leftovers unchanged for this many hours."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List, delete nothing."),
+) -> None:
+    """Delete what killed pushes left: staging blobs (local or S3) and spool folders.
+
+    Administrators only. Keep --older-than above the longest push in progress.
+    """
+    with _open(ctx, direct_only="registry gc") as reg:
+        found = reg.gc(older_than=older_than * 3600, dry_run=dry_run)
+    for item in found:
+        typer.echo(f"{'would delete' if dry_run else 'deleted'} {item}")
+    typer.echo(f"{len(found)} leftover(s) {'found' if dry_run else 'deleted'}")
+
+
+@registry_app.command("serve")
+@handle_errors
+def serve_cmd(
+    ctx: typer.Context,
+    access_db: str | None = typer.Option(None, "--access-db", envvar="BASTION_ACCESS_DB",
+                                         help="Access database whose API keys identify callers"
+                                              " (default sqlite:///bastion-access.db)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8200, help="Port to listen on."),
+    cache_ttl: float = typer.Option(5.0, help="Seconds a revoked key or grant may still work."),
+) -> None:
+    """Run the registry service: callers authenticate with the access store's API keys."""
+    import uvicorn
+
+    from bastion.access.store import AccessStore
+    from bastion.artifacts.registry.service import create_registry_app
+
+    with _open(ctx, direct_only="registry serve") as reg, \
+            AccessStore(access_db or "sqlite:///bastion-access.db", cache_ttl=cache_ttl) as store:
+        uvicorn.run(create_registry_app(reg, store), host=host, port=port)
+
+
 @audit_app.command("verify")
 @handle_errors
 def audit_verify_cmd(ctx: typer.Context) -> None:
@@ -329,6 +422,55 @@ def audit_verify_cmd(ctx: typer.Context) -> None:
     with _open(ctx) as reg:
         result = reg.verify_audit_log()
     report_chain(result)
+
+
+@audit_app.command("checkpoint")
+@handle_errors
+def audit_checkpoint_cmd(
+    ctx: typer.Context,
+    key: Path = typer.Option(..., "--key", "-k",
+                             help="Private key of the checkpoints: one the database writer does"
+                                  " not hold."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Checkpoint file (default: --checkpoint)."),
+    every: float = typer.Option(0.0, "--every", help="Repeat every SECONDS until interrupted."),
+    password_env: str | None = typer.Option(
+        None, help="Environment variable holding the private key's password."),
+) -> None:
+    """Sign the audit log's head into a checkpoint kept outside the database.
+
+    The log must first verify against the previous checkpoint in the file, so a log rewritten
+    since is never signed (exit 1). Run it from another account than the registry's, e.g. from
+    cron or with --every.
+    """
+    from bastion.artifacts.registry.core import AUDIT_LOG_NAME
+
+    target = out or (ctx.obj or {}).get("checkpoint")
+    if target is None:
+        raise ConfigurationError("give --out FILE (or --checkpoint / BASTION_REGISTRY_CHECKPOINT)")
+    with _open(ctx, direct_only="audit-log checkpoint") as reg:
+        checkpoint_loop(target, key, password_env, every, AUDIT_LOG_NAME, reg.verify_audit_log)
+
+
+def checkpoint_loop(target: Path, key: Path, password_env: str | None, every: float,
+                    log: str, verify: Any) -> None:
+    """Sign checkpoints of ``log`` into ``target`` (once, or every ``every`` seconds); exit 1
+    if the log no longer verifies against the previous checkpoint."""
+    from bastion.artifacts.registry.audit import advance_checkpoint
+    from bastion.artifacts.signing import load_private_key
+    from bastion.errors import SignatureError
+
+    password = os.environ.get(password_env, "").encode() if password_env else None
+    private = load_private_key(key, password=password or None)
+    while True:
+        try:
+            cp = advance_checkpoint(target, private, log, verify)
+        except SignatureError as exc:
+            raise fail(str(exc), code=1) from None
+        typer.echo(f"checkpoint {target}: entry {cp.seq}, head {cp.hash}, signed {cp.at}")
+        if every <= 0:
+            return
+        time.sleep(every)
 
 
 @audit_app.command("show")

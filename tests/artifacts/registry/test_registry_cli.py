@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,19 +10,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from bastion.cli import registry
-
 
 @pytest.fixture
-def app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:  # keep sub-commands as sub-commands
-        pass
-
-    registry.register(app)
-    return app
+def app(cli: typer.Typer) -> typer.Typer:
+    return cli
 
 
 @pytest.fixture
@@ -102,7 +94,9 @@ def test_registry_workflow(app: typer.Typer, env: dict[str, str], tmp_path: Path
     assert shown["lineage"]["metrics"] == {"acc": 0.9}
 
     report = tmp_path / "report.json"
-    report.write_text(json.dumps({"clean_accuracy": 0.9, "robust_accuracy": 0.4}))
+    report.write_text(json.dumps({"model": {"digest": "sha256:" + hashlib.sha256(b"v1")
+                                            .hexdigest()},
+                                  "clean_accuracy": 0.9, "robust_accuracy": 0.4}))
     code, out = _run(app, "registry", "promote", "fraud", "1", "champion", "--report",
                      str(report), "--min", "robust_accuracy=0.5")
     assert code == 2 and "robust_accuracy = 0.4 is below 0.5" in out

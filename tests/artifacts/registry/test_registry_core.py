@@ -7,10 +7,11 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bastion.artifacts.registry import GateConfig, Lineage, Registry
+from bastion.artifacts.registry import GateConfig, Lineage, ModelVersion, Registry
 from bastion.artifacts.signing import generate_keypair, manifest_of, root_digest, sign
 from bastion.errors import ArtifactError, RegistryError, SignatureError
 
@@ -139,6 +140,11 @@ REPORT_BAD = {"clean_accuracy": 0.96, "robust_accuracy": 0.31,
               "attacks": {"pgd": {"robust_accuracy": 0.31}}}
 
 
+def _about(version: ModelVersion, report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` naming ``version``'s digest, as an audit document's ``model.digest``."""
+    return {**report, "model": {"digest": f"sha256:{version.digest}"}}
+
+
 def test_promotion_gates_name_the_failed_gate(make_registry: Make, tmp_path: Path,
                                               keys: tuple[Path, Path]) -> None:
     gates = GateConfig(minimums={"robust_accuracy": 0.5, "attacks.pgd.robust_accuracy": 0.5})
@@ -152,13 +158,13 @@ def test_promotion_gates_name_the_failed_gate(make_registry: Make, tmp_path: Pat
     with pytest.raises(RegistryError, match="assessment: no report"):
         reg.promote("m", good.version, "champion")
     with pytest.raises(RegistryError, match=r"signature: the version is not signed"):
-        reg.promote("m", unsigned.version, "champion", report=REPORT_GOOD)
+        reg.promote("m", unsigned.version, "champion", report=_about(unsigned, REPORT_GOOD))
     with pytest.raises(RegistryError, match=r"scan: the verdict is 'unsafe'"):
-        reg.promote("m", unsafe.version, "champion", report=REPORT_GOOD)
+        reg.promote("m", unsafe.version, "champion", report=_about(unsafe, REPORT_GOOD))
     with pytest.raises(RegistryError, match=r"robust_accuracy = 0\.31 is below 0\.5"):
-        reg.promote("m", weak.version, "champion", report=REPORT_BAD)
+        reg.promote("m", weak.version, "champion", report=_about(weak, REPORT_BAD))
     report = tmp_path / "report.json"
-    report.write_text(json.dumps(REPORT_GOOD))
+    report.write_text(json.dumps(_about(good, REPORT_GOOD)))
     promoted = reg.promote("m", good.version, "champion", report=report)
     assert promoted.aliases == ("champion",)
     assert reg.get("m", "champion").version == good.version
@@ -244,7 +250,9 @@ def test_encryption_at_rest(make_registry: Make, tmp_path: Path) -> None:
     secret = b"TOP-SECRET-WEIGHTS" * 50
     v = reg.push("enc", _file(tmp_path, "w.bin", secret))
     keys = reg.storage.list("eblobs")
-    assert keys == [f"eblobs/sha256/{v.manifest['.'][:2]}/{v.manifest['.']}"]
+    # the address is keyed: listing the store does not reveal the plaintext's SHA-256
+    assert keys == [v.files["."]["blob"]] and keys[0].startswith("eblobs/hmac-sha256/")
+    assert not any(v.manifest["."] in k for k in reg.storage.list(""))
     assert reg.storage.list("blobs") == []
     buf = tmp_path / "raw.enc"
     with open(buf, "wb") as fh:

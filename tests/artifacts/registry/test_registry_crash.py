@@ -28,17 +28,17 @@ _KILLER = textwrap.dedent("""
     meta, store, path, point = sys.argv[1:5]
     def die(*a, **k):
         os.kill(os.getpid(), signal.SIGKILL)
-    if point == "upload":
+    if point == "upload":  # half the blobs stored at their addresses
         for cls in (storage.LocalStorage, storage.S3Storage):
-            orig = cls.stage
+            orig = cls.commit
             calls = []
-            def stage(self, src, _orig=orig, _calls=calls):
-                out = _orig(self, src)
+            def commit(self, key, final, _orig=orig, _calls=calls):
+                out = _orig(self, key, final)
                 _calls.append(out)
                 if len(_calls) == 2:
                     die()
                 return out
-            cls.stage = stage
+            cls.commit = commit
     elif point == "before_commit":
         Registry._commit_version = die
     elif point == "inside_transaction":

@@ -34,11 +34,13 @@ import builtins
 import contextlib
 import getpass
 import hashlib
+import hmac
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,7 @@ from bastion.artifacts.registry.gates import (
     check_signature,
     evaluate_gates,
     load_keys,
+    report_binding,
 )
 from bastion.artifacts.registry.models import (
     Lineage,
@@ -75,15 +78,24 @@ from bastion.artifacts.registry.models import (
     check_level,
     check_name,
     level_rank,
+    parse_ref,
 )
 from bastion.artifacts.registry.scanning import Scanner, default_scanner
-from bastion.artifacts.registry.storage import _HashingReader, blob_key, open_storage
+from bastion.artifacts.registry.storage import (
+    LocalStorage,
+    _HashingReader,
+    blob_key,
+    open_storage,
+)
 from bastion.artifacts.signing import (
     SIGNATURE_NAME,
     PublicKey,
-    list_files,
+    load_bundle,
     load_private_key,
+    load_public_key,
     public_key_hint,
+    read_model,
+    read_small,
     root_digest,
     sign_manifest,
 )
@@ -96,9 +108,28 @@ from bastion.errors import (
     SignatureError,
 )
 
-__all__ = ["Registry", "Scanner", "default_scanner"]
+__all__ = ["AUDIT_LOG_NAME", "SPOOL_PREFIX", "Registry", "Scanner", "default_scanner",
+           "pull_target", "version_facts"]
 
 log = logging.getLogger(__name__)
+
+#: the name under which the registry's audit log is checkpointed
+AUDIT_LOG_NAME = "bastion.registry"
+#: prefix of the temporary folders a push spools a model into (outside a local blob store)
+SPOOL_PREFIX = "bastion-push-"
+
+
+def version_facts(row: VersionRow) -> str:
+    """SHA-256 of the facts a gate relies on (files, signature, scan, lineage) of a version:
+    recorded in its push entry of the audit chain and compared again at promotion, so editing
+    a version row (``scan_verdict`` from unsafe to clean) is caught."""
+    facts = {"digest": row.digest, "kind": row.kind, "source_name": row.source_name,
+             "files": row.files, "size": row.size, "signature": row.signature,
+             "signature_status": row.signature_status, "signer_hint": row.signer_hint,
+             "scan_verdict": row.scan_verdict, "scan_details": row.scan_details,
+             "lineage": row.lineage}
+    text = json.dumps(facts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 def _default_home() -> Path:
     return Path(os.environ.get("BASTION_HOME", Path.home() / ".bastion")) / "registry"
@@ -126,6 +157,15 @@ class Registry:
         scanner: ``path -> (verdict, details)``; the default is bastion's artifact scanner.
         kek: a 32-byte key-encryption key: blobs pushed are then stored AES-256-GCM
             envelope-encrypted (see :mod:`bastion.artifacts.encryption`) and pulls decrypt them.
+        checkpoint: path of the latest signed checkpoint of the audit log (written by
+            ``bastion registry audit-log checkpoint`` with a key the database writer does not
+            hold) and ``checkpoint_key`` its public key: :meth:`verify_audit_log` and every
+            promotion then also detect a truncated, wiped or recomputed log.
+
+    Identity: this class trusts ``actor`` -- it is the library behind the CLI's single-user
+    direct mode, where whoever can write the database is its administrator anyway. A shared
+    registry runs as a service (:mod:`bastion.artifacts.registry.service`) where the caller's
+    identity comes from an API key.
     """
 
     def __init__(
@@ -133,6 +173,7 @@ class Registry:
         actor: str | None = None, admins: Sequence[str] = (), trusted_keys: Sequence[Any] = (),
         gates: GateConfig | None = None, scanner: Scanner | None = None,
         kek: bytes | None = None, max_retries: int = 20,
+        checkpoint: str | os.PathLike[str] | None = None, checkpoint_key: Any = None,
     ) -> None:
         home = _default_home()
         if metadata_url is None:
@@ -154,6 +195,12 @@ class Registry:
         if kek is not None and len(kek) != 32:
             raise ConfigurationError("kek must be 32 bytes (AES-256); see load_kek")
         self.kek = kek
+        if (checkpoint is None) != (checkpoint_key is None):
+            raise ConfigurationError("give both checkpoint (a file) and checkpoint_key (its"
+                                     " public key), or neither")
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.checkpoint_key: PublicKey | None = (load_public_key(checkpoint_key)
+                                                 if checkpoint_key is not None else None)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._create_schema()
 
@@ -199,6 +246,28 @@ class Registry:
             raise ConfigurationError("an actor identity is required")
         return who
 
+    def is_admin(self, identity: str) -> bool:
+        """Whether the database records ``identity`` as an administrator (``manage`` on
+        ``"*"``); the constructor's ``admins`` do not count here."""
+        with self._sessions() as s:
+            return s.execute(select(Permission.id).where(
+                Permission.identity == identity, Permission.model == "*",
+                Permission.level == "manage")).first() is not None
+
+    def bootstrap_admin(self, identity: str) -> bool:
+        """Record ``identity`` as administrator if the database has none yet; return whether
+        it did. The CLI's direct mode calls it with the login name: the first user of a new
+        registry database administers it (whoever can write the file could anyway)."""
+        with self._tx() as s:
+            if s.execute(select(Permission.id).where(Permission.model == "*",
+                                                     Permission.level == "manage")).first():
+                return False
+            s.add(Permission(model="*", identity=identity, level="manage", granted_by=identity,
+                             granted_at=utcnow()))
+            audit.append(s, actor=identity, action="bootstrap_admin", model="*",
+                         details={"identity": identity})
+            return True
+
     def _level(self, s: Session, actor: str, name: str) -> str | None:
         if actor in self.admins:
             return "manage"
@@ -242,19 +311,18 @@ class Registry:
         return row
 
     def _resolve(self, s: Session, model: ModelRow, ref: int | str) -> VersionRow:
-        text = str(ref).strip()
+        parsed = parse_ref(ref)
         q = select(VersionRow).where(VersionRow.model_id == model.id)
-        if text == "latest":
+        if parsed == "latest":
             row = s.execute(q.order_by(VersionRow.version.desc()).limit(1)).scalar_one_or_none()
-        elif text.lstrip("v").isdigit():
-            row = s.execute(q.where(VersionRow.version == int(text.lstrip("v")))
-                            ).scalar_one_or_none()
+        elif isinstance(parsed, int):
+            row = s.execute(q.where(VersionRow.version == parsed)).scalar_one_or_none()
         else:
             alias = s.execute(select(AliasRow).where(
-                AliasRow.model_id == model.id, AliasRow.alias == text)).scalar_one_or_none()
+                AliasRow.model_id == model.id, AliasRow.alias == parsed)).scalar_one_or_none()
             row = s.get(VersionRow, alias.version_id) if alias is not None else None
         if row is None:
-            raise RegistryError(f"model {model.name!r} has no version or alias {text!r}")
+            raise RegistryError(f"model {model.name!r} has no version or alias {ref!r}")
         return row
 
     def _view(self, s: Session, model: ModelRow, row: VersionRow) -> ModelVersion:
@@ -286,8 +354,6 @@ class Registry:
         check_name(name)
         who = self._who(actor)
         src = Path(path)
-        if not src.exists():
-            raise FileNotFoundError(2, "No such file or directory", str(src))
         lin = lineage if isinstance(lineage, Lineage) else Lineage.from_dict(lineage)
         private = load_private_key(signer_key, password=key_password) if signer_key else None
         with self._action(who, "push", name):
@@ -295,43 +361,54 @@ class Registry:
                 if s.execute(select(ModelRow.id).where(ModelRow.name == name)).first():
                     self._require(s, who, name, "edit", "push a version")
         bundle: dict[str, Any] | None = None
+        is_dir = src.is_dir() and not src.is_symlink()
         sig_path = Path(signature) if signature is not None else None
-        if sig_path is None and src.is_dir() and (src / SIGNATURE_NAME).is_file():
+        if sig_path is None and is_dir and (src / SIGNATURE_NAME).is_file():
             sig_path = src / SIGNATURE_NAME
         if sig_path is not None:
-            try:
-                bundle = json.loads(sig_path.read_text(encoding="utf-8"))
-            except ValueError as exc:
-                raise ArtifactError(f"signature {sig_path} is not JSON: {exc}") from exc
+            bundle = load_bundle(sig_path)
         ignore: list[str] = []
-        if src.is_dir() and sig_path is not None:
+        if is_dir and sig_path is not None:
             with contextlib.suppress(ValueError):
                 ignore.append(sig_path.resolve().relative_to(src.resolve()).as_posix())
-        try:
-            entries = list_files(src, ignore=ignore)
-        except InputError as exc:
-            raise ArtifactError(f"cannot push {src}: {exc}") from exc
-        if not entries:
-            raise ArtifactError(f"{src} holds no files to push")
-        verdict, details = self.scanner(src)
-        if verdict == "unsafe":
-            log.warning("pushing %s: the scan found it unsafe; it cannot be promoted", src)
+        source_name = src.resolve().name
+        spool = self._spool()
         staged: list[tuple[str, str]] = []
         try:
+            # the one read of every file: hashed, copied to the private spool, then the spool
+            # is scanned, signed and stored -- what is checked is what is stored
+            copy = spool / source_name
+            try:
+                read = read_model(src, ignore=ignore, copy_to=copy)
+            except InputError as exc:
+                raise ArtifactError(f"cannot push {src}: {exc}") from exc
+            if not read:
+                raise ArtifactError(f"{src} holds no files to push")
+            verdict, details = self.scanner(copy)
+            if verdict == "unsafe":
+                log.warning("pushing %s: the scan found it unsafe; it cannot be promoted", src)
             files: dict[str, dict[str, Any]] = {}
-            for rel, full in entries:
-                if self.kek is None:
-                    key, digest, size = self.storage.stage(full)
-                    files[rel] = {"sha256": digest, "size": size}
+            for rel, (sha, size) in read.items():
+                full = copy if rel == "." else copy / rel
+                files[rel] = {"sha256": sha, "size": size}
+                if self.kek is not None:
+                    key, digest, stored = self._stage_encrypted(full)
+                    final = self._blob_address(sha)
+                    files[rel].update(kek_id=kek_id(self.kek), blob=final)
+                elif isinstance(self.storage, LocalStorage):
+                    key, digest, stored = self.storage.key_of(full), sha, size  # a rename
+                    final = blob_key(sha)
                 else:
-                    key, digest, size = self._stage_encrypted(full)
-                    files[rel] = {"sha256": digest, "size": size, "kek_id": kek_id(self.kek)}
-                staged.append((key, blob_key(digest, encrypted=self.kek is not None)))
+                    key, digest, stored = self.storage.stage(full)
+                    final = blob_key(sha)
+                staged.append((key, final))
+                if (digest, stored) != (sha, size):
+                    raise ArtifactError(f"{src}: the copy of {rel} changed before it was stored")
             manifest = {n: str(f["sha256"]) for n, f in files.items()}
             status, hint = "none", None
             if private is not None:
-                bundle = sign_manifest(src.resolve().name, manifest, private,
-                                       ignore=[SIGNATURE_NAME] if src.is_dir() else [])
+                bundle = sign_manifest(source_name, manifest, private,
+                                       ignore=[SIGNATURE_NAME] if is_dir else [])
                 hint = public_key_hint(private.public_key())
                 status = "unverified"
             if bundle is not None and self.trusted_keys:
@@ -345,17 +422,37 @@ class Registry:
                 self.storage.commit(key, final)
             staged = []
             return self._commit_version(
-                name, who, src, files, manifest, bundle, status, hint, verdict, details, lin)
+                name, who, "dir" if is_dir else "file", source_name, files, manifest, bundle,
+                status, hint, verdict, details, lin)
         finally:
             for key, _ in staged:
                 with contextlib.suppress(Exception):
                     self.storage.discard(key)
+            shutil.rmtree(spool, ignore_errors=True)
+
+    def _spool(self) -> Path:
+        """A private folder for the one copy of a pushed model: inside a local blob store
+        (committed by a rename) unless blobs are encrypted (plaintext stays out of the
+        store), else in the temporary folder. ``bastion registry gc`` removes what a killed
+        push left."""
+        if isinstance(self.storage, LocalStorage) and self.kek is None:
+            return self.storage.spool_dir()
+        return Path(tempfile.mkdtemp(prefix=SPOOL_PREFIX))
+
+    def _blob_address(self, digest: str) -> str:
+        """The storage key of an encrypted blob: an HMAC of the plaintext digest under the KEK,
+        so whoever lists the bucket cannot test whether a known model is stored."""
+        if self.kek is None:  # pragma: no cover - guarded by the caller
+            raise ConfigurationError("no key-encryption key")
+        tag = hmac.new(self.kek, b"bastion.registry.blob-address\0" + bytes.fromhex(digest),
+                       hashlib.sha256).hexdigest()
+        return f"eblobs/hmac-sha256/{tag[:2]}/{tag}"
 
     def _stage_encrypted(self, src: Path) -> tuple[str, str, int]:
         """Encrypt ``src`` to a local temporary file, stage that; return the plaintext digest."""
         if self.kek is None:  # pragma: no cover - guarded by the caller
             raise ConfigurationError("no key-encryption key")
-        with tempfile.TemporaryDirectory(prefix="bastion-push-") as td:
+        with tempfile.TemporaryDirectory(prefix=SPOOL_PREFIX) as td:
             enc = Path(td) / "blob.enc"
             with open(src, "rb") as fin, open(enc, "wb") as fout:
                 reader = _HashingReader(fin)
@@ -375,7 +472,7 @@ class Registry:
                 f" key (kek id {meta['kek_id']})")
         enc = workdir / f"{digest}.enc"
         with open(enc, "wb") as fh:
-            self.storage.download(blob_key(digest, encrypted=True), fh)
+            self.storage.download(str(meta.get("blob") or blob_key(digest, encrypted=True)), fh)
         try:
             with open(enc, "rb") as fh:
                 decrypt_stream(fh, dest, self.kek)  # type: ignore[arg-type]
@@ -383,7 +480,7 @@ class Registry:
             enc.unlink(missing_ok=True)
 
     def _commit_version(
-        self, name: str, who: str, src: Path, files: dict[str, dict[str, Any]],
+        self, name: str, who: str, kind: str, source_name: str, files: dict[str, dict[str, Any]],
         manifest: dict[str, str], bundle: dict[str, Any] | None, status: str, hint: str | None,
         verdict: str, details: dict[str, Any], lineage: Lineage,
     ) -> ModelVersion:
@@ -408,8 +505,8 @@ class Registry:
                         VersionRow.model_id == model.id)).scalar_one()
                     row = VersionRow(
                         model_id=model.id, version=(latest or 0) + 1,
-                        digest=root_digest(manifest), kind="dir" if src.is_dir() else "file",
-                        source_name=src.resolve().name, files=files,
+                        digest=root_digest(manifest), kind=kind,
+                        source_name=source_name, files=files,
                         size=sum(int(f["size"]) for f in files.values()), signature=bundle,
                         signature_status=status, signer_hint=hint, scan_verdict=verdict,
                         scan_details=details, lineage=lineage.to_dict(), created_at=now,
@@ -419,7 +516,8 @@ class Registry:
                     s.flush()
                     audit.append(s, actor=who, action="push", model=name, version=row.version,
                                  details={"digest": row.digest, "signature": status,
-                                          "scan": verdict, "files": len(files)})
+                                          "scan": verdict, "files": len(files),
+                                          "facts": version_facts(row)})
                     return self._view(s, model, row)
             except IntegrityError as exc:  # another writer took the number or the name
                 last = exc
@@ -475,12 +573,7 @@ class Registry:
             bundle = row.signature
             audit.append(s, actor=who, action="pull", model=name, version=row.version,
                          details={"digest": row.digest})
-        target = Path(dest)
-        if view.kind == "file" and target.is_dir():
-            target = target / view.source_name
-        if target.exists() and not (target.is_dir() and not any(target.iterdir())):
-            raise ConfigurationError(f"{target} already exists; pull to a new path")
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = pull_target(Path(dest), view)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.pull-"))
         try:
             for rel, meta in view.files.items():
@@ -511,19 +604,35 @@ class Registry:
 
     def attach_report(self, name: str, ref: int | str,
                       report: str | os.PathLike[str] | Mapping[str, Any], *,
-                      actor: str | None = None) -> None:
-        """Record an assessment report (a dict or a JSON file) for a version."""
+                      actor: str | None = None) -> int:
+        """Record an assessment report (a dict or a JSON file) for a version; return its id.
+
+        The report must name the version's digest (:func:`~.gates.report_binding`), so one
+        model's report cannot pass another's gate. Attaching needs ``edit``; a gate counts
+        only reports attached by someone who manages the model (or passed to
+        :meth:`promote` by the promoter).
+        """
         who = self._who(actor)
         data = _load_report(report)
         with self._action(who, "attach_report", name), self._tx() as s:
             model = self._model(s, name)
             self._require(s, who, name, "edit", "attach a report")
-            row = self._resolve(s, model, ref)
-            digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-            s.add(Assessment(version_id=row.id, report=data, digest=digest,
-                             created_at=utcnow(), created_by=who))
-            audit.append(s, actor=who, action="attach_report", model=name,
-                         version=row.version, details={"report_digest": digest})
+            return self._attach(s, model, self._resolve(s, model, ref), data, who).id
+
+    def _attach(self, s: Session, model: ModelRow, row: VersionRow, data: dict[str, Any],
+                who: str) -> Assessment:
+        manifest = {n: str(f["sha256"]) for n, f in row.files.items()}
+        unbound = report_binding(data, row.digest, manifest)
+        if unbound is not None:
+            raise RegistryError(f"report refused for {model.name} v{row.version}: {unbound}")
+        digest = _report_digest(data)
+        entry = Assessment(version_id=row.id, report=data, digest=digest, created_at=utcnow(),
+                           created_by=who)
+        s.add(entry)
+        s.flush()
+        audit.append(s, actor=who, action="attach_report", model=model.name,
+                     version=row.version, details={"report_digest": digest, "report_id": entry.id})
+        return entry
 
     def check_gates(self, name: str, ref: int | str, *, gates: GateConfig | None = None,
                     actor: str | None = None) -> GateResult:
@@ -532,17 +641,79 @@ class Registry:
         with self._sessions() as s:
             model = self._model(s, name)
             self._require(s, who, name, "read", "check its gates")
-            return self._gates(s, self._resolve(s, model, ref), gates or self.gates)
+            return self._gates(s, model, self._resolve(s, model, ref), gates or self.gates)
 
-    def _gates(self, s: Session, row: VersionRow, gates: GateConfig) -> GateResult:
-        report = None
+    def _gates(self, s: Session, model: ModelRow, row: VersionRow, gates: GateConfig,
+               report: Assessment | None = None) -> GateResult:
+        """The one place that decides whether a version may be promoted.
+
+        Checks that the audit chain verifies (against the signed checkpoint when one is
+        configured) and that the version's facts -- files, scan verdict, signature -- are the
+        ones its push entry recorded, then the gates proper: scan, signature (verified again
+        with the trusted keys) and the thresholds on the report ``report`` (or the newest
+        report bound to this version and attached by a manager of the model).
+        """
+        reasons: builtins.list[str] = self._fact_problems(s, model, row)
+        chosen: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None)
         if gates.minimums or gates.maximums:
-            report = s.execute(select(Assessment.report).where(Assessment.version_id == row.id)
-                               .order_by(Assessment.id.desc()).limit(1)).scalar_one_or_none()
+            chosen = self._pick_report(s, model, row, report, reasons)
         keys = load_keys(gates.trusted_keys) if gates.trusted_keys else self.trusted_keys
         manifest = {n: str(f["sha256"]) for n, f in row.files.items()}
         return evaluate_gates(gates, scan_verdict=row.scan_verdict, signature=row.signature,
-                              manifest=manifest, report=report, keys=keys)
+                              manifest=manifest, report=chosen[0], keys=keys,
+                              reasons=tuple(reasons), report_info=chosen[1])
+
+    def _fact_problems(self, s: Session, model: ModelRow, row: VersionRow
+                       ) -> builtins.list[str]:
+        chain = audit.verify_chain(s, self._load_checkpoint())
+        if not chain.ok:
+            return [f"audit log: it does not verify at entry {chain.first_bad_seq}"
+                    f" ({chain.reason}); the facts behind the gates cannot be trusted"]
+        pushed = [json.loads(e.details) for e in s.execute(select(AuditEntry).where(
+            AuditEntry.action == "push", AuditEntry.outcome == "ok",
+            AuditEntry.model == model.name, AuditEntry.version == row.version)).scalars()]
+        if len(pushed) != 1:
+            return [f"audit log: {len(pushed)} push entries for v{row.version} instead of one"]
+        recorded = pushed[0]
+        if "facts" in recorded:
+            same = recorded["facts"] == version_facts(row)
+        else:  # versions pushed before the facts digest was recorded
+            same = (recorded.get("digest"), recorded.get("scan"), recorded.get("signature")) \
+                == (row.digest, row.scan_verdict, row.signature_status)
+        if not same:
+            return [f"audit log: v{row.version}'s stored facts (files, scan verdict, signature)"
+                    " differ from what its push recorded: the version row was edited"]
+        return []
+
+    def _pick_report(self, s: Session, model: ModelRow, row: VersionRow,
+                     given: Assessment | None, reasons: builtins.list[str]
+                     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The report the thresholds use, and who attached it; refusals go to ``reasons``."""
+        candidates = [given] if given is not None else list(s.execute(
+            select(Assessment).where(Assessment.version_id == row.id)
+            .order_by(Assessment.id.desc())).scalars())
+        manifest = {n: str(f["sha256"]) for n, f in row.files.items()}
+        skipped: builtins.list[str] = []
+        for a in candidates:
+            recorded = any(json.loads(e.details).get("report_digest") == a.digest
+                           for e in s.execute(select(AuditEntry).where(
+                               AuditEntry.action == "attach_report",
+                               AuditEntry.outcome == "ok", AuditEntry.model == model.name,
+                               AuditEntry.version == row.version)).scalars())
+            if _report_digest(a.report) != a.digest or not recorded:
+                skipped.append(f"report {a.id} differs from what the audit log recorded")
+            elif report_binding(a.report, row.digest, manifest) is not None:
+                skipped.append(f"report {a.id} is not about this version")
+            elif given is None and level_rank(self._level(s, a.created_by, model.name)) \
+                    < level_rank("manage"):
+                skipped.append(f"report {a.id} was attached by {a.created_by!r}, who does not"
+                               " manage the model")
+            else:
+                return a.report, {"id": a.id, "digest": a.digest, "attached_by": a.created_by,
+                                  "attached_at": a.created_at.isoformat()}
+        reasons.append("assessment: no report is attached to this version" if not skipped else
+                       f"assessment: no usable report is attached ({'; '.join(skipped)})")
+        return None, None
 
     def promote(self, name: str, ref: int | str, alias: str, *,
                 gates: GateConfig | None = None,
@@ -550,26 +721,37 @@ class Registry:
                 actor: str | None = None) -> ModelVersion:
         """Point ``alias`` at a version if it passes the gates; raise RegistryError naming why not.
 
-        ``report`` (optional) is attached first, then the newest attached report is checked.
+        ``report`` (optional) is attached -- after the ``manage`` permission is checked, in the
+        same transaction -- and is the one the thresholds use; otherwise the newest report
+        bound to the version and attached by a manager is used. The audit entry of the
+        promotion names the report (:meth:`promote_checked` also returns it).
         """
+        return self.promote_checked(name, ref, alias, gates=gates, report=report,
+                                    actor=actor)[0]
+
+    def promote_checked(self, name: str, ref: int | str, alias: str, *,
+                        gates: GateConfig | None = None,
+                        report: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+                        actor: str | None = None) -> tuple[ModelVersion, GateResult]:
+        """:meth:`promote`, also returning the passed :class:`GateResult` (which report)."""
         check_alias(alias)
         who = self._who(actor)
         gate = gates or self.gates
-        if report is not None:
-            self.attach_report(name, ref, report, actor=who)
+        data = _load_report(report) if report is not None else None
         with self._action(who, "promote", name), self._tx() as s:
             model = self._model(s, name)
             self._require(s, who, name, "manage", "promote it")
             row = self._resolve(s, model, ref)
-            result = self._gates(s, row, gate)
+            given = self._attach(s, model, row, data, who) if data is not None else None
+            result = self._gates(s, model, row, gate, given)
             if not result.passed:
                 raise RegistryError(
                     f"{name} v{row.version} cannot become {alias!r}: " + "; ".join(result.reasons))
             self._point(s, model, alias, row, who, "promote")
             audit.append(s, actor=who, action="promote", model=name, version=row.version,
                          details={"alias": alias, "gates": gate.to_dict(),
-                                  "checks": result.checks})
-            return self._view(s, model, row)
+                                  "checks": result.checks, "report": result.report})
+            return self._view(s, model, row), result
 
     def _point(self, s: Session, model: ModelRow, alias: str, row: VersionRow, who: str,
                action: str) -> None:
@@ -642,11 +824,15 @@ class Registry:
         who = self._who(actor)
         with self._action(who, "revoke", name), self._tx() as s:
             self._require(s, who, name, "manage", "revoke permissions")
-            for row in s.execute(select(Permission).where(
-                    Permission.model == name, Permission.identity == identity)).scalars():
+            rows = list(s.execute(select(Permission).where(
+                Permission.model == name, Permission.identity == identity)).scalars())
+            if not rows:
+                raise RegistryError(f"{identity!r} holds no permission on {name!r}; nothing to"
+                                    f" revoke (see `bastion registry permissions {name}`)")
+            for row in rows:
                 s.delete(row)
             audit.append(s, actor=who, action="revoke", model=name,
-                         details={"identity": identity})
+                         details={"identity": identity, "level": rows[0].level})
 
     def permissions(self, name: str, *, actor: str | None = None) -> dict[str, str]:
         """``{identity: level}`` granted on ``name`` (not counting ``"*"`` grants)."""
@@ -669,10 +855,53 @@ class Registry:
                                       model=r.model, version=r.version, outcome=r.outcome,
                                       details=json.loads(r.details), hash=r.hash) for r in rows]
 
-    def verify_audit_log(self) -> audit.AuditVerification:
-        """Recompute the audit hash chain; ``ok`` is false if any entry was edited or removed."""
+    def _load_checkpoint(self) -> audit.Checkpoint | None:
+        """The configured signed checkpoint (``None`` if none is configured or written yet)."""
+        if self.checkpoint is None or self.checkpoint_key is None:
+            return None
+        if not self.checkpoint.exists():
+            log.warning("no audit checkpoint at %s yet: the log is checked by its chain alone",
+                        self.checkpoint)
+            return None
+        return audit.load_checkpoint(self.checkpoint, self.checkpoint_key, log=AUDIT_LOG_NAME)
+
+    def verify_audit_log(self, checkpoint: audit.Checkpoint | None = None
+                         ) -> audit.AuditVerification:
+        """Recompute the audit hash chain; ``ok`` is false if any entry was edited or removed,
+        or -- against the signed ``checkpoint`` (default: the configured one) -- if the log
+        was truncated below it, wiped or recomputed."""
         with self._sessions() as s:
-            return audit.verify_chain(s)
+            return audit.verify_chain(s, checkpoint or self._load_checkpoint())
+
+    # ------------------------------------------------------------------ maintenance
+
+    def gc(self, *, older_than: float = 24 * 3600, dry_run: bool = False,
+           actor: str | None = None) -> builtins.list[str]:
+        """Delete what killed pushes left: staging blobs (local folder or S3) and spool
+        folders older than ``older_than`` seconds; return what was (or would be) deleted.
+
+        Needs ``manage`` on ``"*"`` (an administrator). A push in progress is younger than
+        the threshold; keep it above the longest push.
+        """
+        who = self._who(actor)
+        if older_than < 0:
+            raise ConfigurationError(f"older_than must be >= 0 seconds, got {older_than}")
+        with self._action(who, "gc", None), self._sessions() as s:
+            self._require(s, who, "*", "manage", "collect garbage")
+        found = self.storage.stale("staging/", older_than)
+        tmp, cutoff = Path(tempfile.gettempdir()), time.time() - older_than
+        spools = [p for p in tmp.glob(SPOOL_PREFIX + "*")
+                  if p.is_dir() and not p.is_symlink() and p.lstat().st_uid == os.getuid()
+                  and p.lstat().st_mtime <= cutoff]
+        if not dry_run:
+            for key in found:
+                self.storage.delete_tree(key)
+            for p in spools:
+                shutil.rmtree(p, ignore_errors=True)
+            with self._tx() as s:
+                audit.append(s, actor=who, action="gc", details={
+                    "deleted": len(found) + len(spools), "older_than": older_than})
+        return [*found, *(str(p) for p in spools)]
 
 
 class _HashingWriter:
@@ -698,12 +927,34 @@ class _HashingWriter:
         self._fh.close()
 
 
+def pull_target(dest: Path, view: ModelVersion) -> Path:
+    """Where a pull writes ``view`` given ``dest`` (created folders included), or a clean
+    ConfigurationError: the target exists, or a file stands where a folder is expected."""
+    target = dest / view.source_name if view.kind == "file" and dest.is_dir() else dest
+    if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+        raise ConfigurationError(f"{target} already exists; pull to a new path")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigurationError(f"{parent} is a file where a folder is expected;"
+                                         " pull to a path inside a folder")
+            break
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _report_digest(data: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
 def _load_report(report: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(report, Mapping):
         return json.loads(json.dumps(dict(report)))
     try:
-        data = json.loads(Path(report).read_text(encoding="utf-8"))
+        data = json.loads(read_small(report))
     except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
         raise ConfigurationError(f"report {report} is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigurationError(f"report {report} must hold a JSON object")

@@ -24,6 +24,7 @@ __all__ = [
     "evaluate_gates",
     "load_keys",
     "lookup_metric",
+    "report_binding",
 ]
 
 
@@ -73,6 +74,48 @@ class GateResult:
     passed: bool
     reasons: tuple[str, ...]
     checks: Mapping[str, Any]
+    #: the report the thresholds were checked against: ``{id, digest, attached_by,
+    #: attached_at}`` (``None`` when no threshold was asked or no report qualified)
+    report: Mapping[str, Any] | None = None
+
+
+def _bare(digest: Any) -> str | None:
+    if not isinstance(digest, str):
+        return None
+    text = digest.lower()
+    return text[len("sha256:"):] if text.startswith("sha256:") else text
+
+
+def report_binding(report: Mapping[str, Any], digest: str,
+                   manifest: Mapping[str, str]) -> str | None:
+    """``None`` if ``report`` is about the version with root ``digest`` and files
+    ``manifest``; else why not, in words.
+
+    A report names its model as the audit document does (``model.digest``, or
+    ``model.files[].sha256``, see ``bastion.audit/1``) or with a top-level ``model_digest``.
+    It binds to the version when that digest is the version's root digest (or, for one file,
+    the file's SHA-256) or when its files' digests are exactly the version's.
+    """
+    raw = report.get("model")
+    model: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    claimed = [_bare(report.get("model_digest")), _bare(model.get("digest"))]
+    accepted = {digest}
+    if len(manifest) == 1:
+        accepted.add(next(iter(manifest.values())))
+    if any(c in accepted for c in claimed if c):
+        return None
+    listed = model.get("files")
+    if isinstance(listed, list) and listed:
+        shas = sorted(_bare(f.get("sha256")) or "" for f in listed if isinstance(f, Mapping))
+        if shas == sorted(manifest.values()):
+            return None
+    named = [c for c in claimed if c]
+    if named or listed:
+        return (f"the report is about another model (digest {(named or ['of its files'])[0]}),"
+                f" not this version (sha256:{digest})")
+    return ("the report names no model digest: it must carry the version's digest"
+            f" (model.digest = 'sha256:{digest}' as in a bastion.audit/1 document, or"
+            " model_digest)")
 
 
 def lookup_metric(report: Mapping[str, Any], path: str) -> float | None:
@@ -139,31 +182,39 @@ def load_keys(keys: tuple[Any, ...]) -> tuple[PublicKey, ...]:
 def evaluate_gates(
     gates: GateConfig, *, scan_verdict: str, signature: Mapping[str, Any] | None,
     manifest: Mapping[str, str], report: Mapping[str, Any] | None, keys: tuple[PublicKey, ...],
+    reasons: tuple[str, ...] = (), report_info: Mapping[str, Any] | None = None,
 ) -> GateResult:
-    """Check one version against ``gates``; every failed gate is named in ``reasons``."""
-    reasons: list[str] = []
+    """Check one version against ``gates``; every failed gate is named in ``reasons``.
+
+    ``reasons`` given are failures found before (the facts behind the gate do not match the
+    audit log); ``report_info`` says which report ``report`` is. A metric that is not a
+    finite number (NaN, infinity) fails every threshold.
+    """
+    reasons_: list[str] = list(reasons)
     checks: dict[str, Any] = {}
+    if report_info is not None:
+        checks["report"] = dict(report_info)
     if gates.require_clean_scan:
         checks["scan"] = scan_verdict
         if scan_verdict != "clean":
-            reasons.append(f"scan: the verdict is {scan_verdict!r}, not 'clean'")
+            reasons_.append(f"scan: the verdict is {scan_verdict!r}, not 'clean'")
     if gates.require_signature:
         ok, why, _ = check_signature(signature, manifest, keys)
         checks["signature"] = why
         if not ok:
-            reasons.append(f"signature: {why}")
-    if gates.minimums or gates.maximums:
-        if report is None:
-            reasons.append("assessment: no report is attached to this version")
-        else:
-            for metric, bound, low in [*((m, b, True) for m, b in gates.minimums.items()),
-                                       *((m, b, False) for m, b in gates.maximums.items())]:
-                value = lookup_metric(report, metric)
-                checks[metric] = value
-                if value is None:
-                    reasons.append(f"assessment: the report has no number at {metric!r}")
-                elif low and value < bound:
-                    reasons.append(f"assessment: {metric} = {value:.4g} is below {bound:.4g}")
-                elif not low and value > bound:
-                    reasons.append(f"assessment: {metric} = {value:.4g} is above {bound:.4g}")
-    return GateResult(passed=not reasons, reasons=tuple(reasons), checks=checks)
+            reasons_.append(f"signature: {why}")
+    if (gates.minimums or gates.maximums) and report is not None:
+        for metric, bound, low in [*((m, b, True) for m, b in gates.minimums.items()),
+                                   *((m, b, False) for m, b in gates.maximums.items())]:
+            value = lookup_metric(report, metric)
+            checks[metric] = value if value is None or math.isfinite(value) else str(value)
+            if value is None:
+                reasons_.append(f"assessment: the report has no number at {metric!r}")
+            elif not math.isfinite(value):
+                reasons_.append(f"assessment: {metric} = {value} is not a finite number")
+            elif low and value < bound:
+                reasons_.append(f"assessment: {metric} = {value:.4g} is below {bound:.4g}")
+            elif not low and value > bound:
+                reasons_.append(f"assessment: {metric} = {value:.4g} is above {bound:.4g}")
+    return GateResult(passed=not reasons_, reasons=tuple(reasons_), checks=checks,
+                      report=report_info)

@@ -18,16 +18,19 @@ __all__ = [
     "check_level",
     "check_name",
     "level_rank",
+    "parse_ref",
 ]
 
 #: permission levels, each including the ones before it
 LEVELS = ("read", "use", "edit", "manage")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-_ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", re.ASCII)
+_ALIAS = re.compile(r"[a-z][a-z0-9_-]{0,63}", re.ASCII)
+#: a version reference: ``3`` or ``v3`` (ASCII digits only, no sign, no spaces)
+_VERSION = re.compile(r"v?([0-9]{1,9})", re.ASCII)
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigurationError(
             f"model name {name!r} is invalid: use letters, digits, '.', '_' and '-' (at most 200)"
         )
@@ -35,12 +38,37 @@ def check_name(name: str) -> str:
 
 
 def check_alias(alias: str) -> str:
-    if not isinstance(alias, str) or not _ALIAS.match(alias) or alias == "latest":
+    if not isinstance(alias, str) or not _ALIAS.fullmatch(alias) or alias == "latest":
         raise ConfigurationError(
             f"alias {alias!r} is invalid: lower-case letters, digits, '_' and '-', starting with a"
             " letter, not 'latest' (for example 'champion' or 'staging')"
         )
     return alias
+
+
+def parse_ref(ref: int | str) -> int | str:
+    """A version reference as ``int`` (``3``, ``"3"``, ``"v3"``), or ``"latest"``, or an alias.
+
+    Parsing is strict: ``"vv3"``, ``" 3"``, ``"3\\n"``, ``"-1"`` or non-ASCII digits are refused
+    with ConfigurationError rather than resolved to something else.
+    """
+    if isinstance(ref, bool) or not isinstance(ref, int | str):
+        raise ConfigurationError(f"version {ref!r} must be a number, 'vN', an alias or 'latest'")
+    if isinstance(ref, int):
+        if ref < 1:
+            raise ConfigurationError(f"version {ref} is invalid: versions start at 1")
+        return ref
+    m = _VERSION.fullmatch(ref)
+    if m:
+        number = int(m.group(1))
+        if number < 1:
+            raise ConfigurationError(f"version {ref!r} is invalid: versions start at 1")
+        return number
+    if ref == "latest" or _ALIAS.fullmatch(ref):
+        return ref
+    raise ConfigurationError(
+        f"version {ref!r} is invalid: give a number (3 or v3), an alias (lower-case letters,"
+        " digits, '_', '-') or 'latest'")
 
 
 def check_level(level: str) -> str:
@@ -130,6 +158,14 @@ class ModelVersion:
     def manifest(self) -> dict[str, str]:
         """``{file name: sha256}`` as signed."""
         return {n: str(f["sha256"]) for n, f in self.files.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelVersion:
+        """The inverse of :meth:`to_dict` (what the registry service sends)."""
+        fields = dict(data)
+        fields["lineage"] = Lineage.from_dict(fields.get("lineage"))
+        fields["aliases"] = tuple(fields.get("aliases") or ())
+        return cls(**fields)
 
     def to_dict(self) -> dict[str, Any]:
         return {

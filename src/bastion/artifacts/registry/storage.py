@@ -1,9 +1,12 @@
 """Blob storage of the registry: a local folder (``file:///path``) or S3 (``s3://bucket/prefix``).
 
-Blobs are content-addressed (``blobs/sha256/ab/abcdef...``). An upload goes first to a
-staging key (``staging/<uuid>``) while its SHA-256 is computed on the bytes actually sent, then
-moves to its content address; a blob that is never referenced by a committed version is
-invisible and harmless (there is no garbage collector for such leftovers yet).
+Blobs are content-addressed (``blobs/sha256/ab/abcdef...``); encrypted blobs live under
+``eblobs/`` at a *keyed* address (an HMAC of the plaintext digest under the key-encryption key,
+see :meth:`~bastion.artifacts.registry.core.Registry.push`), so listing the bucket does not
+tell whether a known model is stored. An upload goes first to a staging key
+(``staging/<uuid>``) while its SHA-256 is computed on the bytes actually sent, then moves to
+its content address. A push killed before it commits leaves staging keys behind:
+:meth:`stale` lists those older than a given age and ``bastion registry gc`` deletes them.
 
 S3 URLs take ``endpoint_url`` and ``region`` as query parameters, e.g.
 ``s3://models/prod?endpoint_url=http://127.0.0.1:9000``; credentials come from the usual AWS
@@ -12,9 +15,12 @@ environment variables or configuration files, never from the URL.
 
 from __future__ import annotations
 
+import builtins
+import datetime as dt
 import hashlib
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -56,6 +62,14 @@ class BlobStorage(Protocol):
         ...
 
     def list(self, prefix: str) -> list[str]: ...
+
+    def stale(self, prefix: str, older_than: float) -> builtins.list[str]:
+        """Keys (local: also folders) under ``prefix`` unchanged for ``older_than`` seconds."""
+        ...
+
+    def delete_tree(self, key: str) -> None:
+        """Delete a key, or everything under it."""
+        ...
 
 
 class _HashingReader:
@@ -123,6 +137,44 @@ class LocalStorage:
         if not base.exists():
             return []
         return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
+
+    def spool_dir(self) -> Path:
+        """A new private folder under ``staging/`` (same file system as the blobs, so a file
+        spooled there is committed by a rename, not a second copy)."""
+        base = self._path("staging")
+        base.mkdir(parents=True, exist_ok=True)
+        path = base / f"spool-{uuid.uuid4().hex}"
+        path.mkdir(mode=0o700)
+        return path
+
+    def key_of(self, path: Path) -> str:
+        """The storage key of a file inside the storage folder (a spooled file)."""
+        full = path.resolve()
+        if self.root.resolve() not in full.parents:
+            raise ConfigurationError(f"{path} is not inside the storage folder {self.root}")
+        return full.relative_to(self.root.resolve()).as_posix()
+
+    def stale(self, prefix: str, older_than: float) -> builtins.list[str]:
+        base = self._path(prefix.rstrip("/"))
+        if not base.is_dir():
+            return []
+        cutoff = time.time() - older_than
+        out = []
+        for entry in sorted(base.iterdir()):
+            newest = entry.lstat().st_mtime
+            if entry.is_dir() and not entry.is_symlink():
+                for p in entry.rglob("*"):
+                    newest = max(newest, p.lstat().st_mtime)
+            if newest <= cutoff:
+                out.append(entry.relative_to(self.root).as_posix())
+        return out
+
+    def delete_tree(self, key: str) -> None:
+        path = self._path(key)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 class S3Storage:
@@ -212,6 +264,23 @@ class S3Storage:
         except self._errors as exc:
             raise ArtifactError(f"cannot list {self.url}: {exc}") from exc
         return sorted(out)
+
+    def stale(self, prefix: str, older_than: float) -> builtins.list[str]:
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        out: builtins.list[str] = []
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix)
+            ):
+                out.extend(obj["Key"][strip:] for obj in page.get("Contents", [])
+                           if obj["LastModified"] <= cutoff)
+        except self._errors as exc:
+            raise ArtifactError(f"cannot list {self.url}: {exc}") from exc
+        return sorted(out)
+
+    def delete_tree(self, key: str) -> None:
+        self.discard(key)
 
 
 def open_storage(url: str | os.PathLike[str]) -> LocalStorage | S3Storage:

@@ -76,15 +76,6 @@ class PoisoningCheck(Check):
                 "activation clustering and spectral signatures need a torch model's activations",
                 "set settings.poisoning.methods to cl (confident learning) for other models",
             )
-        if isinstance(_torch_module(ctx.model), torch.jit.ScriptModule) and any(
-            m != "confident_learning" for m in methods
-        ):
-            return Requirement(
-                "activation clustering and spectral signatures read a layer's activations "
-                "through hooks, which a TorchScript model does not accept",
-                "give the model as a state_dict with its factory (--factory module:function), "
-                "or use confident learning (--methods cl, settings.poisoning.methods: cl)",
-            )
         return None
 
     def _methods(self, ctx: AuditContext) -> list[str]:
