@@ -174,3 +174,22 @@ def test_demo_trains_audits_and_repeats_exactly(tmp_path) -> None:
     assert [c["status"] for c in first["checks"]] == [c["status"] for c in second["checks"]]
     for a, b in zip(first["checks"], second["checks"], strict=True):
         assert a["metrics"] == b["metrics"]
+    assert _readme_scorecard() == _scorecard_rows(first)  # the README shows this scorecard
+
+
+def _readme_scorecard() -> list[list[str]]:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text[text.index("| threat | overall |"):].split("\n\n", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()]
+    return [rows[0][1:], *(r for r in rows[2:])]
+
+
+def _scorecard_rows(doc: dict) -> list[list[str]]:
+    card = doc["scorecard"]
+    head = ["overall", *(p.replace("_", " ") for p in card["practices"])]
+    out = [head]
+    for row in card["threats"]:
+        cells = [c["status"] for c in card["cells"] if c["threat"] == row["threat"]]
+        out.append([row["title"], row["status"],
+                    *("–" if c == "n/a" else c.replace("_", " ") for c in cells)])
+    return out
