@@ -81,7 +81,7 @@ def test_knockoff_report(files, tmp_path) -> None:
     finding = doc["findings"][0]
     assert finding["atlas"] == ["AML.T0024.002"] and finding["owasp"] == ["ML05"]
     html = (out / "report.html").read_text()
-    assert "Fidelity vs queries" in html and "<polyline" in html
+    assert "Fidelity vs queries" in html and '<svg class="chart"' in html
     assert "<script" not in html and 'src="http' not in html
 
 

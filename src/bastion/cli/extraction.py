@@ -87,11 +87,12 @@ def _evaluate(**opts: Any) -> None:
         build_extraction_attack,
         parse_policy,
     )
-    from bastion.attacks.extraction.report import write_extraction_report
+    from bastion.attacks.extraction.report import extraction_findings
     from bastion.cli._common import parse_floats, parse_shape
     from bastion.cli.evaluate import load_xy, pick_device
     from bastion.models.base import Capability
     from bastion.models.loading import load_model
+    from bastion.report.extraction import write_extraction_report
 
     strategy = opts["strategy"].lower()
     if strategy not in STRATEGIES:
@@ -166,6 +167,7 @@ def _evaluate(**opts: Any) -> None:
 
         rows = evaluate_output_policies(clf, policies, [attack], x_eval, y_eval, x_pool=x_pool)
         doc["hardening"] = [r.to_dict() for r in rows]
+    doc["findings"] = [f.to_dict() for f in extraction_findings(doc)]
     json_path, html_path = write_extraction_report(doc, opts["out"])
     fid = result.fidelity if result.fidelity is not None else 0.0
     console.print(

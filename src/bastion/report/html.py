@@ -1,4 +1,9 @@
-"""Self-contained HTML: inline CSS, inline SVG charts, no scripts and no external resources."""
+"""Legacy string-built HTML helpers, kept only for the membership, inversion and poison pages
+that have not yet moved to the audit document (``cli/inference.py``, ``cli/poison.py``).
+
+New pages use the autoescaped Jinja2 templates of :mod:`bastion.report.templating` and the
+matplotlib charts of :mod:`bastion.report.plots`; remove this module with its last caller.
+"""
 
 from __future__ import annotations
 
