@@ -65,8 +65,9 @@ def test_scan_poison_reads_any_layer_of_a_torchscript_model(
     assert res.exit_code in (0, poison.EXIT_SUSPICIOUS), res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
     doc = json.loads((tmp_path / "p" / "report.json").read_text())
-    assert doc["n"] == 400 and set(doc["methods"]) == {"activation_clustering",
-                                                        "spectral_signatures"}
+    (entry,) = doc["checks"]
+    assert entry["metrics"]["flagged_fraction"]["n"] == 400
+    assert entry["settings"]["methods"] == ["activation_clustering", "spectral_signatures"]
 
 
 def test_a_layer_that_does_not_exist_is_an_error_not_suspicious(
