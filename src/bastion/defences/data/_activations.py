@@ -235,7 +235,7 @@ def penultimate_layer(module: nn.Module) -> str:
     if last is None:
         raise ConfigurationError(
             "the model has no nn.Linear layer to take the penultimate activations from; "
-            "name a layer with layer= (one of: "
+            "name a layer (--layer, or the layer setting of an audit; one of: "
             f"{', '.join(n for n, _ in module.named_modules() if n) or 'none'})"
         )
     return last
