@@ -16,15 +16,12 @@ from bastion.report.document import (
     validate_document,
     write_report,
 )
-from bastion.report.html import line_chart_svg, render_html_page
 
 __all__ = [
     "FILE_NAMES",
     "RENDERERS",
     "json_safe",
-    "line_chart_svg",
     "render",
-    "render_html_page",
     "render_json",
     "validate_document",
     "write_report",
