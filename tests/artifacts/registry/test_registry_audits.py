@@ -119,7 +119,7 @@ def test_audit_due_lists_unaudited_stale_and_old_catalogue_versions(setup) -> No
 
 
 def test_cli_promote_with_audit_and_audit_due(setup) -> None:
-    reg, priv, pub, tmp = setup
+    _, priv, pub, tmp = setup
     env = {"BASTION_REGISTRY_METADATA_URL": f"sqlite:///{tmp / 'reg.db'}",
            "BASTION_REGISTRY_STORAGE_URL": (tmp / "blobs").as_uri()}
     runner = CliRunner()
@@ -142,3 +142,34 @@ def test_cli_promote_with_audit_and_audit_due(setup) -> None:
     shown = json.loads(runner.invoke(app, [*base, "show", "fraud", "1"], env=env).stdout)
     assert len(shown["audits"]) == 1
     assert runner.invoke(app, [*base, "audit-due", "--json"], env=env).exit_code == 0
+
+
+def test_promote_with_a_signed_audit_through_the_registry_service(tmp_path: Path) -> None:
+    from bastion.artifacts.signing import load_public_key
+
+    from .test_registry_service import Service
+
+    svc = Service(tmp_path)
+    try:
+        priv, pub = generate_keypair("ed25519", tmp_path / "a.key", tmp_path / "a.pub")
+        svc.registry.trusted_keys = (load_public_key(pub),)
+        model = tmp_path / "model.pt"
+        model.write_bytes(WEIGHTS)
+        maria, dan = svc.client("maria"), svc.client("dan")
+        maria.push("fraud", model)
+        good = read_submission(_audit(tmp_path, priv, name="good"))
+        gate = GateConfig(require_signature=False)
+        with pytest.raises(Exception, match="promote"):  # dan may push, not promote
+            dan.promote("fraud", 1, "champion", gates=gate, signed_audit=good,
+                        audit_policy=POLICY)
+        stale = read_submission(_audit(tmp_path, priv, name="stale",
+                                       created="2020-01-01T00:00:00Z"))
+        with pytest.raises(RegistryError, match="stale"):
+            maria.promote("fraud", 1, "champion", gates=gate, signed_audit=stale,
+                          audit_policy=POLICY)
+        v = maria.promote("fraud", 1, "champion", gates=gate, signed_audit=good,
+                          audit_policy=POLICY)
+        assert v.aliases == ("champion",) and len(v.audits) == 1
+        assert maria.audit_due(max_age="30d") == []
+    finally:
+        svc.close()
