@@ -161,6 +161,9 @@ def test_service_refusals_are_json_not_tracebacks(svc: Service, tmp_path: Path) 
         ("POST", "/v1/models/m/versions", {"content": b"not a tar"}, 422),
         ("POST", "/v1/models/m/versions?lineage=%7Bx", {"content": b""}, 422),
         ("POST", "/v1/models/m/aliases/champion", {"content": b"[]"}, 422),
+        ("POST", "/v1/models/m/aliases/champion",
+         {"json": {"version": 1, "gates": {"trusted_keys": ["/tmp/k.pub"]}}}, 422),
+        ("POST", "/v1/models/m/aliases/champion", {"json": {"version": 1, "report": [1]}}, 422),
         ("DELETE", "/v1/models/m/permissions/nobody-at-all", {}, 409),
     ]:
         r = svc.http.request(method, path, headers=auth, **kw)
