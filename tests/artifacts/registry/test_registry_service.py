@@ -134,6 +134,10 @@ def test_permission_matrix_through_the_service(svc: Service, tmp_path: Path) -> 
         eve.get("fraud", "champion")
     with pytest.raises(AccessDenied, match="no role of 'eve' allows promote"):
         eve.rollback("fraud", "champion")
+    # a permission revoked in the registry also ends maria's pushes
+    root.revoke("fraud", "maria")
+    with pytest.raises(AccessDenied, match="needs 'edit' permission"):
+        maria.push("fraud", _file(tmp_path, "m4.bin", b"four"))
     # a revoked key is refused before anything else; no key at all too
     svc.access.revoke_key(svc.tokens["cora"].split("_")[1], actor="setup")
     with pytest.raises(AuthenticationError, match="revoked"):
