@@ -129,3 +129,21 @@ def test_users_remove_and_never_expiring_key(app: typer.Typer, db: str) -> None:
     _ok(app, "users", "remove", "svc")
     assert "svc" not in _ok(app, "users", "list")
     assert "revoked" in _ok(app, "keys", "list")
+
+
+def test_audit_log_rotate_then_verify_across_segments(app: typer.Typer, db: str,
+                                                      tmp_path: Path) -> None:
+    log = AuditLog(db)
+    log.append_many([{"actor": "gw", "action": "predict", "outcome": "allowed"}] * 12)
+    log.close()
+    archive = tmp_path / "segments"
+    r = runner.invoke(app, ["audit-log", "rotate", "--archive", str(archive), "--keep", "2"])
+    assert r.exit_code == 0, r.output
+    assert "sealed entries 1..10" in r.output
+    r = runner.invoke(app, ["audit-log", "verify", "--archive", str(archive)])
+    assert r.exit_code == 0, r.output
+    assert "13 entries" in r.output  # 12 + the seal entry
+    seg = next(archive.iterdir())
+    seg.write_text(seg.read_text().replace('"gw"', '"xx"', 1))
+    r = runner.invoke(app, ["audit-log", "verify", "--archive", str(archive)])
+    assert r.exit_code == 1 and "sealed segment" in r.output

@@ -55,7 +55,7 @@ def test_audit_writes_a_valid_report_and_fail_on_gates(audit_files, tmp_path, fa
         ([], "checks:\n  evasion: {max_sample: 3}\n", "unknown setting 'max_sample'"),
         ([], "checks:\n  evasoin: {}\n", "unknown check 'evasoin'"),
         (["--access", "root"], "", "access must be white-box, scores or labels"),
-        (["--fail-on", "severe"], "", "fail_on must be one of"),
+        (["--fail-on", "severe"], "", "--fail-on 'severe': use a severity"),
         (["--checks", "nope"], "", "unknown check 'nope'"),
     ],
 )

@@ -160,6 +160,46 @@ def test_natural_digits_traffic_from_20_clients_raises_no_alert(digits_victim: V
     assert not any(v.flagged for v in judged)
 
 
+@pytest.mark.parametrize(("times", "order"), [(2, "again"), (3, "again"), (2, "each"),
+                                              (3, "shuffled")])
+def test_natural_digits_sent_two_or_three_times_raise_no_alert(
+    digits_victim: Victim, times: int, order: str
+) -> None:
+    """Re-sent natural inputs (retries, the same item asked again) are repeats: counted,
+    but they add no distance and no near-duplicate flag."""
+    _, x, predicted = digits_victim
+    detector = ExtractionDetector()  # the defaults: min_queries 100
+    judged = 0
+    for c in range(6):
+        base = np.arange(c * 150, (c + 1) * 150)
+        if order == "again":  # the whole set, then again
+            idx = np.tile(base, times)
+        elif order == "each":  # every input twice in a row
+            idx = np.repeat(base, times)
+        else:
+            idx = np.random.default_rng(c).permutation(np.tile(base, times))
+        for i in idx:
+            verdict = detector.observe(f"client-{c}", x[i : i + 1], predicted[i : i + 1])
+            judged += verdict is not None
+            assert verdict is None or not verdict.flagged, (c, verdict)
+    assert judged >= 6 * 40
+    assert detector.observe("client-0", x[:1], predicted[:1]).n_queries == 150 * times + 1
+
+
+def test_the_gateway_benchmark_traffic_raises_no_alert(digits_victim: Victim) -> None:
+    """benchmarks/gateway.py: 397 held-out digits cycled one per request (httpx), and one
+    fixed body sent again and again (hey)."""
+    _, x, predicted = digits_victim
+    held_out = np.arange(1400, 1797)
+    detector = ExtractionDetector()
+    cycled = [detector.observe("httpx", x[i : i + 1], predicted[i : i + 1])
+              for i in np.tile(held_out, 3)]
+    assert sum(v is not None for v in cycled) > 250
+    assert not any(v is not None and v.flagged for v in cycled)
+    fixed = [detector.observe("hey", x[1400:1401], predicted[1400:1401]) for _ in range(300)]
+    assert not any(v is not None and v.flagged for v in fixed)
+
+
 @pytest.mark.parametrize("victim_name", ["mnist_victim", "digits_victim"])
 def test_uniform_random_stream_is_flagged_within_500_queries(
     victim_name: str, request: pytest.FixtureRequest

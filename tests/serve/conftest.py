@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +119,12 @@ class Harness:
     def headers(self, who: str = "alice", **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[who]}", **extra}
 
+    def metrics(self) -> str:
+        """The Prometheus text, read with the operator's key."""
+        r = self.client.get("/metrics", headers=self.headers("ops"))
+        assert r.status_code == 200, r.text
+        return r.text
+
     def predict(self, x: np.ndarray, who: str = "alice", model: str = "digits") -> Any:
         return self.client.post(f"/v1/models/{model}/predict", json={"inputs": x.tolist()},
                                 headers=self.headers(who))
@@ -123,7 +132,8 @@ class Harness:
 
 def new_store(url: str) -> tuple[AccessStore, dict[str, str]]:
     """Identities: alice (consumer of digits), bob (consumer of another model only), carol
-    (consumer of digits, but her key is scoped to 'read' only)."""
+    (consumer of digits, but her key is scoped to 'read' only), ops (auditor of everything:
+    metrics and readiness details)."""
     store = AccessStore(url, cache_ttl=5.0, audit_decisions="none")
     tokens = {}
     for name, resource in (("alice", "model:digits"), ("bob", "model:other"),
@@ -133,6 +143,9 @@ def new_store(url: str) -> tuple[AccessStore, dict[str, str]]:
     tokens["alice"] = store.create_key("alice", actor="admin").token
     tokens["bob"] = store.create_key("bob", scopes=("predict", "read"), actor="admin").token
     tokens["carol"] = store.create_key("carol", scopes=("read",), actor="admin").token
+    store.add_identity("ops", kind="service", actor="admin")  # metrics and readiness details
+    store.grant("ops", "auditor", "*", actor="admin")
+    tokens["ops"] = store.create_key("ops", scopes=("read",), actor="admin").token
     return store, tokens
 
 
@@ -171,3 +184,39 @@ def make_gateway(model_files: dict[str, Path], tmp_path: Path, portal: BlockingP
         app.state.gateway.close()
         if store is not None:
             store.close()
+
+
+@pytest.fixture
+def live(model_files, tmp_path) -> Iterator[tuple[str, int]]:
+    """A gateway on uvicorn in a thread: header timeout 0.5 s, at most 3 connections."""
+    url = f"sqlite:///{tmp_path / 'access.db'}"
+    store, tokens = new_store(url)
+    data = deep_update(base_policy(model_files, url),
+                       {"server": {"header_timeout": 0.5, "max_connections": 3,
+                                   "port": _free_port()}})
+    policy = parse_policy(yaml.safe_dump(data))
+    app = create_app(policy, access=store)
+    import uvicorn
+
+    from bastion.serve.server import server_config
+
+    server = uvicorn.Server(server_config(app, policy, log_level="info"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start within 30 s"
+    try:
+        yield tokens["alice"], policy.server.port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        app.state.gateway.close()
+        store.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

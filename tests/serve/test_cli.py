@@ -105,3 +105,23 @@ def test_the_example_policy_documents_every_key():
     walk(GatewayPolicy)
     walk(WebhookSettings)
     assert missing == []
+
+
+def test_check_writes_nothing_even_with_the_default_database(model_files, tmp_path,
+                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BASTION_ACCESS_DB", raising=False)
+    policy = {"models": [{"name": "digits", "path": str(model_files["model"]),
+                          "input_shape": [1, 8, 8], "factory": "bastion.models.zoo:small_mlp",
+                          "factory_kwargs": {"n_features": 64, "num_classes": 10}}]}
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(_app(), ["serve", "--policy", "policy.yaml", "--check"])
+    assert result.exit_code == 0, result.output
+    assert "does not exist yet" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**policy, "models": [{**policy["models"][0],
+                                                          "path": "nowhere.pt"}]}))
+    result = CliRunner().invoke(_app(), ["serve", "--policy", str(bad), "--check"])
+    assert result.exit_code == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "bad.yaml"])

@@ -92,7 +92,7 @@ def test_natural_traffic_from_20_keys_raises_no_extraction_alert(make_gateway, w
             h.gateway.drain()  # judged after every request, as at low traffic
     assert h.gateway.monitors["digits"].judged >= 20 * 3  # every key was judged 4 times
     assert alerts == []
-    assert 'bastion_alerts_total{kind="extraction"}' not in h.client.get("/metrics").text
+    assert 'bastion_alerts_total{kind="extraction"}' not in h.metrics()
 
 
 def test_random_query_stream_is_flagged_within_500_queries(make_gateway, webhook):
@@ -103,7 +103,7 @@ def test_random_query_stream_is_flagged_within_500_queries(make_gateway, webhook
     assert sent is not None and sent <= 500
     assert alerts[0]["kind"] == "extraction"
     assert alerts[0]["details"]["model"] == "digits"
-    assert 'bastion_alerts_total{kind="extraction"} 1.0' in h.client.get("/metrics").text
+    assert 'bastion_alerts_total{kind="extraction"} 1.0' in h.metrics()
 
 
 def test_jacobian_augmented_stream_is_flagged_within_500_queries(make_gateway, webhook,
@@ -149,7 +149,7 @@ def test_drift_is_detected_within_one_window_and_a_stable_stream_raises_none(mak
     h.gateway.drain()
     assert [a.kind for a in sink.alerts] == ["drift"]
     assert monitor.drift.windows_tested == 2
-    text = h.client.get("/metrics").text
+    text = h.metrics()
     assert 'bastion_drift_windows_total{drift="true",model="digits"} 1.0' in text
     assert 'bastion_drift_p_value{method="contract",model="digits"}' in text
 
@@ -181,4 +181,46 @@ def test_feedback_reports_accuracy_and_only_to_the_key_that_asked(make_gateway, 
     degraded = h.client.post("/v1/models/digits/feedback", headers=h.headers(),
                              json={"request_id": r.json()["request_id"], "labels": wrong_labels})
     assert degraded.json()["degraded"] is True
-    assert 'bastion_accuracy{model="digits"} 0.0' in h.client.get("/metrics").text
+    assert 'bastion_accuracy{model="digits"} 0.0' in h.metrics()
+
+
+def test_natural_digits_sent_again_raise_no_extraction_alert(make_gateway, webhook, digits_np):
+    """Retries and re-sent inputs (the same natural digits two or three times) are repeats,
+    not probing: they must not look like an attack (default min_queries, 100)."""
+    url, alerts = webhook
+    h = make_gateway({"monitoring": {"drift": {"enabled": False},
+                                     "extraction": {"enabled": True},
+                                     "webhook": {"url": url, "timeout": 2.0, "retries": 0}}})
+    names = _add_keys(h, 2)
+    x = digits_np[0]
+    for k, (name, times) in enumerate(zip(names, (2, 3), strict=True)):
+        part = x[k * 120:(k + 1) * 120]
+        for _ in range(times):
+            for start in range(0, 120, 20):
+                assert h.predict(part[start:start + 20], who=name).status_code == 200
+                h.gateway.drain()
+    assert h.gateway.monitors["digits"].judged >= 4  # the keys were judged
+    assert alerts == []
+
+
+def test_a_stream_split_over_two_keys_of_one_owner_is_flagged(make_gateway, webhook):
+    """2 x 95 random queries, each key under min_queries (100): only the owner's view sees
+    the 190 queries together."""
+    url, alerts = webhook
+    h = make_gateway({"monitoring": {"drift": {"enabled": False},
+                                     "extraction": {"enabled": True, "min_queries": 100},
+                                     "webhook": {"url": url, "timeout": 2.0, "retries": 0}}})
+    h.store.add_identity("mallory", kind="service", actor="admin")
+    h.store.grant("mallory", "consumer", "model:digits", actor="admin")
+    for i in (1, 2):
+        h.tokens[f"mallory{i}"] = h.store.create_key("mallory", actor="admin").token
+    stream = np.random.default_rng(1).random((190, 1, 8, 8)).astype(np.float32)
+    for i, who in enumerate(("mallory1", "mallory2")):
+        part = stream[i * 95:(i + 1) * 95]
+        for start in range(0, 95, 10):
+            assert h.predict(part[start:start + 10], who=who).status_code == 200
+            h.gateway.drain()
+    assert alerts, "the split stream was not flagged"
+    assert all("owner=mallory" in a["key"] for a in alerts)  # no single key was
+    assert alerts[0]["details"]["owner"] == "mallory"
+    assert len(alerts[0]["details"]["keys"]) == 2

@@ -28,7 +28,7 @@ def test_contract_screening_rejects_out_of_distribution_samples(make_gateway, di
     assert r.status_code == 422
     assert r.json()["error"] == "screened_out" and "[1]" in r.json()["detail"]
     assert 'bastion_screened_total{action="reject",model="digits"} 1.0' in \
-        h.client.get("/metrics").text
+        h.metrics()
 
 
 def test_flag_mode_serves_and_names_the_flagged_samples(make_gateway, digits_np):
@@ -71,7 +71,7 @@ def test_ks_drift_from_a_reference_file(make_gateway, digits_np, tmp_path):
         assert h.predict(shifted[start:start + 50]).status_code == 200
     h.gateway.drain()
     assert [a.kind for a in sink.alerts] == ["drift"]
-    assert 'bastion_drift_p_value{method="ks",model="digits"}' in h.client.get("/metrics").text
+    assert 'bastion_drift_p_value{method="ks",model="digits"}' in h.metrics()
 
 
 def _with_screening(action: str) -> dict:

@@ -7,6 +7,7 @@ Locally an unset variable skips the test with that reason; in CI (``CI`` set) it
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 
@@ -71,7 +72,7 @@ def test_access_database_on_postgresql(make_gateway, postgres_url, digits_np):
         store.grant("alice", "consumer", "model:digits", actor="admin")
         token = store.create_key("alice", actor="admin").token
         h = make_gateway(store=store, tokens={"alice": token})
-        assert h.client.get("/readyz").json()["access_db"] == "ok"
+        assert h.client.get("/readyz").json() == {"ready": True}
         assert h.predict(digits_np[0][:2]).status_code == 200
         r = h.client.post("/v1/models/digits/predict", json={"inputs": [[0.0]]})
         assert r.status_code == 401
@@ -83,3 +84,24 @@ def test_access_database_on_postgresql(make_gateway, postgres_url, digits_np):
         h.gateway.close()  # before the store it writes to
     finally:
         store.close()
+
+
+def test_redis_down_makes_the_gateway_not_ready_and_predictions_503(make_gateway, redis_pair,
+                                                                    digits_np):
+    state, _ = redis_pair
+    h = make_gateway(state=state)
+    assert h.predict(digits_np[0][:1]).status_code == 200
+    assert h.client.get("/readyz").status_code == 200
+    with socket.socket() as s:  # a port where nothing listens: Redis is "down"
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    pool = state._client.connection_pool
+    pool.connection_kwargs["port"] = dead
+    pool.disconnect()
+    pool.reset()  # new connections go to the dead port
+    ready = h.client.get("/readyz", headers=h.headers("ops"))
+    assert ready.status_code == 503 and ready.json()["state"].startswith("unreachable")
+    assert h.client.get("/readyz").json() == {"ready": False}
+    r = h.predict(digits_np[0][:1])
+    assert r.status_code == 503 and r.json()["error"] == "backend_unavailable"
+    assert "retry-after" in r.headers

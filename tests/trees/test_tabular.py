@@ -145,3 +145,17 @@ def test_rows_already_breaking_the_rules_are_refused(table):
     attack = build_attack("square", norm="linf", eps=1.0, max_queries=10)
     with pytest.raises(InputError, match="break the schema"):
         attack.generate(tree, x, constraints=schema)
+
+
+def test_tree_attacks_respect_the_schema(table):
+    from bastion.attacks.trees import ExactTreeAttack
+
+    frame, y, contract, schema = table
+    _, tree = _models(table)
+    x = torch.tensor(frame.to_numpy(dtype=np.float64)[:10])
+    res = ExactTreeAttack(time_limit=20).generate(tree, x, torch.tensor(y[:10]), constraints=schema)
+    adv = res.x_adv.numpy()
+    assert np.all(schema.check(adv, x.numpy()) == 0)
+    assert not validate(to_frame(adv, frame.iloc[:10]), contract, distribution=False).errors
+    ok = res.clean_correct
+    assert bool(res.success[ok].any())  # the rules leave room to evade this model

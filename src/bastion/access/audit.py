@@ -27,19 +27,31 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
+import os
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, create_engine, event, insert, select
+from sqlalchemy import Engine, Table, create_engine, delete, event, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from bastion.access.db import AccessAuditEntry, AccessAuditHead, AccessBase
+from bastion.access.db import (
+    AccessAuditEntry,
+    AccessAuditHead,
+    AccessAuditSegment,
+    AccessBase,
+    AccessCounterRow,
+)
 from bastion.artifacts.registry.audit import (
     GENESIS,
     AuditVerification,
@@ -50,7 +62,7 @@ from bastion.artifacts.registry.audit import (
 from bastion.artifacts.registry.db import make_engine
 from bastion.errors import BastionError, ConfigurationError
 
-__all__ = ["AccessAuditRecord", "AuditLog", "AuditVerification", "AuditWriter"]
+__all__ = ["AccessAuditRecord", "AuditLog", "AuditVerification", "AuditWriter", "SealedSegment"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +83,20 @@ class AccessAuditRecord:
     outcome: str
     details: dict[str, Any]
     hash: str
+
+
+@dataclass(frozen=True)
+class SealedSegment:
+    """Entries ``first_seq..last_seq`` moved by :meth:`AuditLog.rotate` into ``file`` (JSON
+    lines, SHA-256 ``sha256``); the chain runs from ``first_prev_hash`` to ``last_hash``."""
+
+    first_seq: int
+    last_seq: int
+    first_prev_hash: str
+    last_hash: str
+    sha256: str
+    file: str
+    sealed_at: str
 
 
 def _now() -> str:
@@ -210,8 +236,26 @@ class AuditLog:
         """Append ``records`` inside a :meth:`transaction` (the head lock is already held)."""
         self._record_clean(session, [_clean(r) for r in records])
 
-    def _record_clean(self, session: Session, cleaned: list[dict[str, Any]]) -> None:
+    @staticmethod
+    def _add_counters(session: Session, counters: Mapping[str, int]) -> None:
+        names = sorted(n for n, v in counters.items() if v)
+        if not names:
+            return
+        rows = {r.name: r for r in session.execute(
+            select(AccessCounterRow).where(AccessCounterRow.name.in_(names))).scalars()}
+        for name in names:
+            row = rows.get(name)
+            if row is None:
+                session.add(AccessCounterRow(name=name, value=int(counters[name])))
+            else:
+                row.value += int(counters[name])
+
+    def _record_clean(self, session: Session, cleaned: list[dict[str, Any]],
+                      counters: Mapping[str, int] | None = None) -> None:
+        if counters:
+            self._add_counters(session, counters)
         if not cleaned:
+            session.flush()
             return
         head = self._lock_head(session)
         seq, prev = head.seq, head.hash
@@ -242,14 +286,26 @@ class AuditLog:
         self.append_many([{"actor": actor, "action": action, "resource": resource,
                            "outcome": outcome, "details": details}])
 
-    def append_many(self, records: Sequence[Mapping[str, Any]]) -> None:
+    def append_many(self, records: Sequence[Mapping[str, Any]], *,
+                    counters: Mapping[str, int] | None = None) -> None:
         """Append several entries in one transaction (all or none). Keys of each record:
-        ``actor``, ``action``, ``outcome`` (required), ``resource``, ``details``, ``at``."""
+        ``actor``, ``action``, ``outcome`` (required), ``resource``, ``details``, ``at``.
+
+        ``counters`` (name -> amount) are added to named counters in the same transaction,
+        so that a counter (a lifetime query budget) is exactly as durable as the entries
+        that account for it; read them with :meth:`counters`."""
         cleaned = [_clean(r) for r in records]  # validate before taking the lock
-        if not cleaned:
+        if not cleaned and not counters:
             return
         with self.transaction() as s:
-            self._record_clean(s, cleaned)
+            self._record_clean(s, cleaned, counters)
+
+    def counters(self, prefix: str = "") -> dict[str, int]:
+        """The named counters (those whose name starts with ``prefix``)."""
+        with self.reading() as s:
+            rows = s.execute(select(AccessCounterRow.name, AccessCounterRow.value)
+                             .where(AccessCounterRow.name.startswith(prefix, autoescape=True)))
+            return {name: int(value) for name, value in rows}
 
     def entries(self, *, limit: int | None = None) -> list[AccessAuditRecord]:
         """The entries, oldest first (the newest ``limit`` if given)."""
@@ -270,19 +326,101 @@ class AuditLog:
             row = s.get(AccessAuditHead, 1)
             return (row.seq, row.hash) if row is not None else (0, GENESIS)
 
-    def verify(self, checkpoint: Checkpoint | None = None) -> AuditVerification:
+    def segments(self) -> list[SealedSegment]:
+        """The sealed segments made by :meth:`rotate`, oldest first."""
+        with self.reading() as s:
+            rows = s.execute(select(AccessAuditSegment)
+                             .order_by(AccessAuditSegment.first_seq)).scalars().all()
+        return [SealedSegment(first_seq=r.first_seq, last_seq=r.last_seq,
+                              first_prev_hash=r.first_prev_hash, last_hash=r.last_hash,
+                              sha256=r.sha256, file=r.file, sealed_at=r.sealed_at)
+                for r in rows]
+
+    def rotate(self, archive: str | os.PathLike[str], *, keep: int,
+               actor: str = "retention") -> SealedSegment | None:
+        """Move all but the newest ``keep`` entries into a sealed segment file in ``archive``.
+
+        The entries are written as JSON lines (every stored field, hashes included) to a
+        temporary file, synced and renamed to ``access-audit-FIRST-LAST.jsonl``; then one
+        transaction records the segment (its seq range, the hash it starts from and ends at,
+        the file's SHA-256), deletes those entries from the live table and appends a
+        ``seal_segment`` entry naming the segment to the chain. :meth:`verify` then checks
+        that the segments and the live entries form one unbroken chain (and, given the
+        archive, re-verifies every segment file). Returns None when there is nothing to move.
+        """
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise ConfigurationError(f"keep must be an integer >= 0, got {keep!r}")
+        folder = Path(archive)
+        folder.mkdir(parents=True, exist_ok=True)
+        e = AccessAuditEntry
+        with self.transaction() as s:
+            head = self._lock_head(s)
+            first = s.execute(select(e.seq).order_by(e.seq).limit(1)).scalar_one_or_none()
+            last = head.seq - keep
+            if first is None or last < first:
+                return None
+            rows = s.execute(select(e).where(e.seq <= last).order_by(e.seq)).scalars().all()
+            name = f"access-audit-{first:012d}-{last:012d}.jsonl"
+            digest = hashlib.sha256()
+            fd, tmp = tempfile.mkstemp(prefix=".seg-", dir=folder)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    for r in rows:
+                        line = json.dumps(_fields(r.seq, r.at, r.actor, r.action, r.resource,
+                                                  r.outcome, r.details)
+                                          | {"prev_hash": r.prev_hash, "hash": r.hash},
+                                          sort_keys=True, separators=(",", ":")).encode() + b"\n"
+                        digest.update(line)
+                        fh.write(line)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, folder / name)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            seg = SealedSegment(first_seq=first, last_seq=last,
+                                first_prev_hash=rows[0].prev_hash, last_hash=rows[-1].hash,
+                                sha256=digest.hexdigest(), file=name, sealed_at=_now())
+            s.add(AccessAuditSegment(**seg.__dict__))
+            s.execute(delete(e).where(e.seq <= last))
+            self._record_clean(s, [_clean({
+                "actor": actor, "action": "seal_segment", "outcome": "ok",
+                "details": {"first_seq": first, "last_seq": last, "last_hash": seg.last_hash,
+                            "sha256": seg.sha256, "file": name}})])
+        return seg
+
+    def verify(self, checkpoint: Checkpoint | None = None, *,
+               archive: str | os.PathLike[str] | None = None) -> AuditVerification:
         """Recompute the chain; ``ok`` is false at the first edited, missing or moved entry.
 
         With the latest signed ``checkpoint`` (see :mod:`bastion.artifacts.registry.audit`),
         also false if the log was truncated below it, wiped or recomputed since.
 
         Streams the entries (constant memory) on one snapshot, so appends by others while it
-        runs neither disturb it nor wait for it.
+        runs neither disturb it nor wait for it. Entries rotated into sealed segments
+        (:meth:`rotate`) are checked through the segments' seals: each segment must start
+        where the previous one ended and the live entries where the last one ended; with
+        ``archive`` (the folder of the segment files), every segment file is re-read and its
+        own chain and SHA-256 checked too. ``entries`` counts every entry checked.
         """
         e = AccessAuditEntry
         with self.reading() as s:
             head = s.get(AccessAuditHead, 1)
             head_seq, head_hash = (head.seq, head.hash) if head is not None else (0, GENESIS)
+            start_seq, start_hash, count = 0, GENESIS, 0
+            for seg in s.execute(select(AccessAuditSegment)
+                                 .order_by(AccessAuditSegment.first_seq)).scalars():
+                if seg.first_seq != start_seq + 1 or seg.first_prev_hash != start_hash:
+                    return AuditVerification(False, count, start_hash, start_seq + 1,
+                                             f"sealed segment {seg.file} does not continue "
+                                             f"the chain at entry {start_seq + 1}")
+                if archive is not None:
+                    bad = _verify_segment(Path(archive) / seg.file, seg)
+                    if bad is not None:
+                        return AuditVerification(False, count, start_hash, seg.first_seq, bad)
+                count += seg.last_seq - seg.first_seq + 1
+                start_seq, start_hash = seg.last_seq, seg.last_hash
             rows = s.execute(
                 select(e.seq, e.at, e.actor, e.action, e.resource, e.outcome, e.details,
                        e.prev_hash, e.hash).order_by(e.seq).execution_options(yield_per=2000))
@@ -292,36 +430,72 @@ class AuditLog:
                      for seq, at, actor, action, resource, outcome, details, prev, digest
                      in rows)
             try:
-                return verify_links(links, head_seq=head_seq, head_hash=head_hash,
-                                    checkpoint=checkpoint)
+                out = verify_links(links, head_seq=head_seq, head_hash=head_hash,
+                                   checkpoint=checkpoint, start_seq=start_seq,
+                                   start_hash=start_hash)
             finally:
                 rows.close()  # a server-side cursor on PostgreSQL, maybe not exhausted
+        return dataclasses.replace(out, entries=out.entries + count) if count else out
+
+
+def _verify_segment(path: Path, seg: AccessAuditSegment) -> str | None:
+    """Why the segment file at ``path`` does not match its seal, or None when it does."""
+    digest = hashlib.sha256()
+    prev, expected = seg.first_prev_hash, seg.first_seq
+    try:
+        with path.open("rb") as fh:
+            for line in fh:
+                digest.update(line)
+                r = json.loads(line)
+                fields = _fields(r["seq"], r["at"], r["actor"], r["action"], r["resource"],
+                                 r["outcome"], r["details"])
+                if r["seq"] != expected or r["prev_hash"] != prev \
+                        or chain_hash(prev, fields) != r["hash"]:
+                    return f"entry {expected} in sealed segment {seg.file} was altered"
+                prev, expected = r["hash"], expected + 1
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"sealed segment {seg.file} cannot be read: {exc}"
+    if digest.hexdigest() != seg.sha256 or expected != seg.last_seq + 1 \
+            or prev != seg.last_hash:
+        return f"sealed segment {seg.file} does not match its seal (SHA-256 or range)"
+    return None
 
 
 class AuditWriter:
-    """Non-blocking audit appends for a hot path: a background thread writes batches.
+    """Audit appends for a hot path: a background thread commits what is queued, in groups.
 
-    :meth:`submit` only timestamps the record and queues it (microseconds); a daemon thread
-    writes what is queued with :meth:`AuditLog.append_many` -- one transaction per batch of
-    at most ``max_batch`` records -- whenever ``max_batch`` records are waiting or every
-    ``interval`` seconds. Order is kept: batches are written one at a time, in submit order.
+    :meth:`submit` timestamps the record, queues it and returns a
+    :class:`~concurrent.futures.Future` that is resolved once the record is committed (or
+    fails with the database's error). A daemon thread writes what is queued with
+    :meth:`AuditLog.append_many` -- one transaction per group of at most ``max_batch``
+    records -- in submit order. Two modes:
+
+    - ``durable=True`` (group commit): the thread writes as soon as anything is queued;
+      records submitted while a transaction is running are written together in the next one,
+      so concurrent callers share a commit. A caller that waits for its future before
+      answering (the gateway does, by default) never answers a request whose entry a crash
+      could lose: SIGKILL of the process loses only records whose callers are still waiting.
+      (On SQLite in WAL mode a commit survives a process crash; surviving power loss also
+      needs ``PRAGMA synchronous=FULL`` or PostgreSQL.)
+    - ``durable=False`` (batched): the thread writes whenever ``max_batch`` records are
+      waiting or every ``interval`` seconds; callers do not wait. A crash (SIGKILL, power
+      loss) loses what was queued and not yet committed: at most ``interval`` seconds or
+      ``max_batch`` records of traffic, plus whatever piled up while the database was
+      unreachable. Such loss leaves no gap in the chain, so it cannot be detected afterwards.
+
+    In both modes a batch is one transaction, so the chain is never half-written; a failed
+    batch is put back at the head of the queue and retried (the error logged, the waiting
+    futures left pending). When ``max_pending`` records are queued (the database is down or
+    too slow), :meth:`submit` blocks until the writer catches up rather than drop entries.
     :meth:`flush` writes everything submitted so far and raises if the database refuses;
-    :meth:`close` (also run at interpreter exit) stops the thread and flushes.
-
-    Crash safety: a batch is one transaction, so the chain is never half-written and stays
-    valid after any crash. What a crash (SIGKILL, power loss) can lose is only what was
-    queued and not yet committed: at most ``interval`` seconds or ``max_batch`` records of
-    traffic, plus whatever piled up while the database was unreachable (a failed batch is put
-    back at the head of the queue and retried, with the error logged). Such loss leaves no
-    gap in the chain, so it cannot be detected afterwards; where every decision must be
-    durable before it takes effect, call :meth:`AuditLog.append` synchronously instead. When
-    ``max_pending`` records are queued (the database is down or too slow), :meth:`submit`
-    blocks until the writer catches up rather than drop entries. An entry's ``at`` is the
-    time it was submitted; its ``seq`` the order in which it was written.
+    :meth:`close` (also run at interpreter exit) stops the thread and flushes. An entry's
+    ``at`` is the time it was submitted; its ``seq`` the order in which it was written.
+    ``counters`` given to :meth:`submit` are added in the same transaction as the record
+    (see :meth:`AuditLog.append_many`).
     """
 
     def __init__(self, log: AuditLog, *, max_batch: int = 500, interval: float = 0.2,
-                 max_pending: int = 100_000) -> None:
+                 max_pending: int = 100_000, durable: bool = False) -> None:
         if max_batch < 1:
             raise ConfigurationError(f"max_batch must be >= 1, got {max_batch}")
         if not interval > 0:
@@ -336,7 +510,8 @@ class AuditWriter:
                 " writer cannot reach it; use a file (sqlite:///PATH) or PostgreSQL")
         self.log = log
         self.max_batch, self.interval, self.max_pending = max_batch, float(interval), max_pending
-        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self.durable = bool(durable)
+        self._pending: collections.deque[_Queued] = collections.deque()
         self._cond = threading.Condition()
         self._write_lock = threading.Lock()
         self._closed = False
@@ -350,10 +525,13 @@ class AuditWriter:
         """How many submitted records are not yet written."""
         return len(self._pending)
 
-    def submit(self, **record: Any) -> None:
-        """Queue one record (``actor``, ``action``, ``outcome``, ``resource``, ``details``)."""
+    def submit(self, *, counters: Mapping[str, int] | None = None,
+               **record: Any) -> Future[None]:
+        """Queue one record (``actor``, ``action``, ``outcome``, ``resource``, ``details``);
+        the future is resolved when it is committed."""
         if not record.get("at"):
             record["at"] = _now()
+        done: Future[None] = Future()
         with self._cond:
             if self._closed:
                 raise BastionError("the audit writer is closed; no more entries can be queued")
@@ -363,9 +541,10 @@ class AuditWriter:
                                     or self._closed)
                 if self._closed:
                     raise BastionError("the audit writer was closed while this entry waited")
-            self._pending.append(record)
-            if len(self._pending) >= self.max_batch:
-                self._cond.notify_all()
+            self._pending.append(_Queued(record, counters, done))
+            if self.durable or len(self._pending) >= self.max_batch:
+                self._cond.notify()
+        return done
 
     def _write_some(self) -> int:
         """Write one batch (caller holds ``_write_lock``); returns how many were written."""
@@ -374,20 +553,31 @@ class AuditWriter:
             batch = [self._pending.popleft() for _ in range(n)]
         if not batch:
             return 0
-        good: list[dict[str, Any]] = []
-        for r in batch:  # a malformed record must not block the ones behind it
+        good: list[_Queued] = []
+        for q in batch:  # a malformed record must not block the ones behind it
             try:
-                _clean(r)
-                good.append(r)
+                _clean(q.record)
+                good.append(q)
             except ConfigurationError as exc:
-                log.error("audit record dropped (%s): %r", exc, {k: r.get(k) for k in
+                log.error("audit record dropped (%s): %r", exc, {k: q.record.get(k) for k in
                                                                   ("actor", "action")})
+                q.done.set_exception(exc)
+        counters: dict[str, int] = {}
+        for q in good:
+            for name, amount in (q.counters or {}).items():
+                counters[name] = counters.get(name, 0) + int(amount)
         try:
-            self.log.append_many(good)
+            records = [q.record for q in good]
+            if counters:
+                self.log.append_many(records, counters=counters)
+            else:
+                self.log.append_many(records)
         except BaseException:
             with self._cond:
                 self._pending.extendleft(reversed(good))
             raise
+        for q in good:
+            q.done.set_result(None)
         with self._cond:
             self._cond.notify_all()
         return n
@@ -398,12 +588,14 @@ class AuditWriter:
             while self._write_some():
                 pass
 
+    def _ready(self) -> bool:
+        return self._closed or len(self._pending) >= (1 if self.durable else self.max_batch)
+
     def _loop(self) -> None:
         delay = self.interval
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._closed
-                                    or len(self._pending) >= self.max_batch, timeout=delay)
+                self._cond.wait_for(self._ready, timeout=delay)
                 if self._closed:
                     return
             try:
@@ -413,6 +605,9 @@ class AuditWriter:
                 log.error("audit writer: cannot write %d queued entries, will retry: %s",
                           self.pending, exc)
                 delay = min(delay * 2, 5.0)
+                if self.durable:  # wait before retrying even though entries are queued
+                    with self._cond:
+                        self._cond.wait_for(lambda: self._closed, timeout=delay)
 
     def close(self) -> None:
         """Stop the background thread and write everything still queued (idempotent)."""
@@ -435,3 +630,10 @@ class AuditWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class _Queued:
+    record: dict[str, Any]
+    counters: Mapping[str, int] | None
+    done: Future[None]

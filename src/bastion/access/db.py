@@ -11,13 +11,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "AccessAuditEntry",
     "AccessAuditHead",
+    "AccessAuditSegment",
     "AccessBase",
+    "AccessCounterRow",
     "ApiKeyRow",
     "GrantRow",
     "IdentityRow",
@@ -84,3 +86,26 @@ class AccessAuditHead(AccessBase):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, nullable=False)
     hash: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+class AccessCounterRow(AccessBase):
+    """A named counter committed together with audit entries (lifetime query budgets)."""
+
+    __tablename__ = "bastion_access_counters"
+    name: Mapped[str] = mapped_column(String(250), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class AccessAuditSegment(AccessBase):
+    """A sealed segment: audit entries ``first_seq..last_seq`` moved out of the live table
+    into an archive file whose SHA-256 is ``sha256``; the live chain continues from
+    ``last_hash``."""
+
+    __tablename__ = "bastion_access_audit_segments"
+    first_seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    first_prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    last_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    file: Mapped[str] = mapped_column(String(300), nullable=False)
+    sealed_at: Mapped[str] = mapped_column(String(40), nullable=False)

@@ -378,16 +378,11 @@ def apply_suppressions(
 
 
 def recount_verdict(doc: dict[str, Any]) -> None:
-    """Recompute ``verdict.counts`` and ``max_severity`` from the unsuppressed findings."""
-    counts = {s.value: 0 for s in Severity}
-    for _, f in iter_findings(doc):
-        if not f.get("suppressed"):
-            counts[str(f.get("severity"))] = counts.get(str(f.get("severity")), 0) + 1
-    present = [s for s in Severity if counts.get(s.value)]
-    verdict = doc.setdefault("verdict", {})
-    verdict["counts"] = counts
-    verdict["max_severity"] = present[-1].value if present else "none"
-    verdict["suppressed"] = sum(1 for _, f in iter_findings(doc) if f.get("suppressed"))
+    """Recompute the document's verdict without the suppressed findings."""
+    from bastion.audit.document import verdict
+
+    doc["verdict"] = verdict(doc.get("checks", []))
+    doc["verdict"]["suppressed"] = sum(1 for _, f in iter_findings(doc) if f.get("suppressed"))
 
 
 # ----------------------------------------------------------------------------------- gates

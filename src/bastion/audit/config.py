@@ -152,10 +152,10 @@ class AuditConfig:
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigurationError(f"seed must be a whole number >= 0, got {self.seed!r}")
-        if self.fail_on is not None and self.fail_on not in _SEVERITIES:
-            raise ConfigurationError(
-                f"fail_on must be one of {', '.join(_SEVERITIES)}, got {self.fail_on!r}"
-            )
+        if self.fail_on is not None:
+            from bastion.audit.baseline import parse_fail_on
+
+            parse_fail_on(self.fail_on)  # a severity, or new:SEVERITY (with --baseline)
         unknown = set(self.model_options) - set(_MODEL_OPTIONS)
         if unknown:
             raise ConfigurationError(_unknown("model_options", unknown, _MODEL_OPTIONS))

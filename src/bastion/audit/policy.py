@@ -229,6 +229,7 @@ def evaluate_audit(
             reasons.append(f"metric {name} is missing or not finite (needs <= {ceiling:g})")
         elif value > ceiling:
             reasons.append(f"{name} = {value:.4g} is above the maximum {ceiling:g}")
-    if (doc.get("verdict") or {}).get("status") == "incomplete" and not reasons:
-        reasons.append("the audit is incomplete (a check ended in error)")
+    errored = [str(c.get("name")) for c in doc.get("checks", []) if c.get("status") == "error"]
+    if errored:
+        reasons.append(f"check(s) {', '.join(errored)} ended in error; the audit is incomplete")
     return AuditGateResult(not reasons, tuple(reasons), used)

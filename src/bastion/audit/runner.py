@@ -30,6 +30,7 @@ from bastion.audit.document import (
     check_entry,
     check_entry_valid,
     environment,
+    validate_document,
     write_json,
 )
 from bastion.audit.executor import Executor, InProcessExecutor
@@ -286,13 +287,19 @@ def _read_saved(path: Path) -> dict[str, Any] | None:
 def write_reports(doc: Mapping[str, Any], out: Path,
                   formats: Sequence[str] = REPORT_FORMATS) -> dict[str, Path]:
     """Write ``report.<fmt>`` for each format through :mod:`bastion.report`."""
-    from bastion.report import RENDERERS, write_report
+    from bastion.report import write_report
+
+    _check_formats(formats)
+    return write_report(dict(doc), out, formats=tuple(formats))
+
+
+def _check_formats(formats: Sequence[str]) -> None:
+    from bastion.report import RENDERERS
 
     unknown = sorted(set(formats) - set(RENDERERS))
     if unknown:
-        raise ConfigurationError(f"unknown report format(s) {unknown}; choose from "
+        raise ConfigurationError(f"unknown report format(s) {', '.join(unknown)}; choose from "
                                  f"{', '.join(sorted(RENDERERS))}")
-    return write_report(dict(doc), out, formats=tuple(formats))
 
 
 def run_audit(
@@ -307,6 +314,7 @@ def run_audit(
     transport: Any = None,
     formats: Sequence[str] = REPORT_FORMATS,
     write: bool = True,
+    finalize: Callable[[dict[str, Any]], None] | None = None,
 ) -> AuditOutcome:
     """Audit ``config.model`` and write the report to ``config.out``.
 
@@ -314,9 +322,13 @@ def run_audit(
     out that way are not in the report at all, while ``config.only``/``skip`` keep them in the
     plan as ``not_run``. ``classifier`` audits an in-process model (``config.model`` may then
     name its file, which is digested and scanned). ``progress`` shows a transient bar.
+    ``finalize`` may amend the document (suppressions, the baseline's diff) before it is
+    validated again and written.
     """
     from bastion._progress import progress_bar
 
+    if write:
+        _check_formats(formats)
     catalogue = _catalogue(checks)
     executor = executor or InProcessExecutor()
     prepared = prepare(config, catalogue, classifier=classifier, transport=transport)
@@ -343,6 +355,9 @@ def run_audit(
         threat_model=prepared.threat_model, plan=[e.to_dict() for e in prepared.plan],
         checks=entries, environment=environment(prepared.ctx.device, executor.name),
         catalogue=catalogue)
+    if finalize is not None:
+        finalize(doc)
+        validate_document(doc)
     written: dict[str, Path] = {}
     replaced: tuple[Path, ...] = ()
     if write:

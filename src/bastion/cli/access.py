@@ -253,9 +253,11 @@ def audit_verify_cmd(
                                            help="Latest signed checkpoint of the log."),
     checkpoint_key: Path | None = typer.Option(None, envvar="BASTION_ACCESS_CHECKPOINT_KEY",
                                                help="Public key of the checkpoints."),
+    archive: Path | None = typer.Option(None, "--archive", help="Folder of the sealed "
+                                        "segments (audit-log rotate): re-verify them too."),
 ) -> None:
-    """Recompute the hash chain (against the signed checkpoint if given); exit 1 naming the
-    first bad entry."""
+    """Recompute the hash chain (across sealed segments, against the signed checkpoint if
+    given); exit 1 naming the first bad entry."""
     from bastion.access import AuditLog
     from bastion.artifacts.registry.audit import load_checkpoint
 
@@ -265,7 +267,7 @@ def audit_verify_cmd(
           if checkpoint is not None and checkpoint_key is not None else None)
     log = AuditLog(_existing(db))
     try:
-        result = log.verify(cp)
+        result = log.verify(cp, archive=archive)
     finally:
         log.close()
     report_chain(result)
@@ -289,6 +291,30 @@ def audit_checkpoint_cmd(
         checkpoint_loop(out, key, password_env, every, ACCESS_LOG_NAME, log.verify)
     finally:
         log.close()
+
+
+@audit_app.command("rotate")
+@handle_errors
+def audit_rotate_cmd(
+    archive: Path = typer.Option(..., "--archive", help="Folder for the sealed segment files."),
+    keep: int = typer.Option(..., "--keep", min=0, help="Newest entries to keep in the "
+                             "database; older ones move to a sealed segment."),
+    db: str | None = _DB,
+    actor: str | None = _ACTOR,
+) -> None:
+    """Retention: move old entries into a sealed segment file; the chain still verifies."""
+    from bastion.access import AuditLog
+
+    log = AuditLog(_existing(db))
+    try:
+        seg = log.rotate(archive, keep=keep, actor=_actor(actor))
+    finally:
+        log.close()
+    if seg is None:
+        typer.echo(f"nothing to rotate: at most {keep} entries in the database")
+        return
+    typer.echo(f"sealed entries {seg.first_seq}..{seg.last_seq} into {archive / seg.file} "
+               f"(sha256 {seg.sha256})")
 
 
 @audit_app.command("show")

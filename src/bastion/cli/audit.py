@@ -77,7 +77,19 @@ def audit_cmd(
     trust_pickle: bool = typer.Option(
         False, "--trust-pickle", help="Load pickle-based files that did not scan clean."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
-    formats: str = typer.Option("json,html,md", "--format", help="Report formats to write."),
+    formats: list[str] = typer.Option(
+        ["json,html,md"], "--format",
+        help="Report formats to write, comma-separated or repeated: json, html, md, sarif, "
+        "junit, cyclonedx."),
+    baseline: Path | None = typer.Option(
+        None, "--baseline", help="An earlier report.json: the report records what is new, "
+        "fixed and unchanged, and --fail-on new:SEVERITY fails only on new findings."),
+    suppressions: Path | None = typer.Option(
+        None, "--suppressions", help="bastion-suppressions.yaml: accepted risks (fingerprint, "
+        "reason, owner, expires); default ./bastion-suppressions.yaml when it exists."),
+    sign_key: Path | None = typer.Option(
+        None, "--sign-key", help="Private key (Ed25519 or ECDSA P-256): also write a signed "
+        "in-toto attestation binding the report to the model's files."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Audit a model against every threat and write one report (json, html, md)."""
@@ -114,8 +126,13 @@ def _audit(**o: Any) -> None:
         time_budget_s=o["time_budget"], only=split(o["checks"]), skip=split(o["skip"]),
         api_key_env=o["api_key_env"], signature_key=o["signature_key"],
         model_options=model_options)
+    from bastion.audit.share import SharingOptions
+
+    share = SharingOptions.from_cli(o["baseline"], o["suppressions"], o["sign_key"])
+    if config.fail_on and config.fail_on.lower().startswith("new:") and share.baseline is None:
+        raise fail(f"--fail-on {config.fail_on} needs --baseline OLD.json to know what is new")
     outcome = run_audit(config, fresh=o["fresh"], progress=not o["quiet"],
-                        formats=split(o["formats"]) or ("json",))
+                        formats=formats_of(o["formats"]), finalize=share.finalize)
     print_audit(outcome.document)
     if outcome.reused:
         console.print(f"reused saved results of {', '.join(outcome.reused)} "
@@ -123,19 +140,58 @@ def _audit(**o: Any) -> None:
     for p in outcome.replaced:
         console.print(f"replaced the earlier {p}")
     console.print("wrote " + ", ".join(str(p) for p in outcome.written.values()))
-    exit_on_findings(outcome.document, config.fail_on)
+    _report_sharing(share, outcome.document, config.out)
+    exit_on_findings(outcome.document, config.fail_on, baseline=share.baseline)
 
 
-def exit_on_findings(doc: dict[str, Any], fail_on: str | None) -> None:
-    """``--fail-on SEVERITY``: exit 1 naming how many findings are at or above it."""
+def formats_of(values: list[str] | str) -> tuple[str, ...]:
+    """``--format`` values: comma-separated and/or repeated; json is always written."""
+    items = [values] if isinstance(values, str) else values
+    names = tuple(dict.fromkeys(s.strip() for v in items for s in v.split(",") if s.strip()))
+    return names if "json" in names else ("json", *names)
+
+
+def _report_sharing(share: Any, doc: dict[str, Any], out: Path) -> None:
+    """Say what the suppressions and the baseline did, and sign the report when asked."""
+    from rich.markup import escape
+
+    rep = share.suppression_report
+    if rep is not None:
+        console.print(f"suppressions ({escape(str(share.suppressions_source))}): "
+                      f"{len(rep.applied)} applied, {len(rep.expired)} expired, "
+                      f"{len(rep.stale)} stale", highlight=False)
+        for s in rep.expired:
+            err_console.print(f"[yellow]expired[/] suppression {s.fingerprint} (owner "
+                              f"{escape(s.owner)}, expired {s.expires}): the finding counts "
+                              "again", highlight=False)
+        for s in rep.stale:
+            err_console.print(f"[yellow]stale[/] suppression {s.fingerprint} (owner "
+                              f"{escape(s.owner)}) matches no finding; remove it",
+                              highlight=False)
+    if "baseline" in doc:
+        b = doc["baseline"]["summary"]
+        console.print(f"against the baseline: {b['new']} new, {b['fixed']} fixed, "
+                      f"{b['unchanged']} unchanged finding(s), {b['regressions']} metric "
+                      "regression(s)", highlight=False)
+    signed = share.sign(out)
+    if signed is not None:
+        console.print(f"signed the report: {escape(str(signed))}", highlight=False)
+
+
+def exit_on_findings(doc: dict[str, Any], fail_on: str | None, *,
+                     baseline: dict[str, Any] | None = None) -> None:
+    """``--fail-on [new:]SEVERITY``: exit 1 naming the (new) unsuppressed findings at or above
+    it."""
     if fail_on is None:
         return
-    from bastion.audit.document import at_or_above
+    from bastion.audit.baseline import failing_findings, parse_fail_on
 
-    hits = at_or_above(doc, fail_on)
+    gate = parse_fail_on(fail_on)
+    hits = failing_findings(doc, gate, baseline=baseline)
     if hits:
-        err_console.print(f"{len(hits)} finding(s) at or above --fail-on {fail_on}: "
-                          + ", ".join(sorted({f['id'] for f in hits})))
+        which = "new finding(s)" if gate.new_only else "finding(s)"
+        err_console.print(f"{len(hits)} {which} at or above --fail-on {fail_on}: "
+                          + ", ".join(sorted({f['id'] for f in hits})), highlight=False)
         raise typer.Exit(1)
 
 

@@ -144,6 +144,7 @@ def _evaluate(**opts: Any) -> None:
     settings = {
         "attacks": list(opts["attack"]),
         "max_samples": opts["max_samples"] or 2**31 - 1,
+        "subset": "first",
         "steps": opts["steps"],
         "max_queries": opts["max_queries"],
         "batch_size": opts["batch_size"],

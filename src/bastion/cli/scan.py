@@ -1,7 +1,7 @@
 """``bastion scan PATH...``: scan model files statically and exit with what was found.
 
 Exit codes: 0 every file clean, 1 something unsafe, 2 a file could not be scanned (or a bad
-path or option), 3 nothing scanned.
+path or option; with --strict, a file was skipped), 3 nothing scanned.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ def register(app: typer.Typer) -> None:
                                       help="How deeply containers may nest."),
         max_bytes: int = typer.Option(1 << 30, "--max-bytes", min=1,
                                       help="Bytes that may be decompressed per file."),
+        strict: bool = typer.Option(False, "--strict",
+                                    help="Exit 2 when a file was skipped (not a model format)."),
     ) -> None:
         """Scan model files without loading them; report code that would run on load."""
         from bastion.artifacts.scan import render_json, render_sarif, render_table, scan_paths
@@ -57,7 +59,7 @@ def register(app: typer.Typer) -> None:
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise fail(f"no such file or folder: {', '.join(missing)}")
-        report = scan_paths(paths, max_depth=max_depth, max_bytes=max_bytes)
+        report = scan_paths(paths, max_depth=max_depth, max_bytes=max_bytes, strict=strict)
         if output_format is OutputFormat.table:
             if out is not None:
                 from rich.console import Console

@@ -80,23 +80,21 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve models through the secure prediction pipeline (keys, limits, contracts,
         screening, output policy, monitoring, audit)."""
-        from bastion.serve import Gateway, create_app
+        from bastion.serve import create_app
 
         pol = _build_policy(policy, model, name, input_shape, factory, host, port)
-        if check:
-            gateway = Gateway(pol)
-            try:
-                for served in gateway.models.values():
-                    console.print(f"[green]ok[/] {served.name} {served.version} "
-                                  f"({served.source}) input {served.input_shape}, "
-                                  f"{served.num_classes} classes, output "
-                                  f"{served.policy.describe()}, contract "
-                                  f"{served.contract.name if served.contract else 'none'}")
-                ready = gateway.ready()
-                if ready["access_db"] != "ok":
-                    raise ConfigurationError(f"access database: {ready['access_db']}")
-            finally:
-                gateway.close()
+        if check:  # writes nothing: no database, no state
+            from bastion.serve.pipeline import check_policy
+
+            served_models, notes = check_policy(pol)
+            for served in served_models.values():
+                console.print(f"[green]ok[/] {served.name} {served.version} "
+                              f"({served.source}) input {served.input_shape}, "
+                              f"{served.num_classes} classes, output "
+                              f"{served.policy.describe()}, contract "
+                              f"{served.contract.name if served.contract else 'none'}")
+            for note in notes:
+                console.print(note)
             console.print(f"policy ok: would listen on {pol.server.host}:{pol.server.port}")
             return
         if not _is_loopback(pol.server.host):
@@ -104,6 +102,6 @@ def register(app: typer.Typer) -> None:
                               "on loopback: put TLS and a firewall in front of the gateway")
         import uvicorn
 
-        app_ = create_app(pol)
-        uvicorn.run(app_, host=pol.server.host, port=pol.server.port, workers=1,
-                    server_header=False, proxy_headers=False, log_level=log_level)
+        from bastion.serve.server import server_config
+
+        uvicorn.Server(server_config(create_app(pol), pol, log_level=log_level)).run()

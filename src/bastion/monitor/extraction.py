@@ -30,6 +30,13 @@ class): near-duplicates and tiny steps, as in boundary probing and Jacobian-augm
 (each synthetic point is one small step from a point already queried). A fraction of at least
 ``near_fraction`` flags the client.
 
+Repeats: a query (almost) equal to one of the client's recent queries, or to a member of its
+growing set, is the same input asked again -- a retry, a re-sent batch, a popular item, a
+load test sending one body. It reveals nothing new about the model, so it is counted in
+``n_queries`` but adds no distance and no near-duplicate flag (within ``repeat_rms`` RMS per
+feature, 1e-4 by default: far below any probing step). Without this, natural digits sent two
+or three times, and the gateway benchmark's cycled traffic, were flagged.
+
 Calibration of the defaults (:func:`calibrate_extraction` does it for other traffic): MNIST's
 10,000 test images, shuffled under seeds 0-3 and split across 20 simulated clients of 500
 queries each, labelled by a small MLP, sent one query per call; every verdict from the 100th
@@ -148,6 +155,10 @@ class ExtractionDetector:
         near_history: a query is compared with the client's latest this many queries.
         near_window: the similarity signal looks at the latest this many queries.
         near_fraction: a near-duplicate fraction at or above this flags.
+        repeat_rms: a query within ``repeat_rms * sqrt(n_features)`` of one of the client's
+            latest ``near_history`` queries is a *repeat* (the same input sent again: a
+            retry, a cache miss, a popular item); it is counted but adds no distance and no
+            near-duplicate flag, since it reveals nothing a first query did not.
         ttl: seconds after a client's last query that its state is dropped; None keeps it.
         namespace: key prefix in the state backend.
     """
@@ -166,6 +177,7 @@ class ExtractionDetector:
         near_history: int = 256,
         near_window: int = 100,
         near_fraction: float = 0.5,
+        repeat_rms: float = 1e-4,
         ttl: float | None = 86_400.0,
         namespace: str = "prada",
     ) -> None:
@@ -192,6 +204,10 @@ class ExtractionDetector:
             raise ConfigurationError(f"near_rms must be a non-negative number, got {near_rms!r}")
         if not (isinstance(near_fraction, int | float) and 0.0 < near_fraction <= 1.0):
             raise ConfigurationError(f"near_fraction must be in (0, 1], got {near_fraction!r}")
+        if not (math.isfinite(repeat_rms) and repeat_rms >= 0):
+            raise ConfigurationError(
+                f"repeat_rms must be a non-negative number, got {repeat_rms!r}"
+            )
         if ttl is not None and not (math.isfinite(ttl) and ttl > 0):
             raise ConfigurationError(
                 f"ttl must be a positive number of seconds or None, got {ttl!r}"
@@ -207,6 +223,7 @@ class ExtractionDetector:
         self.near_history = near_history
         self.near_window = near_window
         self.near_fraction = float(near_fraction)
+        self.repeat_rms = float(repeat_rms)
         self.ttl = None if ttl is None else float(ttl)
         self.namespace = namespace
 
@@ -263,30 +280,39 @@ class ExtractionDetector:
         if not np.isfinite(rows).all():
             raise InputError("queries contain NaN or infinite values")
         labels = labels.astype(np.int64)
-        classes: list[int] = np.unique(labels).tolist()
+        n_sent = rows.shape[0]
 
         # one read of everything this batch touches, compute, one write
         keys = [self._key(client, part) for part in ("r", "d", "s")]
-        keys += [self._key(client, "g", c) for c in classes]
-        keys += [self._key(client, "t", c) for c in classes]
-        loaded = self._fetch(keys)
-        recent, old_d, old_s = loaded[:3]
-        groups = dict(zip(classes, loaded[3 : 3 + len(classes)], strict=True))
+        recent, old_d, old_s = self._fetch(keys)
+        if recent.shape[0] and recent.shape[1] != rows.shape[1]:
+            raise InputError(
+                f"queries of {rows.shape[1]} features, but {client!r} sent queries of "
+                f"{recent.shape[1]} features before"
+            )
+        nearest = _nearest(recent, rows, self.near_history)
+        fresh = ~(nearest <= self.repeat_rms * math.sqrt(rows.shape[1]))  # NaN: 1st query
+        rows, labels, nearest = rows[fresh], labels[fresh], nearest[fresh]
+        classes: list[int] = np.unique(labels).tolist()
+        loaded = self._fetch([self._key(client, "g", c) for c in classes]
+                             + [self._key(client, "t", c) for c in classes])
+        groups = dict(zip(classes, loaded[: len(classes)], strict=True))
         sets = {
             c: s[0].astype(np.float64) if s.shape[0] else np.zeros(4)
-            for c, s in zip(classes, loaded[3 + len(classes) :], strict=True)
+            for c, s in zip(classes, loaded[len(classes) :], strict=True)
         }
-        for stored in (recent, *groups.values()):
+        for stored in groups.values():
             if stored.shape[0] and stored.shape[1] != rows.shape[1]:
                 raise InputError(
                     f"queries of {rows.shape[1]} features, but {client!r} sent queries of "
                     f"{stored.shape[1]} features before"
                 )
-        distances, added = _prada_update(groups, sets, rows, labels, self.max_per_class)
+        repeat = self.repeat_rms * math.sqrt(rows.shape[1])
+        distances, added = _prada_update(groups, sets, rows, labels, self.max_per_class, repeat)
         near = self.near_distance
         if near is None:
             near = self.near_rms * math.sqrt(rows.shape[1])
-        flags = _near_flags(recent, rows, near, self.near_history)
+        flags = [float(d <= near) for d in nearest.tolist() if not math.isnan(d)]
 
         # the distance and near-duplicate windows are stored whole, as one NaN-padded vector
         dist = _window(old_d, distances, self.max_distances)
@@ -302,7 +328,7 @@ class ExtractionDetector:
                 pushes.append((self._key(client, "g", c), rows_c, self.max_per_class))
             pushes.append((self._key(client, "t", c), sets[c][None], 1))
         self._store([p for p in pushes if p[1].shape[0]])
-        n_queries = self.state.incr(self._key(client, "n"), rows.shape[0], ttl=self.ttl)
+        n_queries = self.state.incr(self._key(client, "n"), n_sent, ttl=self.ttl)
 
         dist = dist[np.isfinite(dist)].astype(np.float64)
         if dist.shape[0] < self.min_queries:
@@ -342,12 +368,14 @@ def _prada_update(
     rows: np.ndarray,
     labels: np.ndarray,
     max_per_class: int,
+    repeat: float = 0.0,
 ) -> tuple[list[float], dict[int, list[np.ndarray]]]:
     """PRADA's growing-set update over a batch, in order.
 
     ``groups[c]`` is ``G_c``; ``sets[c]`` holds ``[T_c, n, sum, sum of squares]`` of the
     distances that joined ``G_c`` and is updated in place. Returns the new distances and the
-    rows that joined each ``G_c``.
+    rows that joined each ``G_c``. A query within ``repeat`` of ``G_c`` repeats one already
+    there: it adds no distance.
     """
     added: dict[int, list[np.ndarray]] = {c: [] for c in groups}
     distances: list[float] = []
@@ -357,6 +385,8 @@ def _prada_update(
         if not join:
             diff = group - row
             d = math.sqrt(max(0.0, float(np.einsum("ij,ij->i", diff, diff).min())))
+            if d <= repeat:
+                continue
             distances.append(d)
             join = d > st[0]
             if join:  # T_c <- max(T_c, mean - std) over the distances that joined G_c
@@ -383,19 +413,19 @@ def _window(stored: np.ndarray, new: list[float], size: int) -> np.ndarray:
     return out
 
 
-def _near_flags(recent: np.ndarray, rows: np.ndarray, near: float, history: int) -> list[float]:
-    """1.0 for each query within ``near`` of one of the ``history`` queries before it."""
+def _nearest(recent: np.ndarray, rows: np.ndarray, history: int) -> np.ndarray:
+    """L2 distance from each query to the nearest of the ``history`` queries before it
+    (NaN for the client's very first query, which has nothing before it)."""
     past = np.concatenate([recent, rows]) if recent.shape[0] else rows
     offset = past.shape[0] - rows.shape[0]
-    flags: list[float] = []
+    out = np.full(rows.shape[0], np.nan)
     for i in range(rows.shape[0]):
         j = offset + i
         earlier = past[max(0, j - history) : j]
-        if earlier.shape[0] == 0:
-            continue  # the client's very first query has nothing to be near
-        diff = earlier - past[j]
-        flags.append(float(np.einsum("ij,ij->i", diff, diff).min() <= near * near))
-    return flags
+        if earlier.shape[0]:
+            diff = earlier - past[j]
+            out[i] = math.sqrt(max(0.0, float(np.einsum("ij,ij->i", diff, diff).min())))
+    return out
 
 
 def _shapiro_w(values: np.ndarray) -> float:

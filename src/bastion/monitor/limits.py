@@ -148,6 +148,21 @@ class QueryBudget:
             )
         return self.limit - used
 
+    def charge(self, client: str, n: int) -> int:
+        """Spend up to ``n`` queries of ``client``'s budget without refusing (the cost of
+        refused work: a huge or malformed request); returns how many were charged."""
+        _check_client(client)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigurationError(f"n must be a non-negative integer, got {n!r}")
+        if n == 0:
+            return 0
+        key = self._key(client)
+        used = self.state.incr(key, n, ttl=self.window)
+        over = min(n, max(0, used - self.limit))
+        if over:
+            self.state.incr(key, -over, ttl=self.window)
+        return n - over
+
     def remaining(self, client: str) -> int:
         """Queries ``client`` may still make (in the current window)."""
         _check_client(client)

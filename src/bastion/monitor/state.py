@@ -24,18 +24,26 @@ Redis instead of one per vector); the extraction detector uses them when a backe
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlparse, urlunparse
 
 import numpy as np
 
-from bastion.errors import ConfigurationError, brief
+from bastion.errors import BastionError, ConfigurationError, brief
 
-__all__ = ["InMemoryState", "RedisState", "StateBackend", "open_state"]
+__all__ = ["InMemoryState", "RedisState", "StateBackend", "StateUnavailable", "open_state"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class StateUnavailable(BastionError):
+    """The shared state backend (Redis) cannot be reached: a service problem, not the
+    client's (the gateway answers 503 and reports not ready)."""
 
 
 @runtime_checkable
@@ -262,6 +270,9 @@ class InMemoryState:
             self._sweep(now)
             return True
 
+    def ping(self) -> None:
+        """Always reachable."""
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -313,6 +324,21 @@ def _ms(seconds: float | None) -> int:
     return 0 if seconds is None else max(1, math.ceil(seconds * 1000))
 
 
+def _guarded(method: _F) -> _F:
+    """Turn a Redis client error in ``method`` into :class:`StateUnavailable`."""
+
+    @functools.wraps(method)
+    def wrapper(self: RedisState, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except self._errors as exc:
+            raise StateUnavailable(
+                f"the state backend Redis at {_redact(self.url)!r} is unavailable ({brief(exc)})"
+            ) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
 class RedisState:
     """State in Redis, shared by every gateway replica that opens the same URL.
 
@@ -327,6 +353,7 @@ class RedisState:
 
         self.url = url
         self.prefix = prefix
+        self._errors: type[Exception] = redis.RedisError
         safe = _redact(url)
         try:
             self._client: Any = redis.Redis.from_url(
@@ -356,14 +383,17 @@ class RedisState:
     def _k(self, key: str) -> str:
         return self.prefix + key
 
+    @_guarded
     def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
         _check_ttl(ttl)
         return int(self._incr(keys=[self._k(key)], args=[int(amount), _ms(ttl)]))
 
+    @_guarded
     def get_int(self, key: str) -> int:
         value = self._client.get(self._k(key))
         return 0 if value is None else int(value)
 
+    @_guarded
     def take_tokens(
         self, key: str, *, rate: float, burst: int, cost: int = 1
     ) -> tuple[bool, float]:
@@ -373,6 +403,7 @@ class RedisState:
         )
         return bool(int(allowed)), float(wait)
 
+    @_guarded
     def push_vector(
         self, key: str, vector: np.ndarray, *, max_len: int, ttl: float | None = None
     ) -> None:
@@ -381,6 +412,7 @@ class RedisState:
         row = _as_row(vector)
         self._push(keys=[self._k(key)], args=[int(max_len), _ms(ttl), row.tobytes()])
 
+    @_guarded
     def push_rows(
         self, pushes: Sequence[tuple[str, np.ndarray, int]], *, ttl: float | None = None
     ) -> None:
@@ -399,9 +431,11 @@ class RedisState:
                 pipe.pexpire(name, _ms(ttl))
         pipe.execute()
 
+    @_guarded
     def vectors(self, key: str) -> np.ndarray:
         return self._decode(key, self._client.lrange(self._k(key), 0, -1))
 
+    @_guarded
     def vectors_many(self, keys: Sequence[str]) -> list[np.ndarray]:
         """Batch form of :meth:`vectors`, in one round trip."""
         pipe = self._client.pipeline(transaction=False)
@@ -417,9 +451,15 @@ class RedisState:
             raise ConfigurationError(f"{key!r} holds vectors of different lengths; delete the key")
         return np.frombuffer(b"".join(items), dtype=np.float32).reshape(len(items), -1).copy()
 
+    @_guarded
     def set_once(self, key: str, ttl: float) -> bool:
         _check_ttl(ttl)
         return bool(self._client.set(self._k(key), b"1", nx=True, px=_ms(ttl)))
+
+    @_guarded
+    def ping(self) -> None:
+        """Raise :class:`StateUnavailable` when Redis does not answer."""
+        self._client.ping()
 
     def close(self) -> None:
         self._client.close()

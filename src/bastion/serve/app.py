@@ -1,12 +1,14 @@
 """The gateway's ASGI application (FastAPI): endpoints, the edge checks, error answers.
 
 Endpoints: ``POST /v1/models/{name}/predict``, ``POST /v1/models/{name}/feedback``,
-``GET /v1/models``, ``GET /healthz`` (liveness), ``GET /readyz`` (models loaded, access
-database reachable), ``GET /metrics`` (Prometheus), ``GET /openapi.json``. No interactive
+``GET /v1/models`` (the models the key may call; no file paths), ``GET /healthz``
+(liveness), ``GET /readyz`` (models loaded, access database and state backend reachable:
+200 or 503; the details only for a key allowed to ``read`` on ``*``), ``GET /metrics``
+(Prometheus; a key allowed to ``read`` on ``*``), ``GET /openapi.json``. No interactive
 docs pages are served (they would need scripts from a CDN).
 
 :class:`EdgeMiddleware` (pure ASGI, in front of everything) refuses a ``Host`` that is not in
-``server.allowed_hosts`` (400), answers CORS preflights (an origin not in
+``server.allowed_hosts`` or is malformed (400), answers CORS preflights (an origin not in
 ``server.cors_origins`` is refused with 403), adds the secure headers to every answer
 (``X-Content-Type-Options: nosniff``, ``Cache-Control: no-store``, ``X-Frame-Options: DENY``,
 ``Content-Security-Policy``, ``Referrer-Policy``; no ``Server`` banner) and counts each
@@ -15,7 +17,10 @@ request in the metrics.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -37,7 +42,7 @@ from bastion.serve.inputs import (
 )
 from bastion.serve.metrics import CONTENT_TYPE_LATEST
 from bastion.serve.pipeline import Gateway, RequestContext, new_request_id
-from bastion.serve.problems import json_bytes, problem_for
+from bastion.serve.problems import ClientDisconnected, json_bytes, problem_for
 
 __all__ = ["EdgeMiddleware", "create_app"]
 
@@ -65,17 +70,40 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 
 
 def _peer(request: Request) -> str:
-    """The client's address as the server sees it (a proxy's, behind one)."""
-    return request.client.host if request.client is not None else "-"
+    """The client's address (see :meth:`Gateway.client_address` for proxies)."""
+    peer = request.client.host if request.client is not None else "-"
+    gw: Gateway = request.app.state.gateway
+    return gw.client_address(peer, request.headers)
+
+
+_HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_.-]{0,252})$")
+
+
+def _host_name(host: str) -> str | None:
+    """The name in a ``Host`` header (``name``, ``name:port``, ``[v6]``, ``[v6]:port``), or
+    None when the header is malformed."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, sep, rest = host[1:].partition("]")
+        if not sep or (rest and not re.fullmatch(r":\d{1,5}", rest)):
+            return None
+        try:
+            return str(ipaddress.IPv6Address(name))
+        except ValueError:
+            return None
+    name, _, port = host.partition(":")
+    if (port and not port.isdigit()) or ":" in port:
+        return None
+    return name if _HOST_NAME.match(name) else None
 
 
 def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
-    if host.startswith("["):  # [::1]:8000
-        name = host[1:].split("]", 1)[0]
-    else:
-        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    name = name.lower()
+    name = _host_name(host)
+    if name is None:
+        return False
     for pattern in allowed:
+        if pattern.startswith("["):
+            pattern = pattern.strip("[]")
         if pattern == name or (pattern.startswith("*.") and name.endswith(pattern[1:])):
             return True
     return False
@@ -208,17 +236,32 @@ def create_app(policy: GatewayPolicy | None = None, *, gateway: Gateway | None =
                               "output hardening, monitoring and an audit log for every request.")
     app.state.gateway = gw
 
+    wait = gw.policy.access.audit_wait
+
     async def run(ctx: RequestContext, work: Callable[[], Awaitable[Any]]) -> Response:
+        status, headers = 200, None
         try:
-            result = await work()
+            body = await work()
+            committed = gw.record(ctx, 200, None)
         except Exception as exc:
             status, body, headers = problem_for(exc)
-            if status >= 500:
+            if isinstance(exc, ClientDisconnected):
+                log.info("request %s: %s", ctx.request_id, exc)
+            elif status >= 500 and status != 503:
                 log.exception("request %s failed", ctx.request_id)
-            gw.record(ctx, status, body["error"], body.get("detail"))
-            return _json(status, body, headers)
-        gw.record(ctx, 200, None)
-        return _json(200, result)
+            elif status == 503:
+                log.warning("request %s: %s", ctx.request_id, exc)
+            committed = gw.record(ctx, status, body["error"], body.get("detail"))
+        if committed is not None and gw.audit is not None and gw.audit.durable:
+            try:  # durable audit: answer only once the entry is committed
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(committed)), wait)
+            except Exception as exc:  # timeout or database error: the entry stays queued
+                log.error("request %s: audit entry not committed within %g s: %s",
+                          ctx.request_id, wait, type(exc).__name__)
+                status, headers = 503, {"Retry-After": "5"}
+                body = {"error": "audit_unavailable", "detail": "the audit log cannot be "
+                        "written; the request was not confirmed, retry later"}
+        return _json(status, body, {**(headers or {}), "X-Request-Id": ctx.request_id})
 
     def stream(request: Request) -> AsyncIterator[bytes]:
         return request.stream()
@@ -252,12 +295,34 @@ def create_app(policy: GatewayPolicy | None = None, *, gateway: Gateway | None =
         return {"status": "ok"}
 
     @app.get("/readyz", summary="Readiness", responses={503: {"description": "not ready"}})
-    async def readyz() -> Response:
-        checks = gw.ready()
-        return _json(200 if checks["ready"] else 503, checks)
+    async def readyz(request: Request) -> Response:
+        checks = await asyncio.to_thread(gw.ready)
+        code = 200 if checks["ready"] else 503
+        if "authorization" not in request.headers and "x-api-key" not in request.headers:
+            return _json(code, {"ready": checks["ready"]})  # a probe: no details
+        ctx = RequestContext(new_request_id(), "readyz", "*", _peer(request))
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def metrics() -> Response:
+        async def work() -> Any:
+            gw.operator(request.headers, ctx)
+            return checks
+
+        response = await run(ctx, work)
+        if response.status_code == 200:
+            response.status_code = code
+        return response
+
+    @app.get("/metrics", summary="Prometheus metrics (a key allowed to read on '*')",
+             response_class=Response, responses=_responses(401, 403))
+    async def metrics(request: Request) -> Response:
+        ctx = RequestContext(new_request_id(), "metrics", "*", _peer(request))
+
+        async def work() -> Any:
+            gw.operator(request.headers, ctx)
+            return None
+
+        response = await run(ctx, work)
+        if response.status_code != 200:
+            return response
         return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(StarletteHTTPException)

@@ -24,6 +24,7 @@ the directory of the policy file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -74,8 +75,24 @@ class ServerSettings(_Frozen):
     port: int = Field(default=8000, ge=1, le=65535)
     allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
     cors_origins: tuple[str, ...] = ()
-    max_body_bytes: int = Field(default=1_048_576, ge=64, le=1 << 30)
+    max_body_bytes: int | None = Field(default=None, ge=64, le=1 << 30)
     max_batch: int = Field(default=256, ge=1, le=1_000_000)
+    trusted_proxies: tuple[str, ...] = ()
+    header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    keep_alive_timeout: float = Field(default=5.0, gt=0, le=3600)
+    max_connections: int = Field(default=256, ge=1, le=1_000_000)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for p in v:
+            try:
+                ipaddress.ip_network(p, strict=False)
+            except ValueError:
+                raise ValueError(f"{p!r} is not an IP address or network (e.g. 10.0.0.0/8)"
+                                 ) from None
+        return v
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -218,7 +235,8 @@ class LimitSettings(_Frozen):
     """Per-key limits: a token bucket of ``rate`` requests/s (``burst`` at once) and a budget
     of ``budget`` inputs (rows) per ``budget_window`` seconds (``null``: for the key's life).
     ``auth_failures``: failed authentications per client address and minute (per replica)
-    after which that address is refused until the minute is over."""
+    after which that address's further *failures* get 429 until the minute is over (a
+    request with a valid key is never refused for them)."""
 
     rate: float = Field(default=10.0, gt=0)
     burst: int = Field(default=20, ge=1)
@@ -245,11 +263,14 @@ class DriftSettings(_Frozen):
 class ExtractionSettings(_Frozen):
     """PRADA extraction detection per key and model (``bastion.monitor.extraction``):
     ``threshold`` is the Shapiro–Wilk ``W`` below which a key is flagged, ``min_queries`` the
-    distances needed before a key is judged (``null``: the detector's defaults)."""
+    distances needed before a key is judged (``null``: the detector's defaults); ``per_owner``
+    also judges each owner's stream over all its keys (splitting queries over keys does not
+    hide them)."""
 
     enabled: bool = True
     threshold: float | None = Field(default=None, gt=0, lt=1)
     min_queries: int | None = Field(default=None, ge=3)
+    per_owner: bool = True
 
 
 class PerformanceSettings(_Frozen):
@@ -284,6 +305,9 @@ class AccessSettings(_Frozen):
     )
     cache_ttl: float = Field(default=5.0, ge=0)
     audit: bool = True
+    audit_mode: Literal["durable", "batched"] = "durable"
+    audit_wait: float = Field(default=10.0, gt=0, le=600)
+    anonymous_window: float = Field(default=60.0, gt=0, le=86_400)
 
 
 class GatewayPolicy(_Frozen):

@@ -43,6 +43,7 @@ __all__ = [
     "PredictResponse",
     "parse_feedback",
     "parse_inputs",
+    "short",
 ]
 
 _MAX_ELEMENTS = 50_000_000
@@ -108,12 +109,30 @@ def _reject_constant(name: str) -> Any:
     raise InputError(f"{name} is not a JSON number; send finite numbers only")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dupes: set[str] = set()
+        for k, _ in pairs:
+            (dupes if k in seen else seen).add(k)
+        raise InputError(f"duplicate key(s) {[short(k) for k in sorted(dupes)]} in a JSON object; "
+                         "send each key once")
+    return out
+
+
+def short(text: str, limit: int = 64) -> str:
+    """``text`` cut to ``limit`` characters (an ellipsis marks the cut), for error messages."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def load_json(body: bytes) -> Any:
-    """Decode a JSON body strictly (no NaN/Infinity, bounded nesting)."""
+    """Decode a JSON body strictly (no NaN/Infinity, no duplicate keys, bounded nesting and
+    integer literals)."""
     if not body:
         raise InputError("the request body is empty; send a JSON object")
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        return json.loads(body, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise InputError("the JSON body is nested too deeply") from None
     except UnicodeDecodeError as exc:
@@ -121,15 +140,35 @@ def load_json(body: bytes) -> Any:
     except json.JSONDecodeError as exc:
         raise InputError(f"the body is not valid JSON: {exc.msg} at line {exc.lineno} "
                          f"column {exc.colno}") from None
+    except ValueError as exc:  # e.g. an integer literal over Python's 4,300-digit limit
+        raise InputError(f"the body holds a number that cannot be read ({short(str(exc), 80)});"
+                         " send ordinary numbers") from None
 
 
-def _from_b64(data: dict[str, Any]) -> np.ndarray:
+def _depth(value: Any) -> int:
+    """Nesting depth of a nested list, following first elements."""
+    depth = 0
+    while isinstance(value, list):
+        depth += 1
+        value = value[0] if value else None
+    return depth
+
+
+def _check_batch(n: int, max_batch: int | None) -> None:
+    if max_batch is not None and n > max_batch:
+        raise InputError(f"{n} samples in one request; at most {max_batch} (server.max_batch)")
+
+
+def _from_b64(data: dict[str, Any], max_batch: int | None, sample_ndim: int | None
+              ) -> np.ndarray:
     text, shape = data.get("inputs_b64"), data.get("shape")
     if not isinstance(text, str):
         raise InputError("inputs_b64 must be a base64 string")
     if not isinstance(shape, list) or not shape or not all(
             isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
         raise InputError("inputs_b64 needs 'shape': a list of positive integers, batch first")
+    if sample_ndim is not None and len(shape) == sample_ndim + 1:
+        _check_batch(shape[0], max_batch)
     count = math.prod(shape)
     if count > _MAX_ELEMENTS:
         raise InputError(f"shape {shape} has too many elements")
@@ -146,8 +185,14 @@ def _from_b64(data: dict[str, Any]) -> np.ndarray:
     return arr
 
 
-def parse_inputs(body: bytes) -> np.ndarray:
-    """The float32 batch in a prediction request body (see the module docstring)."""
+def parse_inputs(body: bytes, *, max_batch: int | None = None,
+                 sample_ndim: int | None = None) -> np.ndarray:
+    """The float32 batch in a prediction request body (see the module docstring).
+
+    With ``max_batch`` and ``sample_ndim`` (the dimensions of one sample), a batch of more
+    than ``max_batch`` samples is refused right after the JSON is decoded, before any array
+    is built or validated.
+    """
     data = load_json(body)
     if not isinstance(data, dict):
         raise InputError("the body must be a JSON object with 'inputs' or 'inputs_b64'")
@@ -158,12 +203,14 @@ def parse_inputs(body: bytes) -> np.ndarray:
     if has_list == has_b64:
         raise InputError("send exactly one of 'inputs' (nested lists) or 'inputs_b64' + 'shape'")
     if has_b64:
-        return _from_b64(data)
+        return _from_b64(data, max_batch, sample_ndim)
     if data.get("shape") is not None:
         raise InputError("'shape' goes with 'inputs_b64' only; nested 'inputs' carry their shape")
     inputs = data["inputs"]
     if not isinstance(inputs, list) or not inputs:
         raise InputError("inputs must be a non-empty list of samples")
+    if sample_ndim is not None and _depth(inputs) == sample_ndim + 1:
+        _check_batch(len(inputs), max_batch)
     try:
         arr = np.array(inputs)
     except (ValueError, TypeError):

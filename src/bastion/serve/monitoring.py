@@ -13,7 +13,10 @@ Per model:
   a detector of :mod:`bastion.monitor.drift` calibrated on a reference file. A drifted window
   raises a ``drift`` alert; every window's p-value goes to ``bastion_drift_p_value``.
 - extraction: :class:`~bastion.monitor.extraction.ExtractionDetector` per (model, key); a
-  verdict raises an ``extraction`` alert naming the key.
+  verdict raises an ``extraction`` alert naming the key. With ``per_owner`` (the default) the
+  detector also judges each owner's (service account's) whole stream over all its keys, so
+  that splitting queries over several keys does not hide them; that view alerts only for an
+  owner seen with two or more keys (one key's stream is already judged as the key).
 - performance: :class:`~bastion.monitor.performance.PerformanceMonitor`; labels arrive through
   ``POST /v1/models/{name}/feedback``; a degraded window raises a ``performance`` alert.
 
@@ -90,6 +93,7 @@ class PredictEvent:
     request_id: str
     x: np.ndarray
     predicted: np.ndarray
+    owner: str = ""
 
 
 def _drift_detector(policy: GatewayPolicy, model: ModelSettings, contract: Contract | None
@@ -121,6 +125,8 @@ class ModelMonitor:
         self.alerts, self.metrics = alerts, metrics
         self.drift_results: list[DriftResult] = []
         self.judged = 0  # extraction verdicts reached (clients past min_queries)
+        self.per_owner = True
+        self._owner_keys: dict[str, set[str]] = {}  # owner -> keys seen (this process)
 
     @classmethod
     def build(cls, policy: GatewayPolicy, settings: ModelSettings, contract: Contract | None, *,
@@ -151,8 +157,10 @@ class ModelMonitor:
             p = mon.performance
             performance = PerformanceMonitor(window=p.window, baseline_accuracy=p.baseline_accuracy,
                                              tolerance=p.tolerance)
-        return cls(settings.name, drift=drift, extraction=extraction, performance=performance,
-                   alerts=alerts, metrics=metrics)
+        monitor = cls(settings.name, drift=drift, extraction=extraction,
+                      performance=performance, alerts=alerts, metrics=metrics)
+        monitor.per_owner = mon.extraction.per_owner
+        return monitor
 
     def _alert(self, kind: str, key: str, severity: str, message: str,
                details: dict[str, Any]) -> None:
@@ -176,29 +184,57 @@ class ModelMonitor:
                 by_client.setdefault(event.client, []).append(event)
             for client, mine in by_client.items():
                 self._extraction(client, mine)
+            if self.per_owner:
+                by_owner: dict[str, list[PredictEvent]] = {}
+                for event in events:
+                    if event.owner:
+                        by_owner.setdefault(event.owner, []).append(event)
+                for owner, mine in by_owner.items():
+                    self._owner_extraction(owner, mine)
         if self.drift is not None:
             x = events[0].x if len(events) == 1 else np.concatenate([e.x for e in events])
             for result in self.drift.update(x):
                 self._on_drift(result)
 
-    def _extraction(self, client: str, events: list[PredictEvent]) -> None:
+    def _judge(self, who: str, events: list[PredictEvent]) -> Any:
         detector = self.extraction
         if detector is None:
-            return
+            return None
         if len(events) == 1:
             x, predicted = events[0].x, events[0].predicted
         else:
             x = np.concatenate([e.x for e in events])
             predicted = np.concatenate([e.predicted for e in events])
-        verdict = detector.observe(f"{self.model}:{client}", x, predicted)
+        return detector.observe(f"{self.model}:{who}", x, predicted)
+
+    @staticmethod
+    def _details(verdict: Any) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(verdict).items()}
+
+    def _extraction(self, client: str, events: list[PredictEvent]) -> None:
+        verdict = self._judge(client, events)
         self.judged += verdict is not None
         if verdict is not None and verdict.flagged:
-            details = {k: list(v) if isinstance(v, tuple) else v
-                       for k, v in dataclasses.asdict(verdict).items()}
             self._alert("extraction", f"extraction:{self.model}:{client}", "critical",
                         f"key {client} on model {self.model} queries like a model-"
                         f"extraction attack ({', '.join(verdict.reasons)})",
-                        {**details, "model": self.model, "client": client})
+                        {**self._details(verdict), "model": self.model, "client": client})
+
+    def _owner_extraction(self, owner: str, events: list[PredictEvent]) -> None:
+        keys = self._owner_keys.setdefault(owner, set())
+        if len(keys) < 64:
+            keys.update(e.client for e in events)
+        if len(self._owner_keys) > 100_000:
+            self._owner_keys.clear()
+        verdict = self._judge(f"owner={owner}", events)
+        if verdict is not None and verdict.flagged and len(keys) >= 2:
+            self._alert("extraction", f"extraction:{self.model}:owner={owner}", "critical",
+                        f"the keys of {owner} on model {self.model} together query like a "
+                        f"model-extraction attack ({', '.join(verdict.reasons)}; "
+                        f"{len(keys)} keys)",
+                        {**self._details(verdict), "model": self.model, "owner": owner,
+                         "keys": sorted(keys)[:20]})
 
     def _on_drift(self, result: DriftResult) -> None:
         self.drift_results.append(result)

@@ -25,7 +25,9 @@ from bastion.errors import (
     RateLimited,
 )
 
-__all__ = ["HTTPProblem", "json_bytes", "problem_for"]
+__all__ = ["ClientDisconnected", "HTTPProblem", "json_bytes", "problem_for"]
+
+_MAX_DETAIL = 500
 
 
 class HTTPProblem(BastionError):
@@ -38,12 +40,34 @@ class HTTPProblem(BastionError):
         self.headers = headers or {}
 
 
+class ClientDisconnected(BastionError):
+    """The client went away before its request was read (a client event, not a server
+    error: audited and counted with status 499, never logged with a traceback)."""
+
+
 def json_bytes(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
 
 
 def problem_for(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """``(status, body, headers)`` for an exception raised while serving a request."""
+    """``(status, body, headers)`` for an exception raised while serving a request.
+
+    ``detail`` is cut to 500 characters: a client's long input is never echoed whole."""
+    status, body, headers = _problem(exc)
+    detail = body.get("detail")
+    if isinstance(detail, str) and len(detail) > _MAX_DETAIL:
+        body["detail"] = detail[: _MAX_DETAIL - 1] + "…"
+    return status, body, headers
+
+
+def _problem(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
+    from bastion.monitor.state import StateUnavailable
+
+    if isinstance(exc, ClientDisconnected):
+        return 499, {"error": "client_closed_request", "detail": str(exc)}, {}
+    if isinstance(exc, StateUnavailable):
+        return 503, {"error": "backend_unavailable", "detail": "a backend the gateway needs "
+                     "(shared state) is unreachable; retry later"}, {"Retry-After": "5"}
     if isinstance(exc, HTTPProblem):
         return exc.status, {"error": exc.code, "detail": exc.detail}, exc.headers
     if isinstance(exc, AuthenticationError):

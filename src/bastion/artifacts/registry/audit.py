@@ -224,25 +224,31 @@ def entry_hash(prev_hash: str, seq: int, at: str, actor: str, action: str,
 
 
 def verify_links(links: Iterable[tuple[int, str, str, str]], *, head_seq: int,
-                 head_hash: str, checkpoint: Checkpoint | None = None) -> AuditVerification:
+                 head_hash: str, checkpoint: Checkpoint | None = None, start_seq: int = 0,
+                 start_hash: str = GENESIS) -> AuditVerification:
     """Check a chain given, oldest first, ``(seq, prev_hash, stored_hash, recomputed_hash)``.
 
     ``recomputed_hash`` is :func:`chain_hash` of the entry's stored ``prev_hash`` and its stored
     fields; ``head_seq``/``head_hash`` are what the head row records (``0``/:data:`GENESIS` for
     an empty log). Detects edited, removed (middle and end), inserted and reordered entries.
     With a ``checkpoint`` (already signature-checked), also a log truncated below, wiped or
-    recomputed since the checkpoint.
+    recomputed since the checkpoint. ``start_seq``/``start_hash``: the entry the given links
+    continue (a log whose older entries were rotated into sealed segments); ``entries``
+    counts the links checked.
     """
-    result = _verify_links(links, head_seq=head_seq, head_hash=head_hash, checkpoint=checkpoint)
+    result = _verify_links(links, head_seq=head_seq, head_hash=head_hash, checkpoint=checkpoint,
+                           start_seq=start_seq, start_hash=start_hash)
     if checkpoint is None or not result.ok:
         return result
     return AuditVerification(True, result.entries, result.head_hash, checkpoint=checkpoint)
 
 
 def _verify_links(links: Iterable[tuple[int, str, str, str]], *, head_seq: int,
-                  head_hash: str, checkpoint: Checkpoint | None) -> AuditVerification:
-    prev, expected_seq, count = GENESIS, 1, 0
-    anchored = checkpoint is None or (checkpoint.seq == 0 and checkpoint.hash == GENESIS)
+                  head_hash: str, checkpoint: Checkpoint | None, start_seq: int = 0,
+                  start_hash: str = GENESIS) -> AuditVerification:
+    prev, expected_seq, count = start_hash, start_seq + 1, 0
+    anchored = checkpoint is None or checkpoint.seq < start_seq or (
+        checkpoint.seq == start_seq and checkpoint.hash == start_hash)
     for seq, prev_hash, stored, recomputed in links:
         if seq != expected_seq:
             return AuditVerification(False, count, prev, expected_seq,
@@ -262,14 +268,15 @@ def _verify_links(links: Iterable[tuple[int, str, str, str]], *, head_seq: int,
                     " was rewritten (edited and recomputed) since")
             anchored = True
         prev, expected_seq, count = stored, expected_seq + 1, count + 1
+    last = expected_seq - 1
     if not anchored and checkpoint is not None:
         return AuditVerification(
-            False, count, prev, count + 1,
-            f"the log ends at entry {count} but the signed checkpoint of {checkpoint.at} covers"
+            False, count, prev, expected_seq,
+            f"the log ends at entry {last} but the signed checkpoint of {checkpoint.at} covers"
             f" entry {checkpoint.seq}: entries were removed from the end or the log was wiped")
-    if head_seq != count or head_hash != prev:
-        return AuditVerification(False, count, prev, count + 1,
-                                 f"the log ends at entry {count} but the head records entry"
+    if head_seq != last or head_hash != prev:
+        return AuditVerification(False, count, prev, expected_seq,
+                                 f"the log ends at entry {last} but the head records entry"
                                  f" {head_seq}: entries were removed from the end")
     return AuditVerification(True, count, prev)
 

@@ -266,7 +266,9 @@ class EvasionAttack(ABC):
                     f"(first: row {int(np.flatnonzero(bad)[0])}); attack rows the contract accepts"
                 )
         self._constraints = constraints
-        x, y, target = self._validate(classifier, x, y, target, keep_double=constraints is not None)
+        # Tabular rows and tree models keep float64: split thresholds need the precision.
+        keep = constraints is not None or getattr(classifier, "ensemble", None) is not None
+        x, y, target = self._validate(classifier, x, y, target, keep_double=keep)
         self._reset()
         n = x.shape[0]
         device = classifier.device

@@ -25,6 +25,7 @@ import torch
 from bastion.audit.contract import AuditContext, Check, CheckResult, Metric, Requirement, register
 from bastion.audit.findings import Severity
 from bastion.audit.plan import effective_access, need_data
+from bastion.errors import ConfigurationError
 
 __all__ = ["EvasionCheck", "default_attacks"]
 
@@ -50,6 +51,7 @@ class EvasionCheck(Check):
     practices: ClassVar[tuple[str, ...]] = ("model_validation", "model_monitoring")
     defaults: ClassVar[dict[str, Any]] = {
         "max_samples": 256,
+        "subset": "random",  # which max_samples: a seeded random subset, or the "first"
         "attacks": None,  # by access, see default_attacks
         "steps": 50,  # None: each attack's own default
         "max_queries": 500,  # per sample, for square and hopskipjump
@@ -89,7 +91,12 @@ class EvasionCheck(Check):
         s = dict(ctx.check_settings(self.name))
         x, y = ctx.test.x, ctx.test.y
         n = min(int(s["max_samples"]), len(y))
-        if n < len(y):
+        if s["subset"] not in ("random", "first"):
+            raise ConfigurationError(f"evasion subset must be random or first, got "
+                                     f"{s['subset']!r}")
+        if n < len(y) and s["subset"] == "first":
+            x, y = x[:n], y[:n]
+        elif n < len(y):
             g = torch.Generator().manual_seed(ctx.unit_seed(self.name, 1_000))
             keep = torch.randperm(len(y), generator=g)[:n].sort().values
             x, y = x[keep], y[keep]
