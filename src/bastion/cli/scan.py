@@ -23,6 +23,7 @@ class OutputFormat(StrEnum):
     table = "table"
     json = "json"
     sarif = "sarif"
+    html = "html"
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -43,7 +44,7 @@ def register(app: typer.Typer) -> None:
     def scan(
         paths: list[Path] = typer.Argument(..., help="Model files or folders to scan."),
         output_format: OutputFormat = typer.Option(
-            OutputFormat.table, "--format", "-f", help="table, json or sarif."
+            OutputFormat.table, "--format", "-f", help="table, json, sarif or html (a page)."
         ),
         out: Path | None = typer.Option(None, "--out", "-o", help="Write the report here."),
         max_depth: int = typer.Option(5, "--max-depth", min=0,
@@ -70,8 +71,14 @@ def register(app: typer.Typer) -> None:
             else:
                 render_table(report, console)
         else:
-            text = render_json(report) if output_format is OutputFormat.json else render_sarif(
-                report)
+            if output_format is OutputFormat.html:
+                from bastion.report.scan import render_scan_html
+
+                text = render_scan_html(report.to_dict()).rstrip("\n")
+            elif output_format is OutputFormat.json:
+                text = render_json(report)
+            else:
+                text = render_sarif(report)
             if out is not None:
                 _write_atomic(out, text + "\n")
             else:

@@ -41,6 +41,15 @@ def default_attacks(access: str) -> tuple[str, ...]:
     return ("square",) if access == "scores" else ("hopskipjump",)
 
 
+def _runnable(names: tuple[str, ...], ctx: AuditContext) -> tuple[str, ...]:
+    """``names`` less those that would refuse this model (Square on feature vectors), and
+    HopSkipJump, which runs on any model, when none is left."""
+    from bastion.attacks.evasion.catalog import runnable_attacks
+
+    ok = set(runnable_attacks(ctx.model, ctx.threat.norm))
+    return tuple(n for n in names if n in ok) or ("hopskipjump",)
+
+
 @register
 class EvasionCheck(Check):
     """Robust accuracy under the strongest attacks the access allows, at the threat's eps."""
@@ -68,7 +77,7 @@ class EvasionCheck(Check):
 
         s = ctx.check_settings(self.name)
         access = effective_access(ctx)
-        names = tuple(s["attacks"] or default_attacks(access))
+        names = tuple(s["attacks"] or _runnable(default_attacks(access), ctx))
         per_sample = None if s["max_queries"] is None else int(s["max_queries"])
         if access != "white-box" and ctx.query_budget is not None:
             per_sample = max(10, min(per_sample or 1000, ctx.query_budget // max(n, 1)))

@@ -50,6 +50,10 @@ class InversionCheck(Check):
         "lr": 0.05,
         "tv": 0.3,
         "max_classes": 10,
+        "classes": None,
+        "method": "white-box",
+        "samples": 20,
+        "max_queries": None,
         "sensitive_column": None,
         "features": None,
         "max_records": 500,
@@ -61,11 +65,18 @@ class InversionCheck(Check):
             return Requirement("needs a loaded model", "pass --model with a loadable model")
         shape = tuple(ctx.model.input_shape)
         if ctx.domain == "image" or is_image_shape(shape):
-            if effective_access(ctx) != "white-box":
+            method = check_settings(self, ctx)["method"]
+            if method == "score" and effective_access(ctx) == "labels":
+                return Requirement(
+                    "score-based MI-Face needs the model's scores; it answers labels only",
+                    "audit with threat access scores or white-box",
+                )
+            if method != "score" and effective_access(ctx) != "white-box":
                 return Requirement(
                     "MI-Face inversion needs the model's gradients; the threat model or the "
                     f"model allows {effective_access(ctx)} only",
-                    "audit a white-box model (a torch file) with threat access white-box",
+                    "audit a white-box model (a torch file) with threat access white-box, or set "
+                    "settings.inversion.method to score (many more queries)",
                 )
             if ctx.train is None and ctx.test is None:
                 return Requirement(
@@ -110,17 +121,41 @@ class InversionCheck(Check):
         ref = ctx.train if ctx.train is not None else ctx.test
         role = "training" if ctx.train is not None else "test"
         present = sorted(int(c) for c in torch.unique(ref.y))
-        classes = present[: int(opts["max_classes"])]
+        if opts["classes"] is not None:
+            classes = [int(c) for c in opts["classes"]]
+            absent = [c for c in classes if c not in present]
+            if absent:
+                raise ConfigurationError(
+                    f"inversion: the {role} data has no samples of classes {absent} to compare "
+                    "their reconstructions with"
+                )
+        else:
+            classes = present[: int(opts["max_classes"])]
         if not classes:
             raise ConfigurationError("inversion: the reference data holds no labelled samples")
+        method = "score" if opts["method"] == "score" else "white-box"
         attack = MIFace(
             steps=int(opts["steps"]),
             lr=float(opts["lr"]),
             tv=float(opts["tv"]),
-            method="white-box",
+            samples=int(opts["samples"]),
+            method=method,
             seed=ctx.unit_seed(self.name),
         )
-        res = attack.infer(clf, classes)
+        victim = clf
+        if opts["max_queries"] is not None:
+            from bastion.attacks.extraction import black_box
+
+            if method == "score":
+                victim = black_box(clf, access="scores", query_budget=int(opts["max_queries"]))
+            else:
+                planned = attack.planned_queries(clf, len(classes))
+                if planned > int(opts["max_queries"]):
+                    raise ConfigurationError(
+                        f"inversion needs {planned} queries for {len(classes)} classes but the "
+                        f"budget is {int(opts['max_queries'])}; raise it or invert fewer classes"
+                    )
+        res = attack.infer(victim, classes)
         x_ref = ref.x.reshape(-1, *clf.input_shape)
         rm = reconstruction_metrics(res, x_ref, ref.y)
         k = int((rm.mse < rm.mse_other).sum())
@@ -196,9 +231,9 @@ class InversionCheck(Check):
             summary=(
                 f"{k} of {len(classes)} MI-Face reconstructions are nearer their own class's "
                 f"{role} mean than any other's (mean SSIM {float(rm.ssim.mean()):.3f}, "
-                f"{res.queries} gradient queries)"
+                f"{res.queries} {'gradient' if method == 'white-box' else 'score'} queries)"
             ),
-            settings={**opts, "method": "white-box", "classes": classes},
+            settings={**opts, "method": method, "classes": classes},
         )
 
     # -- tables ------------------------------------------------------------------------------
