@@ -111,8 +111,9 @@ def _art_attacks(model, kind: str, Xtr, rows, labels, eps: float, schema, n_clas
     """ART HopSkipJump and ZOO on ART's wrapper: x_adv and seconds per attack."""
     from art.attacks.evasion import HopSkipJump, ZooAttack
 
-    lo = Xtr.min(axis=0) if schema is None else np.where(np.isfinite(schema.low), schema.low, 0)
-    hi = Xtr.max(axis=0) if schema is None else np.where(np.isfinite(schema.high), schema.high, 1)
+    # Scaled data: scalar clip values (ART's ZOO breaks on per-feature arrays).
+    lo = 0.0 if schema is None else np.where(np.isfinite(schema.low), schema.low, 0)
+    hi = 1.0 if schema is None else np.where(np.isfinite(schema.high), schema.high, 1)
     if kind == "xgboost":
         from art.estimators.classification import XGBoostClassifier
 
@@ -235,7 +236,10 @@ def run(datasets, model_names, n_rows: int, with_art: bool, with_veritas: bool, 
                     "equal_to_1e-6": int(np.sum(np.abs(upper - d_exact) <= 1e-6)),
                 }
             if with_art and mname in ("xgboost", "lightgbm"):
-                art = _art_attacks(model, mname, Xtr, rows, labels, eps, schema, ens.n_classes)
+                try:
+                    art = _art_attacks(model, mname, Xtr, rows, labels, eps, schema, ens.n_classes)
+                except Exception as exc:  # the wrapper itself refused the model
+                    art = {"art-wrapper": {"error": f"{type(exc).__name__}: {exc}"[:200]}}
                 for aname, res in art.items():
                     if "error" in res:
                         entry[aname] = res
