@@ -53,9 +53,9 @@ def _mnist_inputs(d: Path) -> tuple[Any, Any]:
     data = load_mnist()
     x, y = data.x, data.y
     torch.manual_seed(0)
-    net = train_classifier(small_cnn((1, 28, 28), 10, width=16), x[:6000], y[:6000], epochs=3,
+    net = train_classifier(small_cnn((1, 28, 28), 10, width=8), x[:3000], y[:3000], epochs=3,
                            lr=3e-3, seed=0)
-    return _save(d, net, (1, 28, 28), x[:6000], y[:6000], x[6000:7000], y[6000:7000],
+    return _save(d, net, (1, 28, 28), x[:3000], y[:3000], x[3000:3500], y[3000:3500],
                  TorchClassifier)
 
 
@@ -103,6 +103,8 @@ def _audit(clf: Any, config: Any) -> tuple[float, dict[str, float], float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mnist-repeats", type=int, default=1,
+                        help="repeats of the (slower) MNIST case")
     parser.add_argument("--cases", default="demo,mnist")
     parser.add_argument("--out", type=Path, default=Path("bench-out/audit.json"))
     args = parser.parse_args()
@@ -112,7 +114,7 @@ def main() -> None:
         for case in args.cases.split(","):
             clf, config = (_demo_inputs if case == "demo" else _mnist_inputs)(Path(tmp) / case)
             direct, audit, renders, per_check = [], [], [], []
-            for r in range(args.repeats):
+            for r in range(args.repeats if case == "demo" else args.mnist_repeats):
                 order = ("direct", "audit") if r % 2 == 0 else ("audit", "direct")
                 for way in order:
                     if way == "direct":

@@ -45,7 +45,8 @@ def test_dp_report_shows_the_privacy_effect() -> None:
     assert "0.012" in section and "0.001" in section and "-0.011" in section
     assert "0.64 (0.6 – 0.68)" in section and "AUC" in section
     assert section.count('<svg class="chart"') == 1  # the ROC before/after
-    assert "membership TPR at 0.1% FPR" in page  # a headline card
+    assert "membership attack: TPR at 0.1% FPR" in page  # headline cards
+    assert "membership attack: TPR at 1% FPR" in page
     assert "(loss attack, 400 members)" in section and "<td>loss</td>" not in section
     assert "Privacy: membership" not in render_harden_html(_doc("dp"))
 

@@ -251,10 +251,3 @@ def build_document(
     }
     validate_document(doc)
     return doc
-
-
-def at_or_above(doc: Mapping[str, Any], severity: str) -> list[dict[str, Any]]:
-    """Unsuppressed findings of ``doc`` at or above ``severity`` (for ``--fail-on``)."""
-    floor = SEVERITIES.index(severity)
-    return [f for c in doc["checks"] for f in c["findings"]
-            if not f.get("suppressed") and SEVERITIES.index(f["severity"]) >= floor]

@@ -459,6 +459,7 @@ def _baseline(
             epochs=opts["baseline_epochs"],
             lr=3e-3,
             seed=opts["seed"],
+            progress=not opts["quiet"],
         )
         return net, {"arch": opts["arch"], "baseline": "trained"}, data.num_classes
     clf = load_model(

@@ -106,7 +106,11 @@ def load_mnist(directory: str | Path | None = None, *, prefix: str = "t10k") -> 
     """MNIST from ``{prefix}-images-idx3-ubyte.gz`` and its labels, shape ``(n, 1, 28, 28)``."""
     d = Path(directory) if directory is not None else shared_mnist_dir()
     if d is None:
-        raise InputError("MNIST idx files not found: pass the folder or set BASTION_MNIST_DIR")
+        raise InputError(
+            "MNIST idx files not found (bastion downloads nothing): put "
+            "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz from an MNIST mirror in a "
+            "folder and set BASTION_MNIST_DIR to it, or use --data digits"
+        )
     images = _read_idx(d / f"{prefix}-images-idx3-ubyte.gz")
     labels = _read_idx(d / f"{prefix}-labels-idx1-ubyte.gz")
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:

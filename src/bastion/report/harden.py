@@ -146,12 +146,11 @@ def render_harden_html(doc: dict[str, Any]) -> str:
         eps = summary["epsilon"]["after"]
         cards.append(("∞ → " + ("∞" if eps is None else f"{eps:.3g}"), "privacy ε"))
     privacy = _privacy_view(doc["privacy"]) if doc.get("privacy") else None
-    if privacy:
+    if privacy:  # the risk to members at a low false-positive rate, before → after
         for row in privacy["rows"]:
             if row[0].startswith("TPR at"):
                 cards.append((f"{row[1].split(' ')[0]} → {row[2].split(' ')[0]}",
-                              f"membership {row[0]}"))
-                break
+                              f"membership attack: {row[0]}"))
     curves = {label: [(p["eps"], p["robust_accuracy"]) for p in d["curve"]["points"]]
               for label, d in (("before", before), ("after", after)) if d["curve"]["points"]}
     plots = [_curve_plot(f"Robustness curve ({before['curve']['attack']})",

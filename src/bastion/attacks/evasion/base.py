@@ -353,11 +353,27 @@ class EvasionAttack(ABC):
         """Called at the start of every :meth:`generate`: clear per-run state (``*_``)."""
         return None
 
-    def _constrain(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``x_adv`` projected onto the run's tabular rules (identity without a schema)."""
+    def _constrain(
+        self, x_adv: torch.Tensor, x: torch.Tensor, *, relaxed: bool = False
+    ) -> torch.Tensor:
+        """``x_adv`` projected onto the run's tabular rules (identity without a schema).
+
+        ``relaxed=True`` (inside an attack's iterations) applies only the convex part, the
+        ranges and immutable columns, so that small steps on integer or categorical columns
+        can accumulate; the full projection is applied to every result.
+        """
         schema: FeatureSchema | None = getattr(self, "_constraints", None)
         if schema is None:
             return x_adv
+        if relaxed:
+            xo = x.detach()
+            low = torch.as_tensor(schema.low, dtype=x_adv.dtype, device=x_adv.device)
+            high = torch.as_tensor(schema.high, dtype=x_adv.dtype, device=x_adv.device)
+            fixed = torch.as_tensor(schema.immutable, device=x_adv.device)
+            boxed = torch.maximum(
+                torch.minimum(x_adv, torch.maximum(high, xo)), torch.minimum(low, xo)
+            )
+            return torch.where(fixed, xo, boxed)
         out = schema.project(
             x_adv.detach().cpu().double().numpy(),
             x.detach().cpu().double().numpy(),
