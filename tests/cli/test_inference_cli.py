@@ -76,7 +76,7 @@ def test_membership_writes_the_audit_document(files: dict[str, Path], tmp_path: 
     assert "membership.loss-threshold" in ids
     assert entry["findings"][0]["atlas"] == ["AML.T0024.000"]
     (roc,) = entry["plots"]
-    assert roc["kind"] == "roc" and roc["log_x"] and len(roc["series"]) == 4  # + chance
+    assert roc["kind"] == "roc" and roc["log_x"] and len(roc["series"]) == 3
     html = (tmp_path / "report.html").read_text()
     assert "<svg" in html and 'src="http' not in html
     assert (tmp_path / "report.md").exists()

@@ -304,8 +304,7 @@ def grade(module: str, name: str) -> Severity:
     for i in range(1, len(parts) + 1):
         if ".".join(parts[:i]) in _CRITICAL_MODULES:
             return Severity.CRITICAL
-    if module in ("builtins", "__builtin__") and name not in {n for (m, n) in _EXACT
-                                                             if m == "builtins"}:
+    if module in ("builtins", "__builtin__") and ("builtins", name) not in _EXACT:
         return Severity.CRITICAL
     if any(part in _CRITICAL_NAMES or part.startswith("__") for part in name.split(".")):
         return Severity.CRITICAL

@@ -396,6 +396,11 @@ def _zlib_chunks(f: IO[bytes]) -> Iterator[bytes]:
 def is_tar(f: IO[bytes]) -> bool:
     """Whether ``tarfile`` reads a first member from the stream (its header checksum holds)."""
     start = f.tell()
+    head = f.read(512)
+    f.seek(start)
+    # tarfile rejects a header whose checksum field is not octal digits, spaces or NULs
+    if len(head) < 512 or head[148:156].strip(b" \x00").strip(b"01234567"):
+        return False
     try:
         with tarfile.open(fileobj=f, mode="r:") as tf:
             return tf.next() is not None

@@ -101,8 +101,7 @@ class EvasionCheck(Check):
         x, y = ctx.test.x, ctx.test.y
         n = min(int(s["max_samples"]), len(y))
         if s["subset"] not in ("random", "first"):
-            raise ConfigurationError(f"evasion subset must be random or first, got "
-                                     f"{s['subset']!r}")
+            raise ConfigurationError(f"evasion subset must be random or first, got {s['subset']!r}")
         if n < len(y) and s["subset"] == "first":
             x, y = x[:n], y[:n]
         elif n < len(y):

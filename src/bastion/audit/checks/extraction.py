@@ -208,7 +208,10 @@ class ExtractionCheck(Check):
             )
             eq_res = eq.extract(victim, x_eval=x_eval, y_eval=y_eval)
             residual = eq_res.extra.get("residual")
-            if residual is not None and residual < _LINEAR_RESIDUAL:
+            # a fit that could not use enough uncensored scores says so (status) even when
+            # the equations it did use fit
+            exact = eq_res.extra.get("status", "exact") == "exact"
+            if residual is not None and residual < _LINEAR_RESIDUAL and exact:
                 equation = eq_res
                 if (eq_res.fidelity or 0.0) >= (res.fidelity or 0.0):
                     best = {"strategy": "equation", "result": eq_res}

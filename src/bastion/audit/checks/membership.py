@@ -269,8 +269,6 @@ class MembershipCheck(Check):
                     res.queries,
                 ]
             )
-        floor = 1.0 / max(1, min(n_m, n_n))
-        series.append({"label": "chance", "x": [floor, 1.0], "y": [floor, 1.0]})
         worst = max((f.severity.rank for f in findings), default=-1)
         head_name, head = results[0]
         summary = (
