@@ -161,7 +161,7 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ("args", "message"),
     [
         (["adversarial", "--data", "missing.npz"], "not found"),
-        (["adversarial", "--data", "{data}"], "digits, mnist or an .npz"),
+        (["adversarial", "--data", "{data}"], "digits, mnist, an .npz"),
         (["adversarial", "--data", "{flat}"], "use --arch small_mlp"),
         (["smooth", "--data", "{pixels}"], "divide by 255"),
         (["dp", "--data", "{few}", "--arch", "small_mlp"], "too few"),

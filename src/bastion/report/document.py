@@ -9,11 +9,9 @@ with the file name they are written to in :data:`FILE_NAMES`.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from collections.abc import Callable, Iterable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -45,26 +43,23 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-@functools.cache
 def schema() -> dict[str, Any]:
     """The packaged JSON Schema of ``bastion.audit/1``."""
-    text = resources.files("bastion.audit").joinpath("schemas/audit-1.schema.json").read_text()
-    return dict(json.loads(text))
+    from bastion.audit.document import _validator
+
+    return dict(_validator().schema)
 
 
 def validate_document(doc: Any) -> None:
-    """Raise :class:`InputError` naming the first place where ``doc`` breaks the schema."""
-    import jsonschema
+    """Raise :class:`InputError` naming the first place where ``doc`` breaks the schema
+    (one validator for the whole project: :func:`bastion.audit.document.validate_document`)."""
+    from bastion.audit.document import validate_document as validate
 
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_ID:
         found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
         raise InputError(f"not a {SCHEMA_ID} document (schema is {found!r}); "
                          "re-run the audit with this version of bastion")
-    validator = jsonschema.Draft202012Validator(schema())
-    error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise InputError(f"invalid {SCHEMA_ID} document at {where}: {error.message}")
+    validate(doc)
 
 
 def render_json(doc: dict[str, Any]) -> str:
