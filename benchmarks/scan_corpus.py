@@ -362,6 +362,7 @@ def _format_cases(root: Path) -> list[Sample]:
     put("onnx_absolute.onnx", _onnx_bytes(location="/etc/hostname"), "external_data_absolute",
         "onnx")
     put("onnx_custom_op.onnx", _onnx_bytes(domain="com.evil.ops"), "custom_op_domain", "onnx")
+    out.extend(_loader_agreement_cases(root))
     t = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
     put("st_bad_offsets.safetensors",
         _safetensors({"a": {**t, "data_offsets": [0, 64]}}, b"\x00" * 8), "bad_offsets",
@@ -373,6 +374,156 @@ def _format_cases(root: Path) -> list[Sample]:
         "huge_header", "safetensors")
     put("st_size_mismatch.safetensors",
         _safetensors({"a": {**t, "shape": [4]}}, b"\x00" * 8), "size_mismatch", "safetensors")
+    return out
+
+
+# ---- format disagreements with the real loaders (issue 17) -------------------------------------
+# Each file is accepted by the loader named in its container and runs os.getcwd there; the
+# scanner's reading of the bytes must match the loader's to see it.
+
+_CALL = _g("os", "getcwd") + b")R."
+
+
+def _npy_header(descr: str, payload: bytes) -> bytes:
+    text = f"{{'descr': {descr}, 'fortran_order': False, 'shape': (1,), }}"
+    text += " " * (63 - len(text) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode() + payload
+
+
+def _st_pickle_polyglot() -> bytes:
+    """Valid safetensors whose length prefix and JSON header are one INT operand (cut at a NUL
+    by the C unpickler); the call sits in a tensor's bytes."""
+    call = b"0" + _CALL
+    n = ord("I") + 256 * ord("1")
+    header = json.dumps({"t": {"dtype": "U8", "shape": [len(call)],
+                               "data_offsets": [0, len(call)]}}).encode()
+    return struct.pack("<Q", n) + header + b" " * (n - len(header) - 1) + b"\n" + call
+
+
+def _tar_pickle_polyglot() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        info = tarfile.TarInfo(_CALL.decode("latin-1"))
+        info.size = 4
+        tf.addfile(info, io.BytesIO(b"data"))
+    return buf.getvalue()
+
+
+def _dup_central(payload: bytes) -> bytes:
+    """One local header, two central records: the second names it like a tensor storage."""
+    data = bytearray(_zip({"archive/evil.pkl": payload}, zipfile.ZIP_STORED))
+    cd = data.find(b"PK\x01\x02")
+    rec = bytearray(data[cd:data.find(b"PK\x05\x06")])
+    alias = bytearray(rec)
+    alias[46:46 + 16] = b"archive/data/000"
+    body = data[:cd] + rec + alias
+    return bytes(body + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 2, 2, len(rec) * 2,
+                                    cd, 0))
+
+
+def _size_lie(payload: bytes) -> bytes:
+    data = bytearray(_zip({"m.pkl": b"\x80\x02N." + b" " * 8 + payload}, zipfile.ZIP_STORED))
+    struct.pack_into("<I", data, data.find(b"PK\x01\x02") + 20, 4)
+    return bytes(data)
+
+
+def _encrypted(payload: bytes) -> bytes:
+    data = bytearray(_zip({"m.pkl": payload}, zipfile.ZIP_STORED))
+    struct.pack_into("<H", data, 6, 1)
+    struct.pack_into("<H", data, data.find(b"PK\x01\x02") + 8, 1)
+    return bytes(data)
+
+
+def _joblib_plain_array() -> bytes:
+    from joblib.numpy_pickle import NumpyArrayWrapper
+
+    body = b"0" + _CALL[:-1]
+    wrapper = NumpyArrayWrapper(np.ndarray, (len(body),), "C", np.dtype("u1"))
+    wrapper.numpy_array_alignment_bytes = None
+    return pickle.dumps(wrapper, protocol=2)[:-1] + body + b"."
+
+
+def _keras_torch_wrapper() -> bytes:
+    import base64
+
+    import torch
+
+    blob = io.BytesIO()
+    torch.save({"m": _Reduce(os.getcwd, ())}, blob)
+    config = {"class_name": "Functional", "config": {"layers": [{
+        "class_name": "TorchModuleWrapper", "module": "keras.layers",
+        "config": {"module": base64.b64encode(blob.getvalue()).decode("ascii")}}]}}
+    return _zip({"config.json": json.dumps(config).encode(), "metadata.json": b"{}"})
+
+
+def _torchscript_from_file(path: Path) -> None:
+    import torch
+
+    code = ("import torch\n"
+            "class M(torch.nn.Module):\n"
+            "    def forward(self, x: torch.Tensor) -> torch.Tensor:\n"
+            "        return x + torch.from_file('/etc/hostname', False, 1, "
+            "dtype=torch.uint8).sum()\n")
+    namespace: dict[str, object] = {}
+    src = path.with_suffix(".py")
+    src.write_text(code)
+    exec(compile(code, str(src), "exec"), namespace)  # our own module source, to script it
+    import linecache
+
+    linecache.updatecache(str(src))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated, not gone
+        torch.jit.save(torch.jit.script(namespace["M"]()), str(path))  # type: ignore[operator]
+    src.unlink()
+
+
+def _loader_agreement_cases(root: Path) -> list[Sample]:
+    import joblib
+
+    out: list[Sample] = []
+
+    def put(name: str, data: bytes, container: str) -> None:
+        (root / name).write_bytes(data)
+        out.append(Sample(root / name, True, "getcwd", container))
+
+    for tag, prefix in (("int_leading_zeros", b"I007\n0"), ("int_nul", b"I12\x00junk\n0"),
+                        ("long_nul", b"L12\x00z\n0"), ("float_nul", b"F1.5\x00x\n0"),
+                        ("int_underscore", b"I1_0\n0"), ("empty_set_first", b"\x8f0"),
+                        ("binbytes8_first", b"\x8e" + struct.pack("<Q", 3) + b"abc0"),
+                        ("memo_key_space", b"Np 7\n0")):
+        put(f"{tag}__pickle_operand.bin", prefix + _CALL, "pickle_operand")
+    for tag, descr in (("O8", "'O8'"), ("object", "'object'"), ("eqO", "'=O'"),
+                       ("struct", "[('a', '<f4'), ('b', [('c', 'object')])]")):
+        put(f"npy_{tag}__npy_dtype.npy", _npy_header(descr, P2 + _CALL), "npy_dtype_spelling")
+    put("npz_folder_member__npz_dir.npz",
+        _zip({"w.npy": _npy_header("'<f8'", bytes(8)), "evil/": _npy_header("'|O'", P2 + _CALL)}),
+        "npz_dir_member")
+    put("size_lie__zip_sizes.zip", _size_lie(P2 + _CALL), "zip_size_lie")
+    put("dup_central__zip_dup.zip", _dup_central(P2 + _CALL), "zip_duplicate_central")
+    put("junk_prefix__zip_junk.keras",
+        b"#!/bin/sh\nnot a pickle\n" * 3 + _zip({"m.pkl": P2 + _CALL}), "zip_junk_prefix")
+    put("encrypted__zip_encrypted.zip", _encrypted(P2 + _CALL), "zip_encrypted")
+    put("st_pickle__polyglot_safetensors.safetensors", _st_pickle_polyglot(),
+        "polyglot_safetensors_pickle")
+    put("tar_pickle__polyglot_tar.tar", _tar_pickle_polyglot(), "polyglot_tar_pickle")
+    put("plain_array__joblib_plain.joblib", _joblib_plain_array(), "joblib_plain_reading")
+    raw = pickle.dumps({"p": _Reduce(os.getcwd, ())}, protocol=2)
+    put("zf_format__joblib_zf.pkl", b"ZF" + hex(len(raw)).encode().ljust(19) + zlib.compress(raw),
+        "joblib_zf")
+    put("lz4__joblib_lz4.joblib", b"\x04\x22\x4d\x18" + bytes(64), "joblib_lz4")
+    for dtype in ("U7", "V6", "datetime64[ns]"):
+        path = root / f"dtype_{dtype[:2]}__joblib_dtype.joblib"
+        joblib.dump({"a": np.zeros((3, 2), dtype=dtype), "p": _Reduce(os.getcwd, ())}, path,
+                    protocol=0)
+        out.append(Sample(path, True, "getcwd", "joblib_dtype_proto0"))
+    lam = _keras_config(True)
+    put("no_metadata__keras_nometa.keras",
+        _zip({"config.json": json.dumps(lam).encode(), "model.weights.h5": b""}),
+        "keras_no_metadata")
+    put("torch_wrapper__keras_torch.keras", _keras_torch_wrapper(), "keras_torch_wrapper")
+    ts = root / "from_file__torchscript_fileop.pt"
+    _torchscript_from_file(ts)
+    out.append(Sample(ts, True, "from_file", "torchscript_file_op"))
     return out
 
 
@@ -479,10 +630,48 @@ def _benign(root: Path) -> list[Sample]:
         "model/forest.joblib": (root / "sklearn_forest.joblib").read_bytes(),
     }, "w:gz"))
     mark(root / "bundle.tar.gz", "tar_gz")
+    _benign_real(root, mark)
     (root / "bundle.7z").write_bytes(_7z({"w.safetensors":
                                           (root / "weights.safetensors").read_bytes()}))
     mark(root / "bundle.7z", "7z")
     return out
+
+
+def _benign_real(root: Path, mark: Callable[[Path, str], None]) -> None:
+    """pandas pickles, a Lightning-style checkpoint, quantized tensors and weight-normed
+    whole models (issue 17's false positives)."""
+    import argparse
+    import pathlib
+
+    import torch
+
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is in the bench venv
+        pd = None
+    if pd is not None:
+        frame = pd.DataFrame({"a": [1, 2], "b": [0.5, 1.5], "c": ["x", "y"],
+                              "d": pd.date_range("2020-01-01", periods=2)})
+        for proto in (2, 5):
+            frame.to_pickle(root / f"pandas_frame{proto}.pkl", protocol=proto)
+            mark(root / f"pandas_frame{proto}.pkl", "pandas")
+        pd.Series([1.0, 2.0], name="s").to_pickle(root / "pandas_series.pkl")
+        mark(root / "pandas_series.pkl", "pandas")
+    hp = argparse.Namespace(lr=0.1, data_dir=pathlib.Path("/data"), log=pathlib.PurePosixPath("l"))
+    torch.save({"epoch": 1, "state_dict": {"w": torch.ones(2)}, "hyper_parameters": hp},
+               root / "lightning.ckpt")
+    mark(root / "lightning.ckpt", "lightning")
+    q = {"t": torch.quantize_per_tensor(torch.rand(4), 0.1, 10, torch.quint8),
+         "c": torch.quantize_per_channel(torch.rand(2, 3), torch.tensor([0.1, 0.2]),
+                                         torch.tensor([0, 1]), 0, torch.qint8)}
+    torch.save(q, root / "quantized.pt")
+    mark(root / "quantized.pt", "quantized")
+    torch.save(q, root / "quantized_legacy.pt", _use_new_zipfile_serialization=False)
+    mark(root / "quantized_legacy.pt", "quantized")
+    normed = torch.nn.Sequential(torch.nn.utils.weight_norm(torch.nn.Linear(3, 4)),
+                                 torch.nn.utils.spectral_norm(torch.nn.Linear(4, 2)))
+    torch.save(normed, root / "weight_norm_whole.pt")
+    mark(root / "weight_norm_whole.pt", "weight_norm")
 
 
 def build_corpus(root: str | os.PathLike[str], *, benign: bool = True,

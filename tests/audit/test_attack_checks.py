@@ -193,6 +193,10 @@ def test_inversion_shows_each_reconstruction_beside_its_class_mean(general: Audi
         assert len(row["cells"][0]["pixels"]) == 8 and len(row["cells"][0]["pixels"][0]) == 8
     close = result.metrics["closer_to_own_mean"]
     assert close.ci_method == "clopper-pearson" and close.n == 4
+    ssim = result.metrics["mean_ssim"].value
+    for f in result.findings:  # noise-like reconstructions are never rated high
+        assert f.id == "inversion.miface"
+        assert f.severity != Severity.HIGH or ssim >= 0.5
 
 
 def test_inversion_needs_gradients_or_a_sensitive_column(general: AuditContext) -> None:

@@ -156,21 +156,49 @@ def test_version_and_help() -> None:
     assert result.exit_code == 0 and "--attack" in result.output
 
 
-def test_demo_trains_audits_and_repeats_exactly(tmp_path) -> None:
-    runs = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        result = _run("--threads", "1", "demo", "--out", out, "--quiet")
-        assert result.exit_code == 0, result.output
-        assert "Scorecard" in result.output
-        runs.append(json.loads((out / "report.json").read_text()))
-    first, second = runs
-    checks = {c["name"]: c for c in first["checks"]}
-    assert first["command"] == "demo"
+def _demo(out: Path) -> dict:
+    result = _run("--threads", "1", "demo", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "Scorecard" in result.output
+    for name in ("report.json", "report.html", "report.md", "model.pt", "train.npz"):
+        assert (out / name).is_file()
+    return json.loads((out / "report.json").read_text())
+
+
+def test_demo_trains_and_audits_with_every_check(tmp_path) -> None:
+    doc = _demo(tmp_path / "a")
+    checks = {c["name"]: c for c in doc["checks"]}
+    assert doc["command"] == "demo"
+    assert set(checks) >= {"artifact", "data", "evasion", "extraction", "membership",
+                           "inversion", "poisoning"}
+    assert all(c["status"] in ("passed", "failed") for c in checks.values())  # all apply
     assert checks["artifact"]["status"] == "passed"
     ev = checks["evasion"]
     assert ev["metrics"]["clean_accuracy"]["value"] > 0.9
     assert ev["metrics"]["robust_accuracy"]["value"] < ev["metrics"]["clean_accuracy"]["value"]
-    assert [c["status"] for c in first["checks"]] == [c["status"] for c in second["checks"]]
+    assert _readme_scorecard() == _scorecard_rows(doc)  # the README shows this scorecard
+
+
+@pytest.mark.slow
+def test_demo_repeats_exactly(tmp_path) -> None:
+    first, second = _demo(tmp_path / "a"), _demo(tmp_path / "b")
     for a, b in zip(first["checks"], second["checks"], strict=True):
-        assert a["metrics"] == b["metrics"]
+        assert a["status"] == b["status"] and a["metrics"] == b["metrics"]
+
+
+def _readme_scorecard() -> list[list[str]]:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text[text.index("| threat | overall |"):].split("\n\n", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()]
+    return [rows[0][1:], *(r for r in rows[2:])]
+
+
+def _scorecard_rows(doc: dict) -> list[list[str]]:
+    card = doc["scorecard"]
+    head = ["overall", *(p.replace("_", " ") for p in card["practices"])]
+    out = [head]
+    for row in card["threats"]:
+        cells = [c["status"] for c in card["cells"] if c["threat"] == row["threat"]]
+        out.append([row["title"], row["status"],
+                    *("–" if c == "n/a" else c.replace("_", " ") for c in cells)])
+    return out

@@ -49,6 +49,13 @@ def _run(*args: object):
         return runner.invoke(app, [*map(str, args)])
 
 
+def _entry(out: Path) -> dict:
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["schema"] == "bastion.audit/1" and doc["command"] == "evaluate extraction"
+    (entry,) = doc["checks"]
+    return entry
+
+
 def test_knockoff_report(files, tmp_path) -> None:
     out = tmp_path / "r"
     res = _run(
@@ -71,18 +78,18 @@ def test_knockoff_report(files, tmp_path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert "fidelity" in res.output
-    doc = json.loads((out / "report.json").read_text())
-    assert doc["kind"] == "extraction" and doc["strategy"] == "knockoff"
-    assert doc["n_pool"] == 210 and doc["attack"]["n_eval"] == 90
-    assert doc["attack"]["queries"] == 210  # the pool holds 210 rows, fewer than the budget
-    assert [q for q, _ in doc["attack"]["history"]] == [100, 200, 210]
-    assert doc["attack"]["fidelity"] > 0.7
-    assert 0.0 <= doc["transfer"]["transfer_rate"] <= 1.0
-    finding = doc["findings"][0]
-    assert finding["atlas"] == ["AML.T0024.002"] and finding["owasp"] == ["ML05"]
+    entry = _entry(out)
+    assert entry["tables"][0]["rows"][0][:5] == ["model", "knockoff", "scores", 210, 300]
+    fid = entry["metrics"]["fidelity"]
+    assert fid["n"] == 90 and fid["value"] > 0.7 and fid["ci_method"] == "clopper-pearson"
+    (curve,) = entry["plots"]
+    # the pool holds 210 rows, fewer than the budget: 3 rounds of 70 queries
+    assert curve["kind"] == "line" and curve["series"][0]["x"] == [70, 140, 210]
+    transfer = entry["metrics"]["transfer_rate"]
+    assert 0.0 <= transfer["value"] <= 1.0 and transfer["ci"] is not None
     html = (out / "report.html").read_text()
-    assert "Fidelity vs queries" in html and "<polyline" in html
-    assert "<script" not in html and 'src="http' not in html
+    assert "Fidelity of the copy against queries" in html and "<svg" in html
+    assert 'src="http' not in html
 
 
 def test_equation_with_hardening_and_fail_above(files, tmp_path) -> None:
@@ -111,13 +118,14 @@ def test_equation_with_hardening_and_fail_above(files, tmp_path) -> None:
     )
     assert res.exit_code == 1, res.output
     assert "above --fail-above" in res.output
-    doc = json.loads((out / "report.json").read_text())
-    assert doc["attack"]["queries"] == 65 and doc["attack"]["fidelity"] == 1.0
-    assert doc["findings"][0]["severity"] == "high"
-    rows = {r["policy"]: r for r in doc["hardening"]}
-    assert rows["rounding(decimals=2)"]["attacks"]["equation"]["fidelity_drop"] > 0.3
-    assert rows["label-only"]["attacks"]["equation"]["blocked"] is True
-    assert "Output hardening" in (out / "report.html").read_text()
+    entry = _entry(out)
+    rows = {r[0]: r for r in entry["tables"][0]["rows"]}
+    assert rows["model"][1:4] == ["equation", "scores", 65] and rows["model"][5] == 1.0
+    assert entry["findings"][0]["severity"] == "high"
+    assert entry["findings"][0]["id"] == "extraction.high-fidelity"
+    # rounding breaks equation solving; label-only answers leave only a learning attack
+    assert rows["through rounding(decimals=2)"][5] < 0.7
+    assert rows["through label-only"][1:3] == ["copycat", "labels"]
 
 
 def test_label_access_uses_hard_labels(files, tmp_path) -> None:
@@ -145,8 +153,9 @@ def test_label_access_uses_hard_labels(files, tmp_path) -> None:
         out,
     )
     assert res.exit_code == 0, res.output
-    doc = json.loads((out / "report.json").read_text())
-    assert doc["attack"]["params"]["labels"] == "hard" and doc["access"] == "labels"
+    entry = _entry(out)
+    assert entry["tables"][0]["rows"][0][1:4] == ["copycat", "labels", 100]
+    assert entry["settings"]["access"] == "labels"
 
 
 @pytest.mark.parametrize(

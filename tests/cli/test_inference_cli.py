@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +52,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def test_membership_writes_reports(files: dict[str, Path], tmp_path: Path) -> None:
+def _entry(out: Path, name: str) -> dict:
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["schema"] == "bastion.audit/1"
+    (entry,) = [c for c in doc["checks"] if c["name"] == name]
+    return entry
+
+
+def test_membership_writes_the_audit_document(files: dict[str, Path], tmp_path: Path) -> None:
     args = ["evaluate", "membership", "-m", str(files["model"]), "--members", str(files["members"])]
     args += ["--non-members", str(files["non"]), "-a", "loss", "-a", "label-only"]
     args += ["-a", "lira-offline", "--population", str(files["pop"]), "--n-reference", "2"]
@@ -61,16 +67,21 @@ def test_membership_writes_reports(files: dict[str, Path], tmp_path: Path) -> No
     result = runner.invoke(_app(), args)
     assert result.exit_code == 0, result.output
     assert "TPR@1%FPR" in result.output
-    doc = json.loads((tmp_path / "report.json").read_text())
-    assert set(doc["attacks"]) == {"loss", "label-only", "lira-offline"}
-    assert doc["attacks"]["loss"]["auc"] > 0.6  # an overfit MLP leaks
-    assert doc["attacks"]["loss"]["queries"] == 200
-    lira = doc["attacks"]["lira-offline"]
-    assert 0 < lira["fit_seconds"] <= lira["seconds"]  # reference training is counted
-    assert doc["findings"][0]["atlas"] == ["AML.T0024.000"]
+    entry = _entry(tmp_path, "membership")
+    assert entry["settings"]["attacks"] == ["loss", "label-only", "lira"]
+    assert entry["settings"]["members"] == 100 and entry["settings"]["non_members"] == 100
+    assert entry["metrics"]["loss-threshold.auc"]["value"] > 0.6  # an overfit MLP leaks
+    assert entry["metrics"]["loss-threshold.auc"]["ci_method"].startswith("bootstrap")
+    ids = {f["id"] for f in entry["findings"]}
+    assert "membership.loss-threshold" in ids
+    assert entry["findings"][0]["atlas"] == ["AML.T0024.000"]
+    (roc,) = entry["plots"]
+    assert roc["kind"] == "roc" and roc["log_x"] and len(roc["series"]) == 3
     html = (tmp_path / "report.html").read_text()
-    assert "ROC, log scale" in html and html.count("<svg") == 2
-    assert "<script" not in html and 'src="http' not in html
+    assert "<svg" in html and 'src="http' not in html
+    assert (tmp_path / "report.md").exists()
+    again = runner.invoke(_app(), args)  # never overwrites a report silently
+    assert again.exit_code == 2 and "--force" in again.output
 
 
 def test_membership_bad_input_exits_2(files: dict[str, Path], tmp_path: Path) -> None:
@@ -83,40 +94,38 @@ def test_membership_bad_input_exits_2(files: dict[str, Path], tmp_path: Path) ->
     r = runner.invoke(_app(), [*base, "--max-queries", "10"])
     assert r.exit_code == 2 and "budget" in r.output
     r = runner.invoke(_app(), [*base, "--input-shape", "1,9,9"])
-    assert r.exit_code == 2 and "does not match" in r.output
+    assert r.exit_code == 2 and "1, 9, 9" in r.output
     r = runner.invoke(_app(), [*base, "--bounds", "0"])
     assert r.exit_code == 2 and "--bounds" in r.output
     assert not (tmp_path / "report.json").exists()
 
 
-def test_inversion_writes_png_grid(files: dict[str, Path], tmp_path: Path) -> None:
+def test_inversion_shows_reconstructions_beside_class_means(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
     args = ["evaluate", "inversion", "-m", str(files["model"]), "--classes", "0,1,7"]
     args += ["--reference", str(files["pop"]), "--steps", "50", "--out", str(tmp_path)]
     result = runner.invoke(_app(), args)
     assert result.exit_code == 0, result.output
-    doc = json.loads((tmp_path / "report.json").read_text())
-    assert doc["classes"] == [0, 1, 7] and doc["queries"] == 150
-    assert len(doc["metrics"]["ssim"]) == 3 and doc["x_shape"] == [3, 1, 8, 8]
+    entry = _entry(tmp_path, "inversion")
+    assert entry["settings"]["classes"] == [0, 1, 7]
+    (plot,) = entry["plots"]
+    assert plot["kind"] == "images" and [r["caption"] for r in plot["images"]] == [
+        "class 0",
+        "class 1",
+        "class 7",
+    ]
+    assert entry["metrics"]["closer_to_own_mean"]["n"] == 3
     html = (tmp_path / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") >= 6  # each reconstruction and its class mean
 
 
 def test_inversion_bad_input_exits_2(files: dict[str, Path], tmp_path: Path) -> None:
     base = ["evaluate", "inversion", "-m", str(files["model"]), "--out", str(tmp_path)]
     r = runner.invoke(_app(), [*base, "--classes", "a,b", "--input-shape", "1,8,8"])
     assert r.exit_code == 2 and "--classes" in r.output
-    r = runner.invoke(_app(), [*base, "--classes", "12", "--input-shape", "1,8,8"])
-    assert r.exit_code == 2 and "classes" in r.output
+    ref = ["--reference", str(files["pop"])]
+    r = runner.invoke(_app(), [*base, *ref, "--classes", "12", "--steps", "2"])
+    assert r.exit_code == 2 and "classes [12]" in r.output
     r = runner.invoke(_app(), [*base, "--classes", "1"])
-    assert r.exit_code == 2 and "input_shape" in r.output
-
-
-def test_png_encoder_round_trip() -> None:
-    img = (np.arange(12, dtype=np.uint8) * 20).reshape(3, 4)
-    data = inference.png_bytes(img)
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    start = data.index(b"IDAT") + 4
-    length = int.from_bytes(data[start - 8 : start - 4], "big")
-    raw = zlib.decompress(data[start : start + length])
-    rows = [raw[i * 5 + 1 : i * 5 + 5] for i in range(3)]  # filter byte + 4 pixels per row
-    assert b"".join(rows) == img.tobytes()
+    assert r.exit_code == 2 and "--reference" in r.output

@@ -59,6 +59,13 @@ def on_path(files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(files["poisoned"].parent))
 
 
+def _entry(out: Path) -> dict:
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["schema"] == "bastion.audit/1" and doc["command"] == "data scan-poison"
+    (entry,) = doc["checks"]
+    return entry
+
+
 def _scan(files: dict[str, Path], data: str, out: Path, *extra: str) -> Result:
     args = ["data", "scan-poison", "--model", str(files["model"]), "--data", str(files[data])]
     args += ["--factory", "poison_factory_mod:build", "--out", str(out), *extra]
@@ -70,31 +77,28 @@ def test_poisoned_data_exit_1_with_reports(
 ) -> None:
     result = _scan(files, "poisoned", tmp_path, "--layer", "5", "--methods", "ac,spectral")
     assert result.exit_code == 1, result.output
-    doc = json.loads((tmp_path / "report.json").read_text())
+    entry = _entry(tmp_path)
     mask = np.load(files["mask"])
-    for method in ("activation_clustering", "spectral_signatures"):
-        flagged = np.zeros(len(mask), dtype=bool)
-        flagged[doc["methods"][method]["flagged_indices"]] = True
-        assert (flagged & mask).sum() >= 0.9 * mask.sum()
-        assert (flagged & mask).sum() >= 0.8 * flagged.sum()
-    assert {f["id"] for f in doc["findings"]} == {
-        "poison.activation_clustering",
-        "poison.spectral_signatures",
-    }
-    assert "AML.T0020" in doc["findings"][0]["atlas"]
-    assert "ML02" in doc["findings"][0]["owasp"]
+    flagged = np.zeros(len(mask), dtype=bool)
+    flagged[entry["settings"]["flagged_indices"]] = True
+    assert (flagged & mask).sum() >= 0.9 * mask.sum()
+    assert (flagged & mask).sum() >= 0.8 * flagged.sum()
+    (finding,) = entry["findings"]
+    assert finding["id"] == "poisoning.suspected-backdoor" and finding["location"] == "class:0"
+    assert finding["evidence"]["methods"] == ["activation_clustering", "spectral_signatures"]
+    assert "AML.T0020" in finding["atlas"] and "ML02" in finding["owasp"]
+    kinds = [p["kind"] for p in entry["plots"]]
+    assert kinds == ["histogram", "histogram", "images"]
     html = (tmp_path / "report.html").read_text()
-    assert html.count("<svg") >= 10  # one scatter per class
-    assert "<script" not in html and "http://" not in html.replace(
-        'xmlns="http://www.w3.org/2000/svg"', ""
-    )
+    assert "Flagged training samples" in html and "data:image/png;base64," in html
 
 
 def test_clean_data_exit_0(files: dict[str, Path], on_path: None, tmp_path: Path) -> None:
     result = _scan(files, "clean", tmp_path, "--layer", "5", "--methods", "spectral")
     assert result.exit_code == 0, result.output
-    doc = json.loads((tmp_path / "report.json").read_text())
-    assert doc["suspicious"] is False and doc["findings"] == []
+    entry = _entry(tmp_path)
+    assert entry["status"] == "passed" and entry["findings"] == []
+    assert entry["metrics"]["flagged_fraction"]["value"] == 0.0
 
 
 @pytest.mark.parametrize(

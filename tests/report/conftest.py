@@ -425,6 +425,20 @@ def minimal_audit_document() -> dict[str, Any]:
     return doc
 
 
+def typer_app(register: Callable[[Any], None]) -> Any:
+    """A root ``bastion`` app with one command module registered, as main.py wires it."""
+    import typer
+
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """bastion"""
+
+    register(app)
+    return app
+
+
 @pytest.fixture
 def audit_doc() -> dict[str, Any]:
     return rich_audit_document()

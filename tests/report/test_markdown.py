@@ -26,7 +26,7 @@ def test_untrusted_text_cannot_add_markup(audit_doc: dict[str, Any]) -> None:
     md = render(audit_doc, "md")
     assert "<script" not in md and "<img" not in md
     assert "](" not in md and "![" not in md
-    assert md_escape("![x](https://t/p.png) <b>") == r"\!\[x\]\(https://t/p.png\) &lt;b>"
+    assert md_escape("![x](https://t/p.png) <b>") == r"\!\[x\](https://t/p.png) &lt;b>"
     assert md_escape("a\nb|c", 10) == r"a b\|c"
     assert md_escape("y" * 500, 50) == "y" * 49 + "…"
 

@@ -45,7 +45,8 @@ def test_one_point_gets_distinct_readable_ticks() -> None:
 def test_roc_is_log_log_ticked_at_decades_with_a_chance_line() -> None:
     fpr = np.logspace(-3, 0, 30)
     fig = figure({"kind": "roc", "title": "ROC", "series": [
-        {"label": "lira", "x": [0.0, *fpr], "y": [0.0, *(fpr ** 0.5)]}]})
+        {"label": "lira", "x": [0.0, *fpr], "y": [0.0, *(fpr ** 0.5)]},
+        {"label": "chance", "x": [0.01, 1.0], "y": [0.01, 1.0]}]})
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     assert _ticks(fig, "x") == ["10⁻³", "10⁻²", "10⁻¹", "1"]

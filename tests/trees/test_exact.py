@@ -163,3 +163,29 @@ def test_exact_attack_class_runs_through_generate():
     np.testing.assert_allclose(
         res.distances.numpy()[flipped.numpy()], d[flipped.numpy()], rtol=1e-5, atol=1e-5
     )
+
+
+def test_no_attack_beats_the_exact_minimum():
+    from sklearn.datasets import load_breast_cancer
+
+    from bastion.attacks.evasion.hopskipjump import HopSkipJump
+    from bastion.attacks.trees import fast_tree_attack
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = X[:, :10]
+    model = xgb.XGBClassifier(n_estimators=30, max_depth=4, n_jobs=1, random_state=0).fit(X, y)
+    ens = to_ensemble(model)
+    rows, labels = X[:15], y[:15]
+    exact = np.array([s.distance for s in minimal_perturbation(ens, rows, labels)])
+    fast = fast_tree_attack(ens, rows, labels)
+    assert fast.found.all()
+    assert np.all(ens.predict(fast.x_adv) != labels)
+    assert np.all(fast.distance >= exact - 1e-9)
+    # The fast search is near the optimum here (a regression guard, not a guarantee).
+    assert np.median(fast.distance / np.maximum(exact, 1e-12)) <= 1.05
+    clf = from_trees(model)
+    hsj = HopSkipJump(norm="linf", max_queries=300).generate(
+        clf, torch.tensor(rows), torch.tensor(labels)
+    )
+    ok = (hsj.success & hsj.clean_correct).numpy()
+    assert np.all(hsj.distances.numpy()[ok] >= exact[ok] - 1e-9)

@@ -147,13 +147,15 @@ def test_rows_already_breaking_the_rules_are_refused(table):
         attack.generate(tree, x, constraints=schema)
 
 
-def test_tree_attacks_respect_the_schema(table):
-    from bastion.attacks.trees import ExactTreeAttack
+@pytest.mark.parametrize("fast", [False, True])
+def test_tree_attacks_respect_the_schema(table, fast):
+    from bastion.attacks.trees import ExactTreeAttack, FastTreeAttack
 
     frame, y, contract, schema = table
     _, tree = _models(table)
     x = torch.tensor(frame.to_numpy(dtype=np.float64)[:10])
-    res = ExactTreeAttack(time_limit=20).generate(tree, x, torch.tensor(y[:10]), constraints=schema)
+    attack = FastTreeAttack() if fast else ExactTreeAttack(time_limit=20)
+    res = attack.generate(tree, x, torch.tensor(y[:10]), constraints=schema)
     adv = res.x_adv.numpy()
     assert np.all(schema.check(adv, x.numpy()) == 0)
     assert not validate(to_frame(adv, frame.iloc[:10]), contract, distribution=False).errors

@@ -35,6 +35,8 @@ __all__ = [
 
 SCHEMA = "bastion.audit/1"
 SEVERITIES = ("info", "low", "medium", "high", "critical")
+#: threats without a scorecard row, and the row they count in
+_ROW_OF = {"data_quality": "data_poisoning"}
 _PACKAGES = ("bastion", "torch", "numpy", "scikit-learn", "scipy", "onnxruntime")
 
 
@@ -172,18 +174,24 @@ def scorecard(
 
     A cell combines the statuses of the checks of that threat that bear on that practice
     (``failed`` > ``error`` > ``passed``; a mix of passed and not run is ``partial``); it is
-    ``n/a`` where no check of the threat bears on the practice.
+    ``n/a`` where no check of the threat bears on the practice. Data-quality checks (the
+    ``data`` contract check) have no row of their own: they count in the data-poisoning row,
+    since validating what enters training and serving is that threat's data-validation practice.
     """
     bearing = {p for cls in catalogue.values() for p in cls.practices}
     practices = [p for p in PRACTICES if p in bearing]
     rows = []
     cells = []
+    def row_of(threat: str) -> str:
+        return _ROW_OF.get(threat, threat)
+
     for threat, title in THREATS.items():
-        mine = [c for c in checks if c["threat"] == threat]
+        mine = [c for c in checks if row_of(c["threat"]) == threat]
         rows.append({"threat": threat, "title": title,
                      "status": _combine(c["status"] for c in mine),
                      "checks": [c["name"] for c in mine]})
-        relevant = {p for cls in catalogue.values() if cls.threat == threat for p in cls.practices}
+        relevant = {p for cls in catalogue.values() if row_of(cls.threat) == threat
+                    for p in cls.practices}
         for practice in practices:
             here = [c for c in mine if practice in c["practices"]]
             status = "n/a" if practice not in relevant else _combine(c["status"] for c in here)
@@ -243,10 +251,3 @@ def build_document(
     }
     validate_document(doc)
     return doc
-
-
-def at_or_above(doc: Mapping[str, Any], severity: str) -> list[dict[str, Any]]:
-    """Unsuppressed findings of ``doc`` at or above ``severity`` (for ``--fail-on``)."""
-    floor = SEVERITIES.index(severity)
-    return [f for c in doc["checks"] for f in c["findings"]
-            if not f.get("suppressed") and SEVERITIES.index(f["severity"]) >= floor]

@@ -118,6 +118,7 @@ def evaluate_evasion(
     progress: bool = True,
     model_name: str = "",
     on_progress: Callable[[float], None] | None = None,
+    hardening: str | None = None,
 ) -> EvasionEvaluation:
     """Run ``attacks`` on ``(x, y)`` and summarise robustness (see :class:`EvasionEvaluation`).
 
@@ -125,7 +126,9 @@ def evaluate_evasion(
     (default: the first eps-bounded white-box attack given, else the first eps-bounded one).
     With ``reliability_checks`` the evaluation looks for signs of gradient masking and reports
     them in ``warnings``. ``on_progress`` is called with the fraction done after each attack
-    and each point of the curve.
+    and each point of the curve. ``hardening`` names what was already done to the model
+    (``"adversarial"``, ``"dp"``, ``"smooth"``), so that the findings' remedies do not advise
+    it again.
     """
     if not attacks:
         raise ConfigurationError("give at least one attack")
@@ -208,7 +211,7 @@ def evaluate_evasion(
         seconds=time.perf_counter() - start,
         model=model_name,
     )
-    return _with_findings(evaluation)
+    return _with_findings(evaluation, hardening)
 
 
 def _check_data(classifier: Classifier, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -318,7 +321,52 @@ def _large_eps_probe(attacks: Sequence[EvasionAttack], eps: float) -> EvasionAtt
     return None
 
 
-def _with_findings(ev: EvasionEvaluation) -> EvasionEvaluation:
+def evasion_remedy(ev: EvasionEvaluation, hardening: str | None = None) -> str:
+    """The remedy for an evasion finding, from the numbers and from what was already done
+    (``hardening``: ``"adversarial"``, ``"dp"``, ``"smooth"`` or ``None``)."""
+    ratio = ev.robust_accuracy / ev.clean_accuracy if ev.clean_accuracy else 0.0
+    mitigations = (
+        f"({ATLAS['mitigation_model_hardening']}, {ATLAS['mitigation_input_detection']})"
+    )
+    numbers = f"robust accuracy {ev.robust_accuracy:.1%} of clean {ev.clean_accuracy:.1%}"
+    if hardening == "adversarial":
+        if ratio < 0.1:
+            return (
+                f"Adversarial training was applied and left {numbers}: at eps {ev.eps:g} it "
+                "learnt nothing. Check that eps suits the data's scale (the hardening report "
+                "says when it is too large), then train longer or try TRADES (--method trades)."
+            )
+        return (
+            f"Adversarial training was applied ({numbers}). To go further: more epochs or "
+            "PGD steps, TRADES (--method trades) to trade clean for robust accuracy, or "
+            f"randomized smoothing where a certified guarantee is needed {mitigations}."
+        )
+    if hardening == "dp":
+        return (
+            f"DP-SGD protects the training data, not the decision boundary ({numbers}). For "
+            "evasion add adversarial training (bastion harden adversarial) or randomized "
+            f"smoothing; expect DP's noise to cost clean accuracy as well {mitigations}."
+        )
+    if hardening == "smooth":
+        return (
+            f"Gaussian-augmentation training was applied; these attacks target the base model "
+            f"({numbers}). Serve the smoothed classifier, whose certified accuracy is the "
+            f"guarantee, or add adversarial training for the base model {mitigations}."
+        )
+    if ratio >= 0.9:
+        return (
+            f"The model holds at eps {ev.eps:g} ({numbers}). Before relying on it, re-run at "
+            "larger eps and with the autoattack ensemble and a decision-based attack "
+            "(hopskipjump) to rule out gradient masking."
+        )
+    return (
+        f"Harden the model with adversarial training (PGD-AT or TRADES: bastion harden "
+        f"adversarial) and re-run this evaluation ({numbers}); consider input screening and "
+        f"restricting queries {mitigations}."
+    )
+
+
+def _with_findings(ev: EvasionEvaluation, hardening: str | None = None) -> EvasionEvaluation:
     findings: list[Finding] = []
     if ev.eps is not None:
         drop = ev.clean_accuracy - ev.robust_accuracy
@@ -349,12 +397,7 @@ def _with_findings(ev: EvasionEvaluation) -> EvasionEvaluation:
                     "strongest_attack": worst.attack,
                     "n": ev.n,
                 },
-                remediation=(
-                    "Harden the model with adversarial training (PGD-AT or TRADES) and re-run "
-                    "this evaluation; consider input screening and restricting queries "
-                    f"({ATLAS['mitigation_model_hardening']}, "
-                    f"{ATLAS['mitigation_input_detection']})."
-                ),
+                remediation=evasion_remedy(ev, hardening),
             )
         )
     if ev.warnings:

@@ -287,13 +287,19 @@ def _read_saved(path: Path) -> dict[str, Any] | None:
 def write_reports(doc: Mapping[str, Any], out: Path,
                   formats: Sequence[str] = REPORT_FORMATS) -> dict[str, Path]:
     """Write ``report.<fmt>`` for each format through :mod:`bastion.report`."""
-    from bastion.report import RENDERERS, write_report
+    from bastion.report import write_report
+
+    _check_formats(formats)
+    return write_report(dict(doc), out, formats=tuple(formats))
+
+
+def _check_formats(formats: Sequence[str]) -> None:
+    from bastion.report import RENDERERS
 
     unknown = sorted(set(formats) - set(RENDERERS))
     if unknown:
-        raise ConfigurationError(f"unknown report format(s) {unknown}; choose from "
+        raise ConfigurationError(f"unknown report format(s) {', '.join(unknown)}; choose from "
                                  f"{', '.join(sorted(RENDERERS))}")
-    return write_report(dict(doc), out, formats=tuple(formats))
 
 
 def run_audit(
@@ -321,6 +327,8 @@ def run_audit(
     """
     from bastion._progress import progress_bar
 
+    if write:
+        _check_formats(formats)
     catalogue = _catalogue(checks)
     executor = executor or InProcessExecutor()
     prepared = prepare(config, catalogue, classifier=classifier, transport=transport)

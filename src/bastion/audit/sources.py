@@ -61,10 +61,12 @@ def model_files(path: Path) -> tuple[list[dict[str, Any]], str]:
 
 # -- data -----------------------------------------------------------------------------------
 def load_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``x`` and ``y`` of an ``.npz``, checked: numeric ``x`` of shape (n, ...), integer labels."""
-    from bastion.data import load_npz
+    """``x`` and ``y`` of an ``.npz`` (or a ``.csv``/``.parquet`` table, see
+    :func:`bastion.data.load_labelled`), checked: numeric ``x`` of shape (n, ...), integer
+    labels."""
+    from bastion.data import load_labelled
 
-    x, y = load_npz(path)
+    x, y = load_labelled(path)
     if x.dtype.kind not in "fiu" or x.ndim < 2:
         raise InputError(
             f"x in {path} must be a numeric array of shape (n, ...), got {x.dtype} {x.shape}"

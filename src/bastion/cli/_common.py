@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -52,13 +53,39 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         except typer.Exit:
             raise
         except BastionError as exc:
-            raise fail(str(exc)) from None
+            raise fail(cli_spelling(str(exc))) from None
         except OSError as exc:  # missing file, a file where a folder is expected, ...
             raise fail(f"{exc.strerror or exc}: {exc.filename}") from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
 
     return wrapper
+
+
+# Python keyword arguments that library messages name, and the command-line flags that set
+# them: a CLI user reads `--layer`, not `layer=`.
+_FLAGS = {
+    "layer": "--layer", "factory": "--factory", "trust_pickle": "--trust-pickle",
+    "num_classes": "--num-classes", "input_shape": "--input-shape", "access": "--access",
+    "method": "--method", "bounds": "--bounds",
+}  # fmt: skip
+_KWARG = re.compile(
+    r"\b(?P<name>" + "|".join(_FLAGS) + r")=(?P<value>True|'[^']*'|\.\.\.)?"
+    r"(?P<again> \(--[a-z-]+\))?"
+)
+
+
+def cli_spelling(message: str) -> str:
+    """``message`` with Python keyword spellings (``layer=``, ``trust_pickle=True``,
+    ``factory='pkg.mod:fn'``) replaced by the flags that set them (``--layer``, ...)."""
+
+    def flag(m: re.Match[str]) -> str:
+        value = m.group("value")
+        if value is None or value == "True":
+            return _FLAGS[m.group("name")]
+        return f"{_FLAGS[m.group('name')]} {value.strip(chr(39))}"
+
+    return _KWARG.sub(flag, message)
 
 
 def report_chain(result: Any) -> None:

@@ -18,11 +18,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXIT_FAILED",
-    "contract_html",
     "contract_summary",
     "data_app",
     "register",
-    "report_html",
 ]
 
 #: exit code when the data violate the contract
@@ -67,6 +65,7 @@ def infer_contract_cmd(
     """Infer a human-editable YAML contract from reference data."""
     from bastion._io import atomic_write_json, atomic_write_text
     from bastion.data.contracts import infer_contract, save_contract
+    from bastion.report.data import render_contract_html
 
     contract = infer_contract(
         data, name=name or data.stem, categorical=tuple(categorical or ()),
@@ -78,7 +77,7 @@ def infer_contract_cmd(
     doc = {"data": str(data), "contract_file": str(out), **contract_summary(contract)}
     folder = report_dir if report_dir is not None else out.parent
     atomic_write_json(folder / "report.json", doc)
-    atomic_write_text(folder / "report.html", contract_html(doc))
+    atomic_write_text(folder / "report.html", render_contract_html(doc))
     what = (f"{len(contract.columns)} columns" if contract.kind == "table"
             else f"shape {list(contract.shape)}")
     console.print(f"wrote {contract.kind} contract [bold]{contract.name}[/] ({what}) to {out}",
@@ -126,14 +125,17 @@ def validate_cmd(
     """Validate data against a contract; exit 1 when the contract fails."""
     from bastion._io import atomic_write_json, atomic_write_text
     from bastion.data.contracts import load_contract, validate
+    from bastion.data.contracts.drift_plots import drift_plots
+    from bastion.report.data import render_validation_html
 
     if not contract_path.is_file():
         raise fail(f"no such contract file: {contract_path}")
     contract = load_contract(contract_path)
     report = validate(data, contract, distribution=not no_distribution, fdr=fdr)
     doc = {"data": str(data), "contract_file": str(contract_path), **report.to_dict()}
+    doc["plots"] = drift_plots(data, contract, doc["drift"])
     atomic_write_json(out / "report.json", doc)
-    atomic_write_text(out / "report.html", report_html(doc))
+    atomic_write_text(out / "report.html", render_validation_html(doc))
     style = "green" if report.ok else "bold red"
     console.print(f"[{style}]{'PASS' if report.ok else 'FAIL'}[/] {report.summary()}",
                   highlight=False)
@@ -145,40 +147,6 @@ def validate_cmd(
     console.print(f"reports in {out}", highlight=False)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
-
-
-def report_html(doc: dict[str, Any]) -> str:
-    """A self-contained HTML page of a validation report (``ValidationReport.to_dict``)."""
-    from bastion.report.html import esc, render_html_page, table_html
-
-    verdict = "PASS" if doc["ok"] else "FAIL"
-    cards = "".join(
-        f'<div class="card"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>'
-        for k, v in (("verdict", verdict), ("rows", doc["n_rows"]), ("errors", doc["n_errors"]),
-                     ("warnings", doc["n_warnings"]),
-                     ("drifted", sum(d["drifted"] for d in doc["drift"]))))
-    body = [f'<div class="cards">{cards}</div>', "<h2>Violations</h2>"]
-    if doc["violations"]:
-        ordered = sorted(doc["violations"], key=lambda v: v["severity"] != "error")
-        body.append(table_html(
-            ["severity", "rule", "row", "column", "index", "value", "expected", "message"],
-            [[v["severity"], v["rule"], v["row"], v["column"],
-              None if v["index"] is None else str(tuple(v["index"])),
-              None if v["value"] is None else fmt_value(v["value"]),
-              None if v["expected"] is None else fmt_value(v["expected"]), v["message"]]
-             for v in ordered]))
-    else:
-        body.append('<p class="muted">No violations.</p>')
-    body.append(f"<h2>Distribution tests (Benjamini–Hochberg, FDR {esc(doc['fdr'])})</h2>")
-    if doc["drift"]:
-        body.append(table_html(
-            ["column", "test", "statistic", "p", "q", "PSI", "drifted"],
-            [[d["column"], d["test"], d["statistic"], d["p_value"], d["q_value"], d["psi"],
-              "yes" if d["drifted"] else "no"] for d in doc["drift"]]))
-    else:
-        body.append('<p class="muted">No distribution tests were run.</p>')
-    return render_html_page(f"Data validation: {doc['contract']}", "".join(body),
-                            subtitle=f"{doc.get('data', '')} · {verdict}")
 
 
 def contract_summary(contract: Contract) -> dict[str, Any]:
@@ -212,42 +180,3 @@ def _listed(pair: tuple[Any, Any] | None) -> list[Any] | None:
 
 def _accepted_text(pair: list[Any] | None) -> str | None:
     return None if pair is None else f"{fmt_value(pair[0])} to {fmt_value(pair[1])}"
-
-
-def contract_html(doc: dict[str, Any]) -> str:
-    """A self-contained HTML page of an inferred contract (:func:`contract_summary`)."""
-    from bastion.report.html import esc, render_html_page, table_html
-
-    facts: list[tuple[str, Any]] = [("kind", doc["kind"]), ("reference rows", doc["n_reference"])]
-    if doc["kind"] == "table":
-        facts.append(("columns", len(doc["columns"])))
-    else:
-        facts += [("shape", "×".join("n" if s is None else str(s) for s in doc["shape"])),
-                  ("dtype", doc["dtype"])]
-    cards = "".join(
-        f'<div class="card"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>'
-        for k, v in facts)
-    body = [f'<div class="cards">{cards}</div>']
-    if doc["kind"] == "table":
-        body.append("<h2>Columns</h2>")
-        body.append(table_html(
-            ["name", "kind", "dtype", "nullable", "missing", "min", "max", "accepted range",
-             "categories", "unique", "mean", "std"],
-            [[c["name"], c["kind"], c["dtype"], "yes" if c["nullable"] else "no",
-              c["missing_rate"], c["min"], c["max"], _accepted_text(c["accepted"]),
-              c["categories"],
-              "yes" if c["unique"] else "no", c["mean"], c["std"]] for c in doc["columns"]]))
-    else:
-        body.append("<h2>Values</h2>")
-        body.append(table_html(["min", "max", "NaN allowed"],
-                               [[doc["min"], doc["max"], "yes" if doc["allow_nan"] else "no"]]))
-        if doc["channels"]:
-            body.append("<h2>Channels</h2>")
-            body.append(table_html(
-                ["channel", "mean", "std", "min", "max"],
-                [[i, c["mean"], c["std"], c["min"], c["max"]]
-                 for i, c in enumerate(doc["channels"])]))
-    body.append(f'<p class="muted">Range tolerance {esc(doc["range_tolerance"])}; contract '
-                f'file {esc(doc.get("contract_file", ""))}.</p>')
-    return render_html_page(f"Data contract: {doc['contract']}", "".join(body),
-                            subtitle=str(doc.get("data", "")))

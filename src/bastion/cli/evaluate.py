@@ -62,10 +62,12 @@ def evaluate_evasion_cmd(
         help="Model file: TorchScript .pt, state_dict + --factory, .onnx, .skops, joblib.",
     ),
     data: Path = typer.Option(
-        ..., "--data", "-d", help=".npz file with arrays x (inputs) and y (labels)."
+        ..., "--data", "-d",
+        help=".npz with arrays x (inputs) and y (labels), or a .csv/.parquet table (label "
+        "column y, label, target or class, else the last).",
     ),
-    attack: list[str] = typer.Option(
-        ["pgd"],
+    attack: list[str] | None = typer.Option(
+        None,
         "--attack",
         "-a",
         help=(
@@ -142,8 +144,9 @@ def _evaluate(**opts: Any) -> None:
     if opts["num_classes"] is not None:
         model_options["num_classes"] = opts["num_classes"]
     settings = {
-        "attacks": list(opts["attack"]),
+        "attacks": list(opts["attack"] or []) or None,  # None: what the model allows
         "max_samples": opts["max_samples"] or 2**31 - 1,
+        "subset": "first",
         "steps": opts["steps"],
         "max_queries": opts["max_queries"],
         "batch_size": opts["batch_size"],

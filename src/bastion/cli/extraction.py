@@ -1,15 +1,20 @@
-"""``bastion evaluate extraction``: steal a model through a black-box view and report it."""
+"""``bastion evaluate extraction``: steal a model through a black-box view and report it.
+
+Runs an audit with the one ``extraction`` check and writes the same ``bastion.audit/1``
+document as ``bastion audit`` (report.json, .html with fidelity against queries, .md).
+Exit codes: 0 done, 1 fidelity above ``--fail-above``, 2 bad input or an error.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any
 
 import typer
 
-from bastion.cli._common import console, err_console, handle_errors
+from bastion.cli._common import err_console, handle_errors
 from bastion.errors import ConfigurationError, InputError
 
 __all__ = ["register"]
@@ -57,8 +62,13 @@ def evaluate_extraction_cmd(
         "noise:SIGMA, reverse-sigmoid:BETA,GAMMA.",
     ),
     out: Path = typer.Option(
-        Path("bastion-report"), "--out", "-o", help="Folder for report.json and report.html."
+        Path("bastion-extraction"),
+        "--out",
+        "-o",
+        help="Folder for the report (report.json, .html, .md); an existing report is kept "
+        "unless --force.",
     ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing report in --out."),
     factory: str | None = typer.Option(
         None, "--factory", help="module:function building the nn.Module for a state_dict file."
     ),
@@ -81,17 +91,10 @@ def evaluate_extraction_cmd(
 
 @handle_errors
 def _evaluate(**opts: Any) -> None:
-    from bastion.attacks.extraction import black_box, transfer_rate
-    from bastion.attacks.extraction.catalog import (
-        STRATEGIES,
-        build_extraction_attack,
-        parse_policy,
-    )
-    from bastion.attacks.extraction.report import write_extraction_report
-    from bastion.cli._common import parse_floats, parse_shape
-    from bastion.cli.evaluate import load_xy, pick_device
-    from bastion.models.base import Capability
-    from bastion.models.loading import load_model
+    from bastion.attacks.extraction.catalog import STRATEGIES, parse_policy
+    from bastion.audit.config import AuditConfig, AuditThreat
+    from bastion.cli._one_check import model_options, run_one_check
+    from bastion.threat import Access
 
     strategy = opts["strategy"].lower()
     if strategy not in STRATEGIES:
@@ -103,79 +106,53 @@ def _evaluate(**opts: Any) -> None:
         raise ConfigurationError("--strategy equation needs --access scores")
     if opts["budget"] < 1:
         raise ConfigurationError("--budget must be at least 1")
+    if opts["rounds"] < 1 or opts["epochs"] < 1:
+        raise ConfigurationError("--rounds and --epochs must be at least 1")
     frac = opts["pool_fraction"]
     if not 0.0 < frac < 1.0:
         raise ConfigurationError("--pool-fraction must be between 0 and 1 (exclusive)")
-    policies = [parse_policy(p) for p in opts["harden"]]
-    lo_hi = parse_floats(opts["bounds"], "--bounds", 2)
-    bounds = (lo_hi[0], lo_hi[1])
-    x, y = load_xy(opts["data"], bounds)
-    shape = parse_shape(opts["input_shape"]) or tuple(x.shape[1:])
-    if math.prod(shape) != math.prod(x.shape[1:]):
-        raise InputError(f"--input-shape {shape} does not fit data rows of shape {x.shape[1:]}")
-    x = x.reshape(x.shape[0], *shape)
-    n_pool = round(frac * x.shape[0])
-    if n_pool < 1 or n_pool >= x.shape[0]:
-        raise ConfigurationError(
-            f"--pool-fraction {frac} leaves no pool or no held-out data for {x.shape[0]} rows"
-        )
-    clf = load_model(
-        opts["model"],
-        input_shape=shape,
-        num_classes=opts["num_classes"],
-        bounds=bounds,
-        factory=opts["factory"],
-        trust_pickle=opts["trust_pickle"],
-        device=pick_device("cpu"),
-    )
-    if access == "scores" and Capability.SCORES not in clf.capabilities:
-        raise ConfigurationError("the model is label-only; use --access labels")
-    victim = black_box(clf, access=cast(Literal["scores", "labels"], access))
-    arch = opts["surrogate"]
-    if arch == "auto":
-        arch = "cnn" if len(shape) == 3 and min(shape[1:]) >= 16 else "mlp"
-    labels: Literal["soft", "hard"] = "soft" if access == "scores" else "hard"
-    attack = build_extraction_attack(
-        strategy,
-        query_budget=opts["budget"],
-        labels=labels,
-        surrogate=arch,
-        rounds=opts["rounds"],
-        epochs=opts["epochs"],
-        seed=opts["seed"],
-    )
-    x_pool, x_eval, y_eval = x[:n_pool], x[n_pool:], y[n_pool:]
-    result = attack.extract(victim, x_pool=x_pool, x_eval=x_eval, y_eval=y_eval)
-    doc: dict[str, Any] = {
-        "model": str(opts["model"]),
-        "data": str(opts["data"]),
+    for spec in opts["harden"]:
+        parse_policy(spec)  # a bad policy is a usage error before anything runs
+    if opts["surrogate"] not in ("auto", "mlp", "cnn", "linear"):
+        raise ConfigurationError("--surrogate must be auto, mlp, cnn or linear")
+    _check_shape(opts)
+    settings = {
+        "budget": opts["budget"],
         "strategy": strategy,
-        "access": access,
-        "surrogate": arch,
-        "n_pool": n_pool,
-        "attack": result.to_dict(),
-        "transfer": None,
-        "hardening": [],
+        "points": opts["rounds"],
+        "epochs": opts["epochs"],
+        "pool_fraction": frac,
+        "surrogate": opts["surrogate"],
+        "policies": list(opts["harden"]),
+        "transfer_eps": max(0.0, opts["transfer_eps"]),
     }
-    if opts["transfer_eps"] > 0:
-        doc["transfer"] = transfer_rate(
-            result, clf, x_eval, y_eval, eps=opts["transfer_eps"]
-        ).to_dict()
-    if policies:
-        from bastion.defences.output import evaluate_output_policies
-
-        rows = evaluate_output_policies(clf, policies, [attack], x_eval, y_eval, x_pool=x_pool)
-        doc["hardening"] = [r.to_dict() for r in rows]
-    json_path, html_path = write_extraction_report(doc, opts["out"])
-    fid = result.fidelity if result.fidelity is not None else 0.0
-    console.print(
-        f"{strategy} ({access}): fidelity {fid:.3f} with {result.queries} of "
-        f"{result.query_budget} queries; copy accuracy {result.accuracy or 0.0:.3f} "
-        f"(model {result.victim_accuracy or 0.0:.3f})"
+    config = AuditConfig(
+        model=str(opts["model"]),
+        test=opts["data"],
+        out=opts["out"],
+        seed=opts["seed"],
+        threat=AuditThreat(access=Access(access), query_budget=opts["budget"]),
+        model_options=model_options(opts, device="cpu"),
+        settings={"extraction": settings},
     )
-    if doc["transfer"]:
-        console.print(f"transfer rate {doc['transfer']['transfer_rate']:.3f}")
-    console.print(f"wrote {json_path} and {html_path}")
+    _, entry = run_one_check(
+        "extraction", config, command="evaluate extraction", force=opts["force"]
+    )
+    fid = entry["metrics"]["fidelity"]["value"] or 0.0
     if opts["fail_above"] is not None and fid > opts["fail_above"]:
         err_console.print(f"fidelity {fid:.3f} is above --fail-above {opts['fail_above']}")
         raise typer.Exit(1)
+
+
+def _check_shape(opts: dict[str, Any]) -> None:
+    """``--input-shape`` must hold as many values as a row of ``--data``."""
+    from bastion.cli._common import parse_floats, parse_shape
+    from bastion.cli.evaluate import load_xy
+
+    shape = parse_shape(opts["input_shape"])
+    if shape is None:
+        return
+    lo, hi = parse_floats(opts["bounds"], "--bounds", 2)
+    x, _ = load_xy(opts["data"], (lo, hi))
+    if math.prod(shape) != math.prod(x.shape[1:]):
+        raise InputError(f"--input-shape {shape} does not fit data rows of shape {x.shape[1:]}")

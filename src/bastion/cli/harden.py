@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from bastion.cli._common import console, handle_errors, parse_floats
+from bastion.cli._common import console, err_console, handle_errors, parse_floats
 from bastion.cli.evaluate import load_xy, pick_device
 from bastion.errors import ConfigurationError, InputError, ModelError
 
@@ -63,7 +63,9 @@ def register(app: typer.Typer) -> typer.Typer:
 
 
 # -- options shared by the three subcommands ------------------------------------------------
-_DATA = typer.Option("digits", "--data", "-d", help="digits, mnist, or an .npz with x and y.")
+_DATA = typer.Option(
+    "digits", "--data", "-d", help="digits, mnist, an .npz with x and y, or a .csv/.parquet table."
+)
 _ARCH = typer.Option("small_cnn", "--arch", help="Baseline architecture: small_cnn or small_mlp.")
 _MODEL = typer.Option(
     None, "--model", "-m", help="Baseline torch model file to start from (instead of --arch)."
@@ -99,6 +101,10 @@ _OUT = typer.Option(
 _SEED = typer.Option(0, "--seed", help="Random seed (split, weights, training, attacks).")
 _DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+_FAIL_UNDER = typer.Option(
+    None, "--fail-under",
+    help="Exit with code 1 when the hardened model's robust accuracy is below this value.",
+)  # fmt: skip
 
 
 def adversarial_cmd(
@@ -128,6 +134,7 @@ def adversarial_cmd(
     seed: int = _SEED,
     device: str = _DEVICE,
     quiet: bool = _QUIET,
+    fail_under: float | None = _FAIL_UNDER,
 ) -> None:
     """Adversarial training (PGD-AT or TRADES) of a copy of the baseline."""
     _harden("adversarial", dict(locals()))
@@ -165,6 +172,7 @@ def dp_cmd(
     seed: int = _SEED,
     device: str = _DEVICE,
     quiet: bool = _QUIET,
+    fail_under: float | None = _FAIL_UNDER,
 ) -> None:
     """Differentially private training (DP-SGD) of the baseline's architecture."""
     opts = dict(locals())
@@ -202,6 +210,7 @@ def smooth_cmd(
     seed: int = _SEED,
     device: str = _DEVICE,
     quiet: bool = _QUIET,
+    fail_under: float | None = _FAIL_UNDER,
 ) -> None:
     """Gaussian-augmentation training and randomized-smoothing certification."""
     _harden("smooth", dict(locals()))
@@ -252,11 +261,23 @@ def _harden(defence: str, opts: dict[str, Any]) -> None:
     if not opts["quiet"]:
         console.print("evaluating the hardened model ...")
     after = _evaluate(hardened, data, x_eval, y_eval, opts, defence, "hardened")
+    privacy = None
     if defence == "dp":
         after["epsilon"] = training["privacy"]["epsilon"]
+        if not opts["quiet"]:
+            console.print("measuring membership inference before and after ...")
+        privacy = {
+            "before": _membership(baseline, data, opts),
+            "after": _membership(hardened, data, opts),
+        }
 
     buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in hardened.state_dict().items()}, buffer)
+    if isinstance(hardened, torch.jit.ScriptModule):  # a TorchScript baseline stays one
+        _jit_save(hardened, buffer)
+        model_format = "torchscript"
+    else:
+        torch.save({k: v.detach().cpu() for k, v in hardened.state_dict().items()}, buffer)
+        model_format = "state_dict"
     doc = {
         "kind": "hardening",
         "defence": defence,
@@ -274,14 +295,65 @@ def _harden(defence: str, opts: dict[str, Any]) -> None:
         "training": training,
         "before": before,
         "after": after,
-        "summary": summarise(defence, before, after),
-        "files": {"model": "model.pt"},
+        "summary": summarise(defence, before, after, privacy),
+        "files": {"model": "model.pt", "model_format": model_format},
+        **({"privacy": privacy} if privacy is not None else {}),
         "seed": opts["seed"],
         "seconds": time.perf_counter() - start,
     }
+    doc["warnings"] = _no_gain_warnings(defence, doc, data, opts)
     json_path, html_path, model_path = write_report(doc, opts["out"], buffer.getvalue())
     print_summary(doc)
     console.print(f"wrote {json_path}, {html_path} and {model_path}")
+    for w in doc["warnings"]:
+        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    fail_under = opts.get("fail_under")
+    if fail_under is not None and after["robust_accuracy"] < fail_under:
+        err_console.print(
+            f"robust accuracy {after['robust_accuracy']:.3f} of the hardened model is below "
+            f"--fail-under {fail_under}", highlight=False,
+        )
+        raise typer.Exit(1)
+
+
+def _no_gain_warnings(
+    defence: str, doc: dict[str, Any], data: _Data, opts: dict[str, Any]
+) -> list[str]:
+    """Warnings for a hardening run that did not make the model more robust, with the reason
+    when it is the budget: an eps too large for the distances between the data's classes."""
+    from bastion.audit.scale import class_separation
+
+    if defence == "dp":
+        return []  # DP-SGD buys privacy, not robustness: no gain is expected
+    key = "certified_accuracy" if defence == "smooth" else "robust_accuracy"
+    row = doc["summary"][key]
+    if row["after"] > row["before"]:
+        return []
+    what = key.replace("_", " ")
+    message = (
+        f"hardening achieved nothing: {what} {row['before']:.3f} before, {row['after']:.3f} "
+        "after"
+    )
+    history = doc["training"].get("report", {}).get("history", [])
+    if history and max(h["train_accuracy"] for h in history) <= 0.05:
+        message += " (training accuracy under attack stayed at or near 0 every epoch)"
+    eps = float(opts["eps"])
+    sep = class_separation(data.x_train, data.y_train, norm=opts["norm"], seed=opts["seed"])
+    if sep.too_large(eps):
+        message += (
+            f". --eps {eps:g} is too large for this data's scale: it is "
+            f"{sep.ratio(eps):.0%} of the median half-distance between a sample and the nearest "
+            f"sample of another class ({sep.median_half_distance:.3g} in {sep.norm.value}), so "
+            "most eps-balls nearly reach another class and no model can be robust there; "
+            f"try --eps {sep.suggested_eps():.2g} or less"
+        )
+    else:
+        message += (
+            f". --eps {eps:g} is within this data's scale ({sep.ratio(eps):.0%} of the median "
+            f"half-distance between classes, {sep.median_half_distance:.3g}): train longer "
+            "(--epochs), or lower --lr"
+        )
+    return [message]
 
 
 def _check_options(opts: dict[str, Any]) -> None:
@@ -318,8 +390,11 @@ def _load_data(opts: dict[str, Any]) -> _Data:
         x, y, num_classes, bounds = ds.x, ds.y, ds.num_classes, ds.bounds
     else:
         path = Path(source)
-        if path.suffix.lower() != ".npz":
-            raise InputError(f"--data must be digits, mnist or an .npz file, got {source!r}")
+        if path.suffix.lower() not in (".npz", ".csv", ".parquet"):
+            raise InputError(
+                f"--data must be digits, mnist, an .npz (arrays x and y) or a .csv/.parquet "
+                f"table, got {source!r}"
+            )
         lo_hi = parse_floats(opts["bounds"], "--bounds", 2)
         bounds = (lo_hi[0], lo_hi[1])
         if not (math.isfinite(bounds[0]) and math.isfinite(bounds[1]) and bounds[0] < bounds[1]):
@@ -384,6 +459,7 @@ def _baseline(
             epochs=opts["baseline_epochs"],
             lr=3e-3,
             seed=opts["seed"],
+            progress=not opts["quiet"],
         )
         return net, {"arch": opts["arch"], "baseline": "trained"}, data.num_classes
     clf = load_model(
@@ -458,7 +534,7 @@ def _train(
     defence: str, trainer: Any, baseline: nn.Module, data: _Data, opts: dict[str, Any]
 ) -> tuple[nn.Module, dict[str, Any]]:
     if defence == "adversarial":
-        net = copy.deepcopy(baseline)
+        net = _copy(baseline)
         n_val = min(500, max(1, len(data.x_train) // 10))
         report = trainer.fit(
             net,
@@ -481,7 +557,7 @@ def _train(
         }
     from bastion.defences.certify import train_gaussian_augmentation
 
-    net = copy.deepcopy(baseline)
+    net = _copy(baseline)
     report_ga = train_gaussian_augmentation(
         net,
         data.x_train,
@@ -494,6 +570,36 @@ def _train(
         progress=not opts["quiet"],
     )
     return net, {"initialisation": "the baseline's weights", "report": report_ga.to_dict()}
+
+
+def _jit_save(net: nn.Module, buffer: io.BytesIO) -> None:
+    """``torch.jit.save``, which torch marks deprecated; users' TorchScript files stay supported."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(net, buffer)
+
+
+def _copy(net: nn.Module) -> nn.Module:
+    """A trainable copy of ``net``. ``copy.deepcopy`` of a TorchScript module gives parameters
+    that are not leaves (an optimiser refuses them), so those are copied by saving and loading."""
+    import warnings
+
+    import torch
+
+    if isinstance(net, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
+        _jit_save(net, buffer)
+        buffer.seek(0)
+        device = next((p.device for p in net.parameters()), torch.device("cpu"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loaded: nn.Module = torch.jit.load(buffer, map_location=device)
+        return loaded
+    return copy.deepcopy(net)
 
 
 def _fresh_weights(baseline: nn.Module, seed: int) -> nn.Module:
@@ -557,6 +663,7 @@ def _evaluate(
         curve_points=opts["curve_points"],
         progress=not opts["quiet"],
         model_name=label,
+        hardening=defence if label == "hardened" else None,
     )
     doc = ev.to_dict()
     out: dict[str, Any] = {
@@ -573,6 +680,35 @@ def _evaluate(
     if defence == "smooth":
         out["certified"] = _certify(net, data, x, y, opts)
     return out
+
+
+def _membership(net: nn.Module, data: _Data, opts: dict[str, Any]) -> dict[str, Any]:
+    """The privacy effect as an attacker sees it: a loss-threshold membership attack on
+    training samples (members) against held-out ones (non-members), as many of each."""
+    import torch
+
+    from bastion.attacks.inference import ThresholdAttack
+    from bastion.models import TorchClassifier
+
+    m = min(len(data.x_train), len(data.x_test), 1000)
+    x = torch.cat([data.x_train[:m], data.x_test[:m]])
+    y = torch.cat([data.y_train[:m], data.y_test[:m]])
+    truth = torch.cat([torch.ones(m, dtype=torch.bool), torch.zeros(m, dtype=torch.bool)])
+    clf = TorchClassifier(
+        net, input_shape=data.input_shape, num_classes=data.num_classes, bounds=data.bounds
+    )
+    s = ThresholdAttack(signal="loss", seed=opts["seed"]).infer(clf, x, y, membership=truth)
+    summary = s.summary()
+    return {
+        "attack": "loss",
+        "n_members": m,
+        "n_non_members": m,
+        "auc": summary["auc"],
+        "advantage": summary["advantage"],
+        "tpr_at_1pct_fpr": summary["tpr_at_1pct_fpr"],
+        "tpr_at_0_1pct_fpr": summary["tpr_at_0_1pct_fpr"],
+        "epsilon_lower": summary["epsilon"]["lower"],
+    }
 
 
 def _certify(

@@ -1,7 +1,7 @@
 """``bastion scan PATH...``: scan model files statically and exit with what was found.
 
 Exit codes: 0 every file clean, 1 something unsafe, 2 a file could not be scanned (or a bad
-path or option), 3 nothing scanned.
+path or option; with --strict, a file was skipped), 3 nothing scanned.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class OutputFormat(StrEnum):
     table = "table"
     json = "json"
     sarif = "sarif"
+    html = "html"
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -43,13 +44,15 @@ def register(app: typer.Typer) -> None:
     def scan(
         paths: list[Path] = typer.Argument(..., help="Model files or folders to scan."),
         output_format: OutputFormat = typer.Option(
-            OutputFormat.table, "--format", "-f", help="table, json or sarif."
+            OutputFormat.table, "--format", "-f", help="table, json, sarif or html (a page)."
         ),
         out: Path | None = typer.Option(None, "--out", "-o", help="Write the report here."),
         max_depth: int = typer.Option(5, "--max-depth", min=0,
                                       help="How deeply containers may nest."),
         max_bytes: int = typer.Option(1 << 30, "--max-bytes", min=1,
                                       help="Bytes that may be decompressed per file."),
+        strict: bool = typer.Option(False, "--strict",
+                                    help="Exit 2 when a file was skipped (not a model format)."),
     ) -> None:
         """Scan model files without loading them; report code that would run on load."""
         from bastion.artifacts.scan import render_json, render_sarif, render_table, scan_paths
@@ -57,7 +60,7 @@ def register(app: typer.Typer) -> None:
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise fail(f"no such file or folder: {', '.join(missing)}")
-        report = scan_paths(paths, max_depth=max_depth, max_bytes=max_bytes)
+        report = scan_paths(paths, max_depth=max_depth, max_bytes=max_bytes, strict=strict)
         if output_format is OutputFormat.table:
             if out is not None:
                 from rich.console import Console
@@ -68,8 +71,14 @@ def register(app: typer.Typer) -> None:
             else:
                 render_table(report, console)
         else:
-            text = render_json(report) if output_format is OutputFormat.json else render_sarif(
-                report)
+            if output_format is OutputFormat.html:
+                from bastion.report.scan import render_scan_html
+
+                text = render_scan_html(report.to_dict()).rstrip("\n")
+            elif output_format is OutputFormat.json:
+                text = render_json(report)
+            else:
+                text = render_sarif(report)
             if out is not None:
                 _write_atomic(out, text + "\n")
             else:

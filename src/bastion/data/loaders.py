@@ -18,7 +18,21 @@ import torch
 
 from bastion.errors import InputError
 
-__all__ = ["Dataset", "load_digits", "load_mnist", "load_npz", "shared_mnist_dir"]
+__all__ = [
+    "Dataset",
+    "load_digits",
+    "load_labelled",
+    "load_mnist",
+    "load_npz",
+    "shared_mnist_dir",
+]
+
+#: what ``load_labelled`` reads, as error messages name it
+SUPPORTED = (
+    ".npz with arrays x and y, or a table (.csv, .parquet) with one row per sample and the "
+    "label in a column named y, label, target or class (else the last column)"
+)
+_LABEL_COLUMNS = ("y", "label", "target", "class")
 
 
 @dataclass(frozen=True)
@@ -92,7 +106,11 @@ def load_mnist(directory: str | Path | None = None, *, prefix: str = "t10k") -> 
     """MNIST from ``{prefix}-images-idx3-ubyte.gz`` and its labels, shape ``(n, 1, 28, 28)``."""
     d = Path(directory) if directory is not None else shared_mnist_dir()
     if d is None:
-        raise InputError("MNIST idx files not found: pass the folder or set BASTION_MNIST_DIR")
+        raise InputError(
+            "MNIST idx files not found (bastion downloads nothing): put "
+            "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz from an MNIST mirror in a "
+            "folder and set BASTION_MNIST_DIR to it, or use --data digits"
+        )
     images = _read_idx(d / f"{prefix}-images-idx3-ubyte.gz")
     labels = _read_idx(d / f"{prefix}-labels-idx1-ubyte.gz")
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
@@ -102,6 +120,44 @@ def load_mnist(directory: str | Path | None = None, *, prefix: str = "t10k") -> 
     x = torch.tensor(images, dtype=torch.float32).div_(255.0).unsqueeze(1)
     y = torch.tensor(labels, dtype=torch.long)
     return Dataset(x, y, 10)
+
+
+def load_labelled(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` from an ``.npz`` (arrays ``x`` and ``y``) or a ``.csv``/``.parquet`` table:
+    every column but the label (``y``, ``label``, ``target`` or ``class``, else the last) is
+    a numeric feature. Anything else is refused with a message naming the supported formats.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        return load_npz(p)
+    if suffix not in (".csv", ".parquet"):
+        raise InputError(f"cannot read {p}: the data must be an {SUPPORTED}")
+    if not p.is_file():
+        raise InputError(f"data file not found: {p}")
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(p) if suffix == ".csv" else pd.read_parquet(p)
+    except (ValueError, OSError, ImportError) as exc:
+        raise InputError(f"{p} is not a readable {suffix[1:]} table: {exc}") from exc
+    if df.shape[1] < 2 or df.shape[0] < 1:
+        raise InputError(f"{p} needs at least one feature column, a label column and a row")
+    lowered = {str(c).lower(): c for c in df.columns}
+    label = next((lowered[n] for n in _LABEL_COLUMNS if n in lowered), df.columns[-1])
+    features = df.drop(columns=[label])
+    bad = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    if bad:
+        raise InputError(
+            f"{p}: feature columns must be numeric; {', '.join(bad[:5])} "
+            f"{'is' if len(bad) == 1 else 'are'} not (encode them, or drop them)"
+        )
+    if features.isna().to_numpy().any():
+        raise InputError(f"{p} has missing feature values; fill or drop those rows")
+    y = df[label]
+    if not pd.api.types.is_numeric_dtype(y):
+        raise InputError(f"{p}: the label column {label!r} must hold integer class ids")
+    return features.to_numpy(dtype=np.float32), y.to_numpy()
 
 
 def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -120,4 +176,5 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     except ValueError as exc:
         raise InputError(f"{p}: {exc} (object arrays are refused)") from exc
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputError(f"{p} is not a readable .npz file: {exc}") from exc
+        raise InputError(f"{p} is not a readable .npz file ({exc}); the data must be an "
+                         f"{SUPPORTED}") from exc

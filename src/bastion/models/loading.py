@@ -57,6 +57,7 @@ import importlib
 import lzma
 import os
 import pickle
+import sys
 import warnings
 import zipfile
 import zlib
@@ -211,6 +212,23 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 
 
 # -- helpers ------------------------------------------------------------------------------
+def import_factory_module(module_name: str) -> Any:
+    """Import ``module_name`` as ``python -m`` would: when it is not importable from the
+    installed packages, from the working directory (``--factory mypkg.nets:build`` next to a
+    ``mypkg/`` folder works without ``PYTHONPATH=.``). Installed modules keep precedence."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.split(".")[0]
+        cwd = os.getcwd()
+        here = Path(cwd)
+        if exc.name != top or not ((here / top).is_dir() or (here / f"{top}.py").is_file()):
+            raise
+        if cwd not in sys.path:
+            sys.path.append(cwd)
+        return importlib.import_module(module_name)
+
+
 def _resolve_factory(factory: Factory, path: Path) -> nn.Module:
     if isinstance(factory, str):
         module_name, sep, attr = factory.partition(":")
@@ -219,7 +237,7 @@ def _resolve_factory(factory: Factory, path: Path) -> nn.Module:
                 f"factory {factory!r} for {path} must look like 'package.module:function'"
             )
         try:
-            obj: Any = importlib.import_module(module_name)
+            obj: Any = import_factory_module(module_name)
         except ImportError as exc:
             raise ModelLoadError(
                 f"factory module {module_name!r} for {path} cannot be imported ({exc}); check "

@@ -49,8 +49,12 @@ def train_classifier(
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     seed: int = 0,
+    progress: bool = False,
 ) -> nn.Module:
-    """Train ``module`` in place with Adam and cross-entropy, deterministically under ``seed``."""
+    """Train ``module`` in place with Adam and cross-entropy, deterministically under ``seed``
+    (``progress``: a bar over the epochs)."""
+    from bastion._progress import progress_bar
+
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise InputError(
             f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}"
@@ -61,20 +65,38 @@ def train_classifier(
     opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     module.train()
-    for epoch in range(epochs):
-        order = torch.randperm(x.shape[0], generator=generator)
-        total = 0.0
-        for i in range(0, x.shape[0], batch_size):
-            idx = order[i : i + batch_size]
-            xb, yb = x[idx].to(device), y[idx].to(device)
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(module(xb), yb)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, total / x.shape[0])
+    with progress_bar(progress) as bar:
+        task = bar.add_task("training", total=epochs)
+        for epoch in range(epochs):
+            _epoch(module, x, y, opt, loss_fn, device, batch_size, generator, epoch, epochs)
+            bar.advance(task)
     module.eval()
     return module
+
+
+def _epoch(
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    device: torch.device,
+    batch_size: int,
+    generator: torch.Generator,
+    epoch: int,
+    epochs: int,
+) -> None:
+    order = torch.randperm(x.shape[0], generator=generator)
+    total = 0.0
+    for i in range(0, x.shape[0], batch_size):
+        idx = order[i : i + batch_size]
+        xb, yb = x[idx].to(device), y[idx].to(device)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(module(xb), yb)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+    log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, total / x.shape[0])
 
 
 @torch.no_grad()

@@ -16,20 +16,13 @@ from bastion.report.document import (
     validate_document,
     write_report,
 )
-from bastion.report.html import line_chart_svg, render_html_page
-from bastion.report.writers import findings_markdown, findings_sarif, write_evasion_report
 
 __all__ = [
     "FILE_NAMES",
     "RENDERERS",
-    "findings_markdown",
-    "findings_sarif",
     "json_safe",
-    "line_chart_svg",
     "render",
-    "render_html_page",
     "render_json",
     "validate_document",
-    "write_evasion_report",
     "write_report",
 ]

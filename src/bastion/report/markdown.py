@@ -29,7 +29,7 @@ _ICON = {
     "incomplete": "🟠 incomplete",
     "n/a": "–",
 }
-_SPECIAL = re.compile(r"([\\`*_{}\[\]()!|~])")
+_SPECIAL = re.compile(r"([\\`*_\[\]!|~])")
 
 
 def md_escape(text: Any, limit: int = MAX_TEXT) -> str:
@@ -37,7 +37,7 @@ def md_escape(text: Any, limit: int = MAX_TEXT) -> str:
     s = " ".join(str(text).split())
     if len(s) > limit:
         s = s[: limit - 1] + "…"
-    s = s.replace("&", "&amp;").replace("<", "&lt;")
+    s = s.replace("<", "&lt;")
     return _SPECIAL.sub(r"\\\1", s)
 
 

@@ -192,6 +192,8 @@ def _roc(ax: Axes, series: list[dict[str, Any]], plot: dict[str, Any]) -> None:
         if log_x or log_y:  # zeros have no place on a log axis; keep the rest of the curve
             keep = ((x > 0) if log_x else np.isfinite(x)) & ((y > 0) if log_y else np.isfinite(y))
             x, y = x[keep], y[keep]
+        if str(s.get("label", "")).strip().lower() == "chance":
+            continue  # drawn once, below, over the whole axis
         ax.plot(x, y, color=_PALETTE[i % len(_PALETTE)], linewidth=1.6, label=_label(s, i))
     low = 10 ** math.floor(math.log10(floor)) if log_x else 0.0
     low = min(low, 1e-3) if log_x else low

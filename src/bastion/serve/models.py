@@ -10,7 +10,6 @@ unpickles arbitrary objects. A local ``path`` is for development; it is scanned 
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 import shutil
 import tempfile
@@ -27,6 +26,7 @@ from bastion.data.contracts import Contract, TensorContract, load_contract
 from bastion.defences.output import OutputPolicy
 from bastion.errors import BastionError, ConfigurationError, ModelLoadError
 from bastion.models.base import Capability, Classifier
+from bastion.models.loading import import_factory_module
 from bastion.serve.config import ModelSettings, RegistrySettings
 from bastion.serve.screening import Screener, build_screener
 
@@ -75,7 +75,7 @@ def _factory(settings: ModelSettings) -> Callable[[], nn.Module] | None:
         return None
     module_name, _, attr = settings.factory.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = import_factory_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:

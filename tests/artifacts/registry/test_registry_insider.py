@@ -122,6 +122,32 @@ def test_an_edited_version_row_cannot_be_promoted(tmp_path: Path) -> None:
     alice.close()
 
 
+def test_push_scans_signs_and_stores_the_same_bytes(tmp_path: Path) -> None:
+    """A benign pickle swapped for a malicious one during the push (here: as soon as the scan
+    has looked) is never stored under the benign file's verdict and signature."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "a.pkl").write_bytes(b"benign")
+    (model / "big.bin").write_bytes(os.urandom(1 << 16))
+    seen: dict[str, bytes] = {}
+
+    def racing_scanner(path: Path) -> tuple[str, dict[str, Any]]:
+        seen.update({p.name: p.read_bytes() for p in path.iterdir()})
+        (model / "a.pkl").write_bytes(b"exec(evil)")  # the attacker's swap
+        (model / "big.bin").unlink()
+        (model / "big.bin").symlink_to(tmp_path / "reg.db")  # and a link to a secret
+        return "clean", {"path": str(path / "a.pkl")}
+
+    priv, pub = generate_keypair("ed25519", tmp_path / "k.pem", tmp_path / "k.pub")
+    reg = _reg(tmp_path, scanner=racing_scanner, trusted_keys=[pub])
+    v = reg.push("m", model, signer_key=priv)
+    out = reg.pull("m", 1, tmp_path / "back")
+    assert (out / "a.pkl").read_bytes() == seen["a.pkl"] == b"benign"
+    assert (out / "big.bin").read_bytes() == seen["big.bin"] and not (out / "big.bin").is_symlink()
+    assert v.signature_status == "valid" and v.scan_details["path"] == str(model / "a.pkl")
+    reg.close()
+
+
 # ---------------------------------------------------------------------- anchored audit log
 
 

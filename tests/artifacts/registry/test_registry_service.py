@@ -134,6 +134,10 @@ def test_permission_matrix_through_the_service(svc: Service, tmp_path: Path) -> 
         eve.get("fraud", "champion")
     with pytest.raises(AccessDenied, match="no role of 'eve' allows promote"):
         eve.rollback("fraud", "champion")
+    # a permission revoked in the registry also ends maria's pushes
+    root.revoke("fraud", "maria")
+    with pytest.raises(AccessDenied, match="needs 'edit' permission"):
+        maria.push("fraud", _file(tmp_path, "m4.bin", b"four"))
     # a revoked key is refused before anything else; no key at all too
     svc.access.revoke_key(svc.tokens["cora"].split("_")[1], actor="setup")
     with pytest.raises(AuthenticationError, match="revoked"):
@@ -161,6 +165,9 @@ def test_service_refusals_are_json_not_tracebacks(svc: Service, tmp_path: Path) 
         ("POST", "/v1/models/m/versions", {"content": b"not a tar"}, 422),
         ("POST", "/v1/models/m/versions?lineage=%7Bx", {"content": b""}, 422),
         ("POST", "/v1/models/m/aliases/champion", {"content": b"[]"}, 422),
+        ("POST", "/v1/models/m/aliases/champion",
+         {"json": {"version": 1, "gates": {"trusted_keys": ["/tmp/k.pub"]}}}, 422),
+        ("POST", "/v1/models/m/aliases/champion", {"json": {"version": 1, "report": [1]}}, 422),
         ("DELETE", "/v1/models/m/permissions/nobody-at-all", {}, 409),
     ]:
         r = svc.http.request(method, path, headers=auth, **kw)

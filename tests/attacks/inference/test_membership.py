@@ -284,3 +284,14 @@ def test_signals_keep_ties_whatever_the_true_class() -> None:
     assert float(loss[0]) == pytest.approx(-9 * 1e-12, rel=1e-5)
     phi = signal_from_logits(logits, y, "scaled_logit")
     assert float(phi[0]) == pytest.approx(-torch.log(torch.tensor(9e-12, dtype=torch.float64)))
+
+
+def test_lira_reference_seeds_give_each_model_its_own_unit() -> None:
+    with pytest.raises(ConfigurationError, match="reference_seeds"):
+        LiRA(n_reference=2, online=False, reference_seeds=[1])
+    a = LiRA(n_reference=2, online=False, reference_seeds=[11, 12])
+    b = LiRA(n_reference=2, online=False, reference_seeds=[12, 11])
+    g = torch.Generator().manual_seed(0)
+    # model k's half of the population depends on its own seed alone, not on its position
+    assert torch.equal(a._half(50, 0, g), b._half(50, 1, g))
+    assert a._seed(1) == b._seed(0) == 12

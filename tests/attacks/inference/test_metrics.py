@@ -142,13 +142,16 @@ def test_a_bound_from_the_non_member_tail_says_so_and_is_never_rated_info() -> N
     res = MembershipResult("threshold", {"signal": "loss"}, scores, truth, 800, 0.0)
     assert 0.5 < res.auc < 0.56 and res.tpr_at(0.01) < 0.05
     eps = res.epsilon()
-    # 36 of 400 non-members below every member: TNR >= 0.064, FNR <= 0.0092 at 95%
-    assert eps.lower == pytest.approx(math.log(beta.ppf(0.025, 36, 365) / (1 - 0.025 ** (1 / 400))))
+    # 36 of 400 non-members below every member: TNR >= 0.064, FNR <= 0.0092 at 95% for a
+    # threshold fixed in advance gives log(7) = 1.9; this one was picked after seeing the
+    # scores (just below the weakest member), so the intervals are Bonferroni-corrected
+    uncorrected = math.log(beta.ppf(0.025, 36, 365) / (1 - 0.025 ** (1 / 400)))
+    assert 0.3 < eps.lower < uncorrected - 1.0
     assert eps.direction == "non-members" and eps.to_dict()["direction"] == "non-members"
     assert "non-members" in eps.explain() and "9.0%" in eps.explain()
     finding = res.finding()
     assert finding.id == "membership.loss-threshold"
-    assert finding.severity == Severity.LOW  # ε >= 1 beside an AUC of 0.545: not info
+    assert finding.severity == Severity.LOW  # a valid ε > 0.5 beside an AUC of 0.545: not info
     assert "ε ≥" in finding.title and "non-members" in finding.title
 
 

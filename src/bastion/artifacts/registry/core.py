@@ -385,6 +385,9 @@ class Registry:
             if not read:
                 raise ArtifactError(f"{src} holds no files to push")
             verdict, details = self.scanner(copy)
+            # name the files as pushed, not as spooled
+            details = json.loads(json.dumps(details, default=str).replace(
+                json.dumps(str(copy))[1:-1], json.dumps(str(src))[1:-1]))
             if verdict == "unsafe":
                 log.warning("pushing %s: the scan found it unsafe; it cannot be promoted", src)
             files: dict[str, dict[str, Any]] = {}
@@ -574,6 +577,9 @@ class Registry:
             audit.append(s, actor=who, action="pull", model=name, version=row.version,
                          details={"digest": row.digest})
         target = pull_target(Path(dest), view)
+        for stale in target.parent.glob(f".{target.name}.pull-*"):  # a killed pull's leftovers
+            if stale.is_dir() and not stale.is_symlink() and stale.stat().st_uid == os.getuid():
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.pull-"))
         try:
             for rel, meta in view.files.items():

@@ -265,8 +265,12 @@ def create_registry_app(registry: Registry, access: AccessStore, *,
         try:
             body = await request.json()
             ref = body["version"]
+            if "trusted_keys" in body.get("gates", {}):
+                raise ValueError("gates cannot name keys: the service trusts its own keys")
             gate = GateConfig(**body.get("gates", {}))
-        except (ValueError, KeyError, TypeError) as exc:
+            if not isinstance(body.get("report"), dict | None):
+                raise TypeError("report must be a JSON object")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return refusal(ConfigurationError(
                 f"the body must be JSON {{version, gates?, report?}}: {exc}"))
         def work(actor: str) -> dict[str, Any]:

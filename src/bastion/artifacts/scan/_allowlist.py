@@ -3,6 +3,9 @@
 The scanner judges every callable or object a pickle would import against this allowlist.
 Each entry carries the reason it is safe: it only rebuilds data (a tensor, an array, a
 container) or it is a class whose construction and ``__setstate__`` only store attributes.
+Entries are exact ``(module, name)`` pairs, never patterns: a name an allowed package merely
+re-exports is not allowed. (Inside TorchScript archives only, the archive's own ``__torch__``
+classes pass: they are compiled from the ``code/`` the scanner reads and judges.)
 Anything not listed is a finding. The denylist at the end does not decide anything; it only
 grades how severe a finding is (a known way to run code is critical, anything else unknown is
 high).
@@ -10,9 +13,9 @@ high).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from bastion.artifacts.scan._allowlist_frameworks import SKLEARN_CLASSES, TORCH_LAYERS
 from bastion.artifacts.scan._types import Severity
 
 __all__ = ["Allowed", "grade", "lookup"]
@@ -156,31 +159,66 @@ for _fmt in ("csr", "csc", "coo", "bsr", "dia", "dok", "lil"):
          f"scipy.sparse._{_fmt}", f"{_fmt}_matrix", f"{_fmt}_array")
 
 
-@dataclass(frozen=True)
-class _Rule:
-    module: re.Pattern[str]
-    name: re.Pattern[str]
-    allowed: Allowed
+# --- checkpoints people really have: Lightning, pandas, weight norm -------------------------
+_add("python", "a plain attribute bag: Namespace(**kwargs) and BUILD only set attributes "
+     "(Lightning checkpoints keep their hyper-parameters in one)", "argparse", "Namespace")
+for _pl in ("pathlib", "pathlib._local"):
+    _add("python", "a path value: constructing it joins strings and touches no file (Lightning "
+         "checkpoints hold data and log folders)", _pl, "PosixPath", "WindowsPath",
+         "PurePosixPath", "PureWindowsPath", "Path", "PurePath")
+_add("torch", "the QUInt8/QInt8/QInt32/QUInt4x2 dtype constants of quantized tensors; plain data",
+     "torch", "quint8", "qint8", "qint32", "quint4x2", "quint2x4")
+_add("torch", "the hook object of torch.nn.utils.weight_norm/spectral_norm kept in a whole-model "
+     "save: __new__ and BUILD restore its name/dim fields, it computes the weight on forward",
+     "torch.nn.utils.weight_norm", "WeightNorm")
+_add("torch", "the hook objects of torch.nn.utils.spectral_norm in a whole-model save; they only "
+     "hold the parameter name and iteration settings",
+     "torch.nn.utils.spectral_norm", "SpectralNorm", "SpectralNormStateDictHook",
+     "SpectralNormLoadStateDictPreHook")
+_PANDAS = ("a pandas container class: constructing it wraps already rebuilt arrays; its "
+           "__setstate__ only stores them")
+_add("pandas", _PANDAS, "pandas", "DataFrame", "Series", "Index", "RangeIndex", "MultiIndex",
+     "Categorical", "CategoricalDtype", "StringDtype", "DatetimeTZDtype", "Timestamp",
+     "Timedelta", "DatetimeIndex", "CategoricalIndex")
+_add("pandas", _PANDAS, "pandas.arrays", "ArrowStringArray", "DatetimeArray", "StringArray",
+     "TimedeltaArray", "Categorical")
+_add("pandas", _PANDAS, "pandas.core.frame", "DataFrame")
+_add("pandas", _PANDAS, "pandas.core.series", "Series")
+_add("pandas", _PANDAS, "pandas.core.indexes.base", "Index")
+_add("pandas", _PANDAS, "pandas.core.indexes.range", "RangeIndex")
+_add("pandas", _PANDAS, "pandas.core.indexes.multi", "MultiIndex")
+_add("pandas", _PANDAS, "pandas.core.arrays.categorical", "Categorical")
+_add("pandas", _PANDAS, "pandas.core.arrays.datetimes", "DatetimeArray")
+_add("pandas", _PANDAS, "pandas.core.arrays.string_", "StringDtype", "StringArray")
+_add("pandas", _PANDAS, "pandas.core.arrays.string_arrow", "ArrowStringArray")
+_add("pandas", _PANDAS, "pandas.core.dtypes.dtypes", "CategoricalDtype", "DatetimeTZDtype")
+_add("pandas", "the block managers of a DataFrame/Series: hold blocks and axes, nothing more",
+     "pandas.core.internals.managers", "BlockManager", "SingleBlockManager")
+_add("pandas", "rebuilds an index as cls.__new__(cls, **data) for a class that is itself "
+     "checked (a pandas index class)", "pandas.core.indexes.base", "_new_Index")
+_add("pandas", "rebuilds a block from an array, its placement and ndim",
+     "pandas._libs.internals", "_unpickle_block")
+_add("pandas", "rebuilds a block from an array, its placement and ndim",
+     "pandas.core.internals.blocks", "new_block")
+_add("pandas", "Cython unpickling helper of pandas' array base class: restores its fields",
+     "pandas._libs.arrays", "__pyx_unpickle_NDArrayBacked")
+_add("pandas", "rebuilds a Timestamp from its integer value, timezone and unit",
+     "pandas._libs.tslibs.timestamps", "_unpickle_timestamp")
+_add("pyarrow", "rebuilds an Arrow array (pandas string columns) from its type, length and "
+     "buffers; validates them and runs nothing else", "pyarrow.lib", "_restore_array")
+_add("pyarrow", "wraps bytes as an Arrow buffer", "pyarrow.lib", "py_buffer")
+_add("pyarrow", "maps a type alias such as 'string' to an Arrow data type",
+     "pyarrow.lib", "type_for_alias")
 
-
-_CLASS_NAME = r"_?[A-Z][A-Za-z0-9_]*"
-_RULES: tuple[_Rule, ...] = (
-    _Rule(
-        re.compile(r"torch\.nn\.modules\.[a-z_0-9]+"),
-        re.compile(r"[A-Z][A-Za-z0-9_]*"),
-        Allowed("torch", "a standard torch.nn layer class; constructing it with __new__ and "
-                "restoring its __dict__ runs no code from the file"),
-    ),
-    _Rule(
-        # sklearn estimators, transformers, trees and losses, but never test helpers,
-        # dataset downloaders or vendored code
-        re.compile(r"sklearn(\.(?!tests\b|_testing\b|datasets\b|externals\b|utils\._testing\b)"
-                   r"[A-Za-z0-9_]+)*"),
-        re.compile(rf"{_CLASS_NAME}|newObj|__pyx_unpickle_[A-Za-z0-9_]+"),
-        Allowed("sklearn", "a scikit-learn class (or its Cython unpickling helper); estimators "
-                "restore their attributes with BaseEstimator.__setstate__"),
-    ),
-)
+# --- torch layers and scikit-learn classes: exact names, generated ---------------------------
+# Only classes defined in the module that names them (scripts/gen_scan_allowlist.py), so a
+# name a package re-exports is not allowed by being in an allowed package.
+for _mod, _names in TORCH_LAYERS.items():
+    _add("torch", "a standard torch.nn layer class; constructing it with __new__ and restoring "
+         "its __dict__ runs no code from the file", _mod, *_names)
+for _mod, _names in SKLEARN_CLASSES.items():
+    _add("sklearn", "a scikit-learn class (or its Cython unpickling helper); estimators restore "
+         "their attributes with BaseEstimator.__setstate__", _mod, *_names)
 
 _TORCHSCRIPT_RULE = Allowed(
     "torchscript",
@@ -222,9 +260,6 @@ def lookup(module: str, name: str, *, torchscript: bool = False) -> Allowed | No
         return None
     if module == "numpy" and name in _numpy_ufuncs():
         return _UFUNC
-    for rule in _RULES:
-        if rule.module.fullmatch(module) and rule.name.fullmatch(name):
-            return rule.allowed
     if torchscript and (module == "__torch__" or module.startswith("__torch__.")):
         return _TORCHSCRIPT_RULE
     return None
@@ -269,8 +304,7 @@ def grade(module: str, name: str) -> Severity:
     for i in range(1, len(parts) + 1):
         if ".".join(parts[:i]) in _CRITICAL_MODULES:
             return Severity.CRITICAL
-    if module in ("builtins", "__builtin__") and name not in {n for (m, n) in _EXACT
-                                                             if m == "builtins"}:
+    if module in ("builtins", "__builtin__") and ("builtins", name) not in _EXACT:
         return Severity.CRITICAL
     if any(part in _CRITICAL_NAMES or part.startswith("__") for part in name.split(".")):
         return Severity.CRITICAL

@@ -19,14 +19,16 @@ import os
 import struct
 import tarfile
 import tempfile
+import zipfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, Any
 
 from bastion.artifacts.scan._stream import Budget, ScanLimitError, Window, stream_size
 
-__all__ = ["ZipEntry", "decompress", "iter_7z", "iter_tar", "list_zip", "open_zip_entry"]
+__all__ = ["ZipEntry", "decompress", "is_tar", "iter_7z", "iter_tar", "list_zip",
+           "open_zip_entry"]
 
 _EOCD = b"PK\x05\x06"
 _EOCD64_LOCATOR = b"PK\x06\x07"
@@ -53,10 +55,38 @@ class ZipEntry:
     header_offset: int
     data_offset: int
     in_central: bool
+    #: other central-directory records for the same local header (zipfile and torch each read
+    #: it under every name), and what the local header itself says about the compression
+    aliases: tuple[str, ...] = ()
+    local_method: int | None = None
+    local_sizes: tuple[int, int] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
-        return (self.name,) if self.name == self.local_name else (self.name, self.local_name)
+        out = [self.name]
+        for n in (self.local_name, *self.aliases):
+            if n not in out:
+                out.append(n)
+        return tuple(out)
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.flags & 0x01)
+
+    def disagreement(self) -> str | None:
+        """How the central directory and the local header disagree on reading the data."""
+        if self.local_method is not None and self.local_method != self.method:
+            return (f"the central directory says compression method {self.method} and the local "
+                    f"header {self.local_method}")
+        if self.local_sizes is not None and not self.flags & 0x08:
+            csize, usize = self.local_sizes
+            if (csize, usize) != (self.compressed_size, self.size):
+                return (f"the central directory gives sizes {self.compressed_size}/{self.size} "
+                        f"and the local header {csize}/{usize}")
+        if self.method == 0 and self.compressed_size != self.size:
+            return (f"it is stored without compression but claims {self.compressed_size} "
+                    f"stored bytes for {self.size} bytes of data")
+        return None
 
 
 def _decode_name(raw: bytes, flags: int) -> str:
@@ -90,29 +120,33 @@ def _read_at(f: IO[bytes], offset: int, n: int) -> bytes:
     return f.read(n)
 
 
-def _central_directory(f: IO[bytes], size: int) -> tuple[int, int] | None:
-    """(offset, size) of the central directory, or None when there is no end record."""
+def _central_directory(f: IO[bytes], size: int) -> tuple[int, int, int] | None:
+    """(offset, size, shift) of the central directory, or None when there is no end record.
+
+    ``shift`` is what zipfile adds to every offset: the bytes before the archive (a
+    self-extracting stub, or any junk), found as the end record's position minus the
+    directory's size and stated offset.
+    """
     tail_len = min(size, 65535 + 22)
     tail = _read_at(f, size - tail_len, tail_len)
     idx = tail.rfind(_EOCD)
     if idx < 0 or idx + 22 > len(tail):
         return None
-    (_, _, _, _, count, cd_size, cd_offset, _) = struct.unpack_from("<4sHHHHIIH", tail, idx)
+    (_, _, _, _, _, cd_size, cd_offset, _) = struct.unpack_from("<4sHHHHIIH", tail, idx)
     eocd_pos = size - tail_len + idx
-    if cd_offset == 0xFFFFFFFF or count == 0xFFFF or cd_size == 0xFFFFFFFF:
+    end = eocd_pos
+    if eocd_pos >= 20:  # zip64 structures count whenever present, as in zipfile
         loc = _read_at(f, eocd_pos - 20, 20)
-        if len(loc) == 20 and loc[:4] == _EOCD64_LOCATOR:
-            (rec_off,) = struct.unpack_from("<Q", loc, 8)
-            rec = _read_at(f, rec_off, 56)
+        if len(loc) == 20 and loc[:4] == _EOCD64_LOCATOR and eocd_pos >= 76:
+            # zipfile reads the zip64 record just before the locator, not where it points
+            rec = _read_at(f, eocd_pos - 76, 56)
             if len(rec) == 56 and rec[:4] == b"PK\x06\x06":
                 cd_size, cd_offset = struct.unpack_from("<QQ", rec, 40)
-    if cd_offset + cd_size > size:
-        # a prefix before the archive (self-extracting zips): offsets are relative to it
-        shift = eocd_pos - cd_size - cd_offset
-        if shift < 0:
-            return None
-        cd_offset += shift
-    return cd_offset, cd_size
+                end = eocd_pos - 20 - 56
+    shift = end - cd_size - cd_offset
+    if shift < 0:
+        return None
+    return cd_offset + shift, cd_size, shift
 
 
 def _local_header(f: IO[bytes], offset: int) -> tuple[str, int, int, int, int, int] | None:
@@ -134,9 +168,10 @@ def list_zip(f: IO[bytes]) -> list[ZipEntry]:
     if size is None:
         raise ContainerError("a zip archive needs a seekable stream")
     entries: dict[int, ZipEntry] = {}
+    others: list[ZipEntry] = []
     cd = _central_directory(f, size)
     if cd is not None:
-        cd_offset, cd_size = cd
+        cd_offset, cd_size, shift = cd
         data = _read_at(f, cd_offset, cd_size)
         i = 0
         while i + 46 <= len(data) and data[i : i + 4] == _CENTRAL:
@@ -148,17 +183,29 @@ def list_zip(f: IO[bytes]) -> list[ZipEntry]:
             name = _decode_name(data[i + 46 : i + 46 + nlen], flags)
             extra = data[i + 46 + nlen : i + 46 + nlen + xlen]
             usize, csize, offset = _zip64_extra(extra, usize, csize, offset)
+            offset += shift
             i += 46 + nlen + xlen + clen
             local = _local_header(f, offset)
             if local is None:
                 raise ContainerError(f"central directory points to no local header for {name!r}")
-            entries[offset] = ZipEntry(name, local[0], method, flags, csize, usize, offset,
-                                       local[5], True)
+            entry = ZipEntry(name, local[0], method, flags, csize, usize, offset, local[5], True,
+                             local_method=local[2], local_sizes=(local[3], local[4]))
+            same = entries.get(offset)
+            if same is None:
+                entries[offset] = entry
+            elif (same.method, same.compressed_size, same.size) == (method, csize, usize):
+                entries[offset] = replace(same, aliases=(*same.aliases, name))
+            else:
+                # two records read the same bytes differently: scan both readings
+                others.append(entry)
+        if i < len(data):
+            raise ContainerError(f"the central directory is corrupt at byte {i} of {len(data)}: "
+                                 "zip readers may list members the scanner cannot")
     for entry in _walk_local_headers(f, size, entries):
         entries.setdefault(entry.header_offset, entry)
     if not entries and cd is None:
         raise ContainerError("no zip end record and no local headers")
-    return [entries[k] for k in sorted(entries)]
+    return [entries[k] for k in sorted(entries)] + others
 
 
 def _walk_local_headers(f: IO[bytes], size: int, known: dict[int, ZipEntry]
@@ -230,19 +277,38 @@ def _find_descriptor_end(f: IO[bytes], start: int, method: int, size: int) -> in
 
 def open_zip_entry(f: IO[bytes], entry: ZipEntry, budget: Budget) -> IO[bytes]:
     """A seekable stream of the member's bytes (CRC and flag bits are not checked)."""
+    if entry.encrypted:
+        raise ContainerError(f"member {entry.name!r} is encrypted: its content was not inspected")
+    why = entry.disagreement()
+    if why is not None:
+        raise ContainerError(f"member {entry.name!r} is ambiguous ({why}): loaders may read "
+                             "different bytes than the scanner, so it was not judged")
     raw = io.BufferedReader(Window(f, entry.data_offset, entry.compressed_size))
-    if entry.method == 0 or (entry.method not in (8, 12) and entry.compressed_size == entry.size):
+    if entry.method == 0:
         return raw
     if entry.method == 8:
         return _spool(_inflate(raw), budget)
     if entry.method == 12:
         return _spool(_stream_decompress(raw, bz2.BZ2Decompressor()), budget)
+    if entry.method == 14:
+        return _spool(_zip_lzma(raw), budget)
     raise ContainerError(f"member {entry.name!r} uses compression method {entry.method}, "
                          "which the scanner cannot read")
 
 
+def _zip_lzma(raw: IO[bytes]) -> Iterator[bytes]:
+    """LZMA members (method 14), decoded by zipfile's own decompressor (a 4-byte header and
+    the raw LZMA properties come first)."""
+    return _feed(raw, zipfile.LZMADecompressor())  # type: ignore[attr-defined]
+
+
 def _inflate(raw: IO[bytes]) -> Iterator[bytes]:
     d = zlib.decompressobj(-15)
+    yield from _feed(raw, d)
+    yield d.flush()
+
+
+def _feed(raw: IO[bytes], d: Any) -> Iterator[bytes]:
     while True:
         chunk = raw.read(_CHUNK)
         if not chunk:
@@ -250,7 +316,6 @@ def _inflate(raw: IO[bytes]) -> Iterator[bytes]:
         yield d.decompress(chunk)
         if d.eof:
             break
-    yield d.flush()
 
 
 def _stream_decompress(raw: IO[bytes], d: bz2.BZ2Decompressor | lzma.LZMADecompressor
@@ -279,7 +344,8 @@ def _spool(chunks: Iterator[bytes], budget: Budget) -> IO[bytes]:
 
 
 def decompress(f: IO[bytes], kind: str, budget: Budget) -> IO[bytes]:
-    """Decompress a gzip, bz2, xz, lzma or zlib stream into a seekable spool."""
+    """Decompress a gzip, bz2, xz, lzma, zlib or lz4 stream (or joblib's old ``ZF`` format)
+    into a seekable spool."""
     opener: Any
     if kind == "gzip":
         opener = gzip.GzipFile(fileobj=f, mode="rb")
@@ -289,6 +355,21 @@ def decompress(f: IO[bytes], kind: str, budget: Budget) -> IO[bytes]:
         opener = lzma.LZMAFile(f, mode="rb")
     elif kind == "zlib":
         return _spool(_zlib_chunks(f), budget)
+    elif kind == "joblib-zfile":
+        # joblib's old format: b"ZF", the length in hex padded to 19 characters, an optional
+        # space, then a zlib stream (joblib.numpy_pickle_compat.read_zfile)
+        start = f.tell()
+        f.read(21)
+        if f.read(1) != b" ":
+            f.seek(start + 21)
+        return _spool(_zlib_chunks(f), budget)
+    elif kind == "lz4":
+        try:
+            import lz4.frame
+        except ImportError as exc:
+            raise ContainerError("an lz4 stream (joblib writes these with compress='lz4'): "
+                                 "install lz4 to scan it; it was not inspected") from exc
+        opener = lz4.frame.LZ4FrameFile(f, mode="rb")
     else:
         raise ContainerError(f"unknown compression {kind}")
 
@@ -310,6 +391,23 @@ def _zlib_chunks(f: IO[bytes]) -> Iterator[bytes]:
             raise zlib.error("truncated zlib stream")
         yield d.decompress(chunk)
     yield d.flush()
+
+
+def is_tar(f: IO[bytes]) -> bool:
+    """Whether ``tarfile`` reads a first member from the stream (its header checksum holds)."""
+    start = f.tell()
+    head = f.read(512)
+    f.seek(start)
+    # tarfile rejects a header whose checksum field is not octal digits, spaces or NULs
+    if len(head) < 512 or head[148:156].strip(b" \x00").strip(b"01234567"):
+        return False
+    try:
+        with tarfile.open(fileobj=f, mode="r:") as tf:
+            return tf.next() is not None
+    except (tarfile.TarError, OSError, ValueError, EOFError):
+        return False
+    finally:
+        f.seek(start)
 
 
 def iter_tar(f: IO[bytes], budget: Budget) -> Iterator[tuple[str, IO[bytes] | None, str]]:

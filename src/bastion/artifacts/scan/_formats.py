@@ -10,7 +10,6 @@ schemas (every type it would construct) and TorchScript code (custom operator na
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import re
@@ -19,9 +18,10 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from bastion.artifacts.scan._allowlist import grade, lookup
+from bastion.artifacts.scan._opcodes import DISPATCH
 from bastion.artifacts.scan._types import Finding, Severity
 
-__all__ = ["sniff"]
+__all__ = ["keras_embedded", "readings", "sniff"]
 
 HEAD = 4096
 
@@ -62,13 +62,38 @@ def sniff(head: bytes) -> str:
         return "zlib"
     if _looks_like_onnx(head):
         return "onnx"
-    if head[:1] and head[:1] in _PICKLE_STARTS:
+    if head[:4] == b"\x04\x22\x4d\x18":
+        return "lz4"
+    if head[:2] == b"ZF":
+        return "joblib-zfile"
+    if head[:1] and head[0] in DISPATCH:
         return "pickle?"
     return "unknown"
 
 
-# opcodes a protocol 0/1 pickle can start with
-_PICKLE_STARTS = frozenset(bytes([c]) for c in b"(c}])NILFSVXJKMUTGPBC\x88\x89\x8a\x8c\x95")
+def readings(head: bytes) -> list[str]:
+    """Every format a common loader would read a stream as, judging by its first bytes.
+
+    ``pickle.load``, torch's legacy loader, ``joblib.load`` and ``np.load(allow_pickle=True)``
+    read any stream whose first byte is a pickle opcode, whatever other format it also is
+    (a safetensors file whose length prefix starts with 0x80, a tar whose first member name
+    is a pickle), so such a stream is read as a pickle as well. Zip archives found by their
+    end record and tar archives found by their first header are added by the scanner.
+
+    >>> readings(b"\x80\x04\x95")
+    ['pickle']
+    >>> readings(b"\x80" + bytes(7) + b'{"a": 1}')
+    ['safetensors', 'pickle?']
+    >>> readings(b"PK\x03\x04")
+    ['zip']
+    """
+    first = sniff(head)
+    out = [] if first == "unknown" else [first]
+    # zip and numpy magic numbers start with opcodes (PERSID, STACK_GLOBAL) that fail at once
+    if (first not in ("pickle", "pickle?", "zip", "numpy", "joblib-zfile")
+            and head[:1] and head[0] in DISPATCH):
+        out.append("pickle?")
+    return out
 _MODEL_TAGS = frozenset({0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0x7A, 0x82})
 
 
@@ -89,34 +114,36 @@ def _looks_like_onnx(head: bytes) -> bool:
 # ---- numpy ----------------------------------------------------------------------------------
 
 
+_NPY_MAX_HEADER = 1 << 26
+
+
 def npy_header(f: IO[bytes]) -> tuple[dict[str, Any], bool]:
-    """Parse a ``.npy`` header; return it and whether the array holds Python objects."""
-    magic = f.read(8)
-    if len(magic) < 8:
-        raise ValueError("truncated .npy magic")
-    major = magic[6]
-    if major == 1:
-        (hlen,) = struct.unpack("<H", f.read(2))
-    elif major in (2, 3):
-        (hlen,) = struct.unpack("<I", f.read(4))
+    """Parse a ``.npy`` header with numpy's own reader; return it and whether the array holds
+    Python objects (then its data is a pickle).
+
+    numpy's parser decides, not a re-implementation: any spelling of an object dtype
+    (``O``, ``|O8``, ``object``, a structured dtype with an object field at any depth) is what
+    ``dtype.hasobject`` says it is. numpy lifts its header size limit when pickles are allowed,
+    so a larger header than the scanner reads is an error, never a skip.
+    """
+    try:
+        from numpy.lib import format as npformat
+    except ImportError as exc:  # pragma: no cover - numpy is a dependency
+        raise ValueError("reading .npy headers needs numpy") from exc
+    version = npformat.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = npformat.read_array_header_1_0(f, max_header_size=_NPY_MAX_HEADER)
+    elif version == (2, 0):
+        shape, fortran, dtype = npformat.read_array_header_2_0(f, max_header_size=_NPY_MAX_HEADER)
     else:
-        raise ValueError(f"unknown .npy format version {major}")
-    if hlen > 1 << 20:
-        raise ValueError(f".npy header of {hlen} bytes is too large")
-    raw = f.read(hlen)
-    text = raw.decode("utf-8" if major == 3 else "latin-1")
-    header = ast.literal_eval(text)
-    if not isinstance(header, dict) or "descr" not in header:
-        raise ValueError(".npy header is not a dict with a 'descr'")
-    return header, _has_object(header["descr"])
+        impl: Any = getattr(npformat, "_read_array_header", None)
+        if impl is None:
+            from numpy.lib import _format_impl as impl_module
 
-
-def _has_object(descr: Any) -> bool:
-    if isinstance(descr, str):
-        return descr.lstrip("<>|=").startswith("O")
-    if isinstance(descr, (list, tuple)):
-        return any(_has_object(d) for d in descr)
-    return False
+            impl = impl_module._read_array_header  # type: ignore[attr-defined]
+        shape, fortran, dtype = impl(f, version, max_header_size=_NPY_MAX_HEADER)
+    header = {"descr": dtype.descr, "fortran_order": fortran, "shape": shape}
+    return header, bool(dtype.hasobject)
 
 
 # ---- safetensors ----------------------------------------------------------------------------
@@ -342,6 +369,36 @@ def scan_keras_config(config: Any, what: str) -> list[Finding]:
     return findings
 
 
+_B64 = re.compile(r"[A-Za-z0-9+/\r\n]{64,}={0,2}")
+
+
+def keras_embedded(config: Any) -> list[tuple[str, bytes]]:
+    """Byte strings a Keras config carries that a loader would deserialize: ``__bytes__``
+    values and base64 strings (``TorchModuleWrapper`` stores ``torch.save(module)`` so,
+    and ``from_config`` runs ``torch.load`` on it) that decode to a model file or pickle."""
+    import base64
+    import binascii
+
+    out: list[tuple[str, bytes]] = []
+    for obj in _walk_json(config):
+        where = str(obj.get("class_name") or obj.get("name") or "config")
+        if obj.get("class_name") == "__bytes__" and isinstance(obj.get("config"), dict):
+            value = obj["config"].get("value")
+            if isinstance(value, str):
+                out.append((f"{where}.value", value.encode("utf-8", "surrogateescape")))
+            continue
+        for key, value in obj.items():
+            if not isinstance(value, str) or not _B64.fullmatch(value):
+                continue
+            try:
+                blob = base64.b64decode(value, validate=False)
+            except (binascii.Error, ValueError):
+                continue
+            if readings(blob[:HEAD]):
+                out.append((f"{where}.{key}", blob))
+    return out
+
+
 def _walk_json(value: Any) -> Iterator[dict[str, Any]]:
     stack = [value]
     while stack:
@@ -431,10 +488,27 @@ _STANDARD_OPS = frozenset({"aten", "prim", "quantized", "_quantized", "prepacked
                            "inductor", "cuda", "_nested", "higher_order", "_dtensor"})
 
 
+#: standard operators that read or write files (``aten::from_file``, ``aten::save``), however
+#: the code spells them (``torch.from_file(...)``, ``ops.aten.save(...)``, a storage's
+#: ``from_file``); ``__setstate__`` and ``forward`` run them on load or on first call
+_FILE_OPS = re.compile(r"(?:\btorch\.|\bops\.aten\.|\.)(from_file|save|load)\s*\(")
+
+
 def scan_torchscript_code(text: str, member: str) -> list[Finding]:
-    """Calls of operators outside the standard TorchScript namespaces."""
+    """Calls of operators outside the standard TorchScript namespaces, and of the standard
+    operators that touch files."""
     findings: list[Finding] = []
     seen: set[tuple[str, str]] = set()
+    for match in _FILE_OPS.finditer(text):
+        op = match.group(1)
+        if ("aten", op) in seen:
+            continue
+        seen.add(("aten", op))
+        findings.append(Finding(
+            "torchscript-op", "aten", op, match.start(), Severity.HIGH,
+            f"{member} calls aten::{op}, which reads or writes a file named by the archive's "
+            "code when the module is loaded or run",
+        ))
     for match in _OPS.finditer(text):
         ns, op = match.group(1), match.group(2)
         if ns in _STANDARD_OPS or (ns, op) in seen:

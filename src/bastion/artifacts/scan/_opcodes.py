@@ -6,7 +6,7 @@ way the unpickler does, and leaves every judgement (globals, calls, BUILD) to th
 
 from __future__ import annotations
 
-import codecs
+import pickle
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -99,15 +99,23 @@ def _false(m: _Machine, pos: int) -> None:
     m.push(False)
 
 
+def _c_literal(opcode: bytes, line: bytes, pos: int) -> Any:
+    """The value the C unpickler makes of a text-operand literal (INT, LONG, FLOAT, STRING,
+    UNICODE), by having it read that one opcode and nothing else.
+
+    Its rules are not Python's ``int()``/``float()``: ``strtol`` with base 0 (``I007`` is 7,
+    ``I0x1f`` is 31), operands cut at a NUL byte, ``I01`` is True. A two-opcode pickle of a
+    literal and STOP imports and calls nothing, so asking the parser itself is safe and exact.
+    """
+    try:
+        return pickle.loads(opcode + line + b"\n.", encoding="latin1")
+    except Exception as exc:  # the C unpickler's errors are of many types
+        raise ParseError(f"{opcode.decode()} operand {line[:40]!r}: {exc}", pos) from exc
+
+
 @_op(b"I")
 def _int(m: _Machine, pos: int) -> None:
-    data = m.line()
-    if data == b"00":
-        m.push(False)
-    elif data == b"01":
-        m.push(True)
-    else:
-        m.push(int(data, 0))
+    m.push(_c_literal(b"I", m.line(), pos))
 
 
 @_op(b"J")
@@ -127,10 +135,7 @@ def _binint2(m: _Machine, pos: int) -> None:
 
 @_op(b"L")
 def _long(m: _Machine, pos: int) -> None:
-    data = m.line()
-    if data.endswith(b"L"):
-        data = data[:-1]
-    m.push(int(data, 0))
+    m.push(_c_literal(b"L", m.line(), pos))
 
 
 def _decode_long(data: bytes) -> int:
@@ -152,7 +157,7 @@ def _long4(m: _Machine, pos: int) -> None:
 
 @_op(b"F")
 def _float(m: _Machine, pos: int) -> None:
-    m.push(float(m.line()))
+    m.push(_c_literal(b"F", m.line(), pos))
 
 
 @_op(b"G")
@@ -162,12 +167,7 @@ def _binfloat(m: _Machine, pos: int) -> None:
 
 @_op(b"S")
 def _string(m: _Machine, pos: int) -> None:
-    data = m.line().rstrip()
-    if len(data) >= 2 and data[0] == data[-1] and data[:1] in (b'"', b"'"):
-        data = data[1:-1]
-    else:
-        raise ParseError("the STRING opcode argument must be quoted", pos)
-    m.push(codecs.escape_decode(data)[0].decode("latin-1"))
+    m.push(_c_literal(b"S", m.line(), pos))
 
 
 @_op(b"T")
@@ -186,7 +186,7 @@ def _short_binstring(m: _Machine, pos: int) -> None:
 
 @_op(b"V")
 def _unicode(m: _Machine, pos: int) -> None:
-    m.push(m.line().decode("raw-unicode-escape"))
+    m.push(_c_literal(b"V", m.line(), pos))
 
 
 @_op(b"X")
@@ -365,9 +365,15 @@ def _get(m: _Machine, idx: int) -> None:
     m.push(m.memo[idx])
 
 
+def _c_decimal(line: bytes) -> int:
+    """A memo key as the C unpickler reads it: ``PyLong_FromString(s, NULL, 10)`` on the line
+    as a C string (so cut at a NUL byte; spaces and underscores allowed, as in ``int()``)."""
+    return int(line.split(b"\0", 1)[0], 10)
+
+
 @_op(b"p")
 def _put_line(m: _Machine, pos: int) -> None:
-    _put(m, int(m.line()))
+    _put(m, _c_decimal(m.line()))
 
 
 @_op(b"q")
@@ -387,7 +393,7 @@ def _memoize(m: _Machine, pos: int) -> None:
 
 @_op(b"g")
 def _get_line(m: _Machine, pos: int) -> None:
-    _get(m, int(m.line()))
+    _get(m, _c_decimal(m.line()))
 
 
 @_op(b"h")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import _compat_pickle
 import io
 import math
-import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +57,8 @@ class PickleScan:
     values: list[Any] = field(default_factory=list)
     globals_seen: list[tuple[str, str]] = field(default_factory=list)
     not_a_pickle: bool = False
+    #: offsets where joblib's reading skips the bytes of an array (read as data, not opcodes)
+    joblib_arrays: list[int] = field(default_factory=list)
 
 
 def scan_pickles(
@@ -67,11 +68,14 @@ def scan_pickles(
     max_pickles: int | None = None,
     depth: int = 0,
     legacy_torch: bool = True,
+    joblib: bool = True,
 ) -> PickleScan:
     """Walk every pickle in ``reader`` until the end of the stream (or ``max_pickles``).
 
     A stream that starts with the legacy torch magic number is read as torch's five pickles
-    and the storage bytes after them are not parsed.
+    and the storage bytes after them are not parsed. ``joblib`` reads the array bytes after a
+    ``NumpyArrayWrapper`` the way ``joblib.load`` does (skipped); without it they are read as
+    opcodes, the way ``pickle.load`` and ``torch.load`` read the same file.
     """
     result = PickleScan()
     limit = max_pickles
@@ -79,7 +83,7 @@ def scan_pickles(
         if result.pickles and reader.at_eof():
             break
         start = reader.pos
-        machine = _Machine(reader, result, torchscript=torchscript, depth=depth)
+        machine = _Machine(reader, result, torchscript=torchscript, depth=depth, joblib=joblib)
         try:
             value = machine.run()
         except ParseError as exc:
@@ -105,8 +109,10 @@ def _is_legacy_magic(value: Any) -> bool:
 
 
 class _Machine:
-    def __init__(self, reader: Reader, result: PickleScan, *, torchscript: bool, depth: int):
+    def __init__(self, reader: Reader, result: PickleScan, *, torchscript: bool, depth: int,
+                 joblib: bool = True):
         self.r = reader
+        self.joblib = joblib
         self.result = result
         self.torchscript = torchscript
         self.depth = depth
@@ -265,8 +271,8 @@ class _Machine:
                 )
         if isinstance(inst, Obj):
             inst.state = state
-            func = inst.func
-            if isinstance(func, Global) and (func.module, func.name) == (
+            cls = _constructed_class(inst)
+            if self.joblib and isinstance(cls, Global) and (cls.module, cls.name) == (
                 "joblib.numpy_pickle", "NumpyArrayWrapper",
             ):
                 self.joblib_array(state, pos)
@@ -278,10 +284,12 @@ class _Machine:
         dtype = state.get("dtype")
         if not isinstance(shape, tuple) or not all(isinstance(s, int) and s >= 0 for s in shape):
             raise ParseError("NumpyArrayWrapper shape is not a tuple of sizes", pos)
-        itemsize = _dtype_itemsize(dtype)
-        if itemsize is None:
-            raise ParseError("cannot tell the item size of a joblib array's dtype", pos)
-        if itemsize == 0:
+        try:
+            dt = _numpy_dtype(dtype)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise ParseError(f"cannot rebuild a joblib array's dtype as numpy would: {exc}",
+                             pos) from exc
+        if dt.hasobject:
             # object array: joblib wrote it with pickle.dump right here
             inner = scan_pickles(self.r, max_pickles=1, depth=self.depth + 1,
                                  legacy_torch=False, torchscript=self.torchscript)
@@ -290,9 +298,61 @@ class _Machine:
             if inner.error:
                 raise ParseError(f"joblib object array: {inner.error}", pos)
             return
+        if dt.itemsize == 0:
+            raise ParseError("a joblib array of a zero-size dtype (joblib cannot read it)", pos)
+        self.result.joblib_arrays.append(self.r.pos)
         if state.get("numpy_array_alignment_bytes") is not None:
             self.r.skip(self.r.read_byte())
-        self.r.skip(math.prod(shape) * itemsize)
+        # joblib reads count * dtype.itemsize bytes (numpy.multiply.reduce(shape) items)
+        self.r.skip(math.prod(shape) * dt.itemsize)
+
+
+def _constructed_class(inst: Obj) -> Any:
+    """The class an object was made from: the callable itself, or the class handed to
+    ``copyreg._reconstructor`` / ``copyreg.__newobj__`` (protocols 0 and 1, ``NEWOBJ`` via
+    copyreg)."""
+    func = inst.func
+    if (isinstance(func, Global) and func.module == "copyreg"
+            and func.name in ("_reconstructor", "__newobj__", "__newobj_ex__")
+            and isinstance(inst.args, tuple) and inst.args):
+        return inst.args[0]
+    return func
+
+
+_DTYPE_CLASSES = {("numpy", "dtype"), ("numpy.core.multiarray", "dtype"),
+                  ("numpy._core.multiarray", "dtype")}
+
+
+def _numpy_dtype(value: Any) -> Any:
+    """The numpy dtype the unpickler would build from ``value`` (``numpy.dtype(*args)`` and
+    then ``__setstate__``), built by numpy itself so sizes match joblib's exactly. Only plain
+    values go in: anything else is refused."""
+    import numpy as np
+
+    if not (isinstance(value, Obj) and isinstance(value.func, Global)
+            and (value.func.module, value.func.name) in _DTYPE_CLASSES):
+        raise ValueError("the dtype is not a numpy.dtype(...) call")
+    args = _plain(value.args)
+    if not isinstance(args, tuple) or not args or not isinstance(args[0], str):
+        raise ValueError("numpy.dtype arguments are not (str, ...)")
+    dt = np.dtype(args[0], *[bool(a) for a in args[1:3]])
+    if value.state is not None:
+        dt.__setstate__(_plain(value.state))  # type: ignore[attr-defined]
+    return dt
+
+
+def _plain(v: Any) -> Any:
+    if v is None or isinstance(v, bool | int | float | str | bytes):
+        return v
+    if isinstance(v, tuple):
+        return tuple(_plain(x) for x in v)
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if isinstance(v, PDict):
+        return {_plain(k): _plain(x) for k, x in v.pairs}
+    if isinstance(v, Obj):
+        return _numpy_dtype(v)
+    raise TypeError(f"{short(v)} in a dtype")
 
 
 def _importable(text: str) -> bool:
@@ -314,29 +374,3 @@ def _state_keys(state: Any) -> list[str]:
         if isinstance(part, PDict):
             out.extend(k for k, _ in part.pairs if isinstance(k, str))
     return out
-
-
-_DESCR = re.compile(r"[<>|=]?([a-zA-Z?])(\d*)")
-_CHAR_SIZES = {"?": 1, "b": 1, "B": 1, "h": 2, "H": 2, "i": 4, "I": 4, "l": 8, "L": 8, "q": 8,
-               "Q": 8, "e": 2, "f": 4, "d": 8, "g": 16, "F": 8, "D": 16, "G": 32}
-
-
-def _dtype_itemsize(dtype: Any) -> int | None:
-    """Item size of a pickled numpy dtype (0 for object dtypes), or None when unknown."""
-    if not isinstance(dtype, Obj) or not isinstance(dtype.args, tuple) or not dtype.args:
-        return None
-    descr = dtype.args[0]
-    if not isinstance(descr, str):
-        return None
-    m = _DESCR.fullmatch(descr)
-    if m is None:
-        return None
-    kind, digits = m.group(1), m.group(2)
-    if kind == "O":
-        return 0
-    state = dtype.state
-    if isinstance(state, tuple) and len(state) >= 6 and isinstance(state[5], int) and state[5] > 0:
-        return state[5]
-    if digits:
-        return int(digits)
-    return _CHAR_SIZES.get(kind)

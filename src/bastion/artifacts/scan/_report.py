@@ -130,7 +130,9 @@ def render_table(report: ScanReport, console: Console) -> None:
     counts = report.counts
     console.print(
         f"{len(report.files)} file(s): {counts['clean']} clean, {counts['unsafe']} unsafe, "
-        f"{counts['error']} error, {counts['skipped']} skipped",
+        f"{counts['error']} error, {counts['skipped']} skipped"
+        + (" (skipped: no model format any loader would execute; --strict fails on them)"
+           if counts["skipped"] else ""),
         highlight=False,
     )
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
 import struct
+import zipfile
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
@@ -19,7 +21,7 @@ from bastion.artifacts.scan import _trees as trees
 from bastion.artifacts.scan._pickle import scan_pickles
 from bastion.artifacts.scan._stream import Budget, Reader, ScanLimitError, Truncated
 from bastion.artifacts.scan._stream import stream_size as _size
-from bastion.artifacts.scan._types import FileScan, Finding, ScanReport, combine
+from bastion.artifacts.scan._types import FileScan, Finding, ScanReport, Verdict, combine
 from bastion.errors import ConfigurationError, InputError
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_DEPTH", "scan_path", "scan_paths", "scan_stream"]
@@ -87,8 +89,12 @@ def scan_paths(
     *,
     max_depth: int = DEFAULT_MAX_DEPTH,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    strict: bool = False,
 ) -> ScanReport:
-    """Scan files and folders (recursively); one :class:`FileScan` per file."""
+    """Scan files and folders (recursively); one :class:`FileScan` per file.
+
+    ``strict`` makes a skipped file (one no loader would execute) fail the report's exit code.
+    """
     files: list[FileScan] = []
     for path in paths:
         p = Path(path)
@@ -96,7 +102,7 @@ def scan_paths(
             raise InputError(f"no such file or folder: {p}")
         targets: Sequence[Path] = _files_under(p) if p.is_dir() else [p]
         files.extend(scan_path(t, max_depth=max_depth, max_bytes=max_bytes) for t in targets)
-    return ScanReport(tuple(files))
+    return ScanReport(tuple(files), strict=strict)
 
 
 def _files_under(folder: Path) -> list[Path]:
@@ -115,11 +121,24 @@ def scan_stream(
     start = f.tell()
     head = f.read(formats.HEAD)
     f.seek(start)
-    fmt = formats.sniff(head)
-    if fmt in ("unknown", "pickle?") and any(n.lower().endswith(_PICKLE_NAMES) for n in names):
-        fmt = "pickle"
-    if fmt == "unknown":
-        fmt = trees.sniff_tree(head) or fmt
+    kinds = formats.readings(head)
+    if any(n.lower().endswith(_PICKLE_NAMES) for n in names):
+        kinds = [("pickle" if k == "pickle?" else k) for k in kinds] or ["pickle"]
+    kinds += [k for k in _stream_readings(f, start) if k not in kinds]
+    tree = trees.sniff_tree(head)
+    if tree is not None:
+        kinds.append(tree)
+    if not kinds:
+        kinds = ["unknown"]
+    scans = []
+    for kind in kinds:
+        f.seek(start)
+        scans.append(_scan_as(kind, f, path, ctx, depth, torchscript))
+    return _polyglot(path, scans)
+
+
+def _scan_as(fmt: str, f: IO[bytes], path: str, ctx: _Context, depth: int,
+             torchscript: bool) -> FileScan:
     try:
         return _dispatch(fmt, f, path, ctx, depth, torchscript)
     except ScanLimitError as exc:
@@ -130,6 +149,36 @@ def scan_stream(
     except Exception as exc:  # a parser bug must fail closed, never crash or pass the file
         log.exception("unexpected error while scanning %s", path)
         return combine(path, fmt, [], error=f"scanner failure ({type(exc).__name__}: {exc})")
+
+
+def _stream_readings(f: IO[bytes], start: int) -> list[str]:
+    """Readings that the first bytes do not show: ``zipfile`` finds an archive by its end
+    record (junk or another format may come first), ``tarfile`` by a valid first header."""
+    out = []
+    try:
+        if start == 0 and zipfile.is_zipfile(f):
+            out.append("zip")
+        f.seek(start)
+        if containers.is_tar(f):
+            out.append("tar")
+    finally:
+        f.seek(start)
+    return out
+
+
+def _polyglot(path: str, scans: list[FileScan]) -> FileScan:
+    """One result for a file read every way a loader would read it.
+
+    Readings that find nothing a loader would run (``skipped``) drop out; when more than one
+    remains the file is a polyglot and each reading is a member (``file!<as zip>``).
+    """
+    shown = [s for s in scans if s.verdict is not Verdict.SKIPPED]
+    if not shown:
+        return scans[0]
+    if len(shown) == 1:
+        return shown[0]
+    members = [replace(s, path=f"{path}!<as {s.format}>") for s in shown]
+    return combine(path, "+".join(s.format for s in shown), [], members=members)
 
 
 def _dispatch(fmt: str, f: IO[bytes], path: str, ctx: _Context, depth: int,
@@ -145,6 +194,11 @@ def _dispatch(fmt: str, f: IO[bytes], path: str, ctx: _Context, depth: int,
         ]
         return combine(path, "tar", [], members=_shown(members))
     if fmt in ("gzip", "bz2", "xz", "lzma", "zlib"):
+        inner = containers.decompress(f, fmt, ctx.budget)
+        with inner:
+            member = scan_stream(inner, f"{path}!<{fmt}>", ctx, depth + 1, ())
+        return combine(path, fmt, [], members=[member], skipped=member.verdict.value == "skipped")
+    if fmt in ("lz4", "joblib-zfile"):
         inner = containers.decompress(f, fmt, ctx.budget)
         with inner:
             member = scan_stream(inner, f"{path}!<{fmt}>", ctx, depth + 1, ())
@@ -177,15 +231,51 @@ def _dispatch(fmt: str, f: IO[bytes], path: str, ctx: _Context, depth: int,
 
 
 def _scan_pickle(f: IO[bytes], path: str, fmt: str, torchscript: bool) -> FileScan:
+    start = f.tell()
     res = scan_pickles(Reader(f, size=_size(f)), torchscript=torchscript)
     if fmt == "pickle?" and res.not_a_pickle:
-        return combine(path, "unknown", [], skipped=True)
+        f.seek(start)
+        if not _pickletools_disagrees(f):
+            return combine(path, "unknown", [], skipped=True)
+        return combine(path, "pickle", [], error=(
+            f"{res.error}, but pickletools reads the stream as a complete pickle: the loaders "
+            "may accept what the scanner could not read"
+        ))
     kind = "pickle"
+    findings = list(res.findings)
     if res.values and isinstance(res.values[0], int) and res.values[0] == 0x1950A86A20F9469CFC6C:
         kind = "pytorch-legacy"
     elif any(m.startswith("joblib") for m, _ in res.globals_seen):
         kind = "joblib"
-    return combine(path, kind, res.findings, error=res.error)
+    if res.joblib_arrays:
+        # pickle.load and torch.load read the bytes joblib takes for an array as opcodes:
+        # from the first such array on, what they would run is a reading of its own
+        f.seek(start)
+        plain = scan_pickles(Reader(f, size=_size(f)), torchscript=torchscript, joblib=False)
+        first = min(res.joblib_arrays)
+        seen = {(x.operator, x.module, x.name, x.position) for x in findings}
+        findings += [x for x in plain.findings if x.position >= first
+                     and (x.operator, x.module, x.name, x.position) not in seen]
+    return combine(path, kind, findings, error=res.error)
+
+
+_PICKLETOOLS_WINDOW = 16 << 20
+
+
+def _pickletools_disagrees(f: IO[bytes]) -> bool:
+    """Whether pickletools parses, as a whole pickle, a stream the simulator gave up on at
+    once (a second parser as a check on the first: a disagreement is an error, not a skip).
+    A walk still going at the end of the window counts as a disagreement too."""
+    import pickletools
+
+    window = io.BytesIO(f.read(_PICKLETOOLS_WINDOW + 1))
+    try:
+        for op, _, pos in pickletools.genops(window):
+            if op.name == "STOP" or (pos or 0) >= _PICKLETOOLS_WINDOW:
+                return True
+    except Exception:  # pickletools raises ValueError and others on bytes it cannot parse
+        return False
+    return False
 
 
 def _read_all(f: IO[bytes], ctx: _Context, limit: int | None = None) -> bytes:
@@ -207,7 +297,8 @@ def _zip_kind(names: set[str]) -> str:
         if "constants.pkl" in bases or any("/code/" in n for n in names):
             return "torchscript"
         return "pytorch"
-    if "config.json" in names and ("metadata.json" in names or "model.weights.h5" in names):
+    if "config.json" in names:
+        # keras.saving reads config.json alone; metadata.json and the weights are optional
         return "keras"
     if "schema.json" in names:
         return "skops"
@@ -224,8 +315,8 @@ def _scan_zip(f: IO[bytes], path: str, ctx: _Context, depth: int) -> FileScan:
     findings: list[Finding] = []
     members: list[FileScan] = []
     for entry in entries:
-        if all(n.endswith("/") for n in entry.names):
-            continue
+        if all(n.endswith("/") for n in entry.names) and entry.size == entry.compressed_size == 0:
+            continue  # a folder; one that holds data is read like any member (zipfile does)
         is_pickle_name = any(n.endswith(_PICKLE_NAMES) for n in entry.names)
         if torch_like and not is_pickle_name and all(_STORAGE.fullmatch(n) for n in entry.names):
             continue  # tensor storages and version files: never unpickled, never read
@@ -249,14 +340,26 @@ def _scan_zip_member(stream: IO[bytes], mpath: str, entry: containers.ZipEntry, 
         text = _read_all(stream, ctx, _TEXT_LIMIT).decode("utf-8", "replace")
         return combine(mpath, "torchscript-code", formats.scan_torchscript_code(text, entry.name))
     if kind == "keras" and entry.name == "config.json":
-        return _json_member(stream, mpath, ctx, "keras-config",
-                            lambda cfg: formats.scan_keras_config(cfg, "config.json"))
+        return _keras_config(stream, mpath, ctx, depth)
     if kind == "skops" and entry.name == "schema.json":
         return _json_member(stream, mpath, ctx, "skops-schema", formats.scan_skops_schema)
     if kind in ("pytorch", "torchscript") and base in ("data.pkl", "constants.pkl"):
         return _scan_pickle(stream, mpath, "pickle", kind == "torchscript")
     return scan_stream(stream, mpath, ctx, depth + 1, entry.names,
                        torchscript=kind == "torchscript")
+
+
+def _keras_config(stream: IO[bytes], mpath: str, ctx: _Context, depth: int) -> FileScan:
+    """Layers and custom objects of a Keras config, and the files it embeds (a
+    ``TorchModuleWrapper`` holds a whole ``torch.save`` archive), each scanned as a file."""
+    try:
+        doc = json.loads(_read_all(stream, ctx, _TEXT_LIMIT).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return combine(mpath, "keras-config", [], error=f"not valid JSON: {exc}")
+    members = [scan_stream(io.BytesIO(blob), f"{mpath}!{where}", ctx, depth + 1, ())
+               for where, blob in formats.keras_embedded(doc)]
+    return combine(mpath, "keras-config", formats.scan_keras_config(doc, "config.json"),
+                   members=_shown(members))
 
 
 def _json_member(stream: IO[bytes], mpath: str, ctx: _Context, fmt: str,

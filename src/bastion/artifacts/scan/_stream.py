@@ -84,13 +84,20 @@ class Reader:
         self._f = _Chain(data, rest)
 
     def readline(self, limit: int) -> bytes:
-        """A line without its ``\\n``; raises when there is no newline within ``limit``."""
+        """A line without its ``\\n``; raises when there is no newline within ``limit``.
+
+        At the end of the stream a last line without a newline is what the C unpickler makes
+        of it: the rest of the stream less its last byte (it drops that byte as if it were the
+        newline), so ``cos\\ngetcwdX`` at the very end still names ``os.getcwd``.
+        """
         line = self._f.readline(limit + 1) if hasattr(self._f, "readline") else b""
         if not line.endswith(b"\n"):
             self.pos += len(line)
             if len(line) > limit:
                 raise Truncated(f"line longer than {limit} bytes at offset {self.pos}")
-            raise Truncated(f"stream ended at offset {self.pos} inside a text line")
+            if len(line) < 2 or not self.at_eof():
+                raise Truncated(f"stream ended at offset {self.pos} inside a text line")
+            return line[:-1]
         self.pos += len(line)
         return line[:-1]
 

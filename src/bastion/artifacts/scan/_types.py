@@ -26,8 +26,10 @@ class Verdict(enum.StrEnum):
     """What the scanner concluded about one file.
 
     ``clean``: every construct in it is known to be safe. ``unsafe``: at least one finding.
-    ``error``: it could not be scanned completely (never reported clean). ``skipped``: not a
-    model format the scanner knows (a README, an image).
+    ``error``: it could not be scanned completely, or a loader would read it in a way the
+    scanner cannot follow (never reported clean). ``skipped``: content no loader executes (a
+    README, an image): nothing in it is a pickle opcode stream, archive or model format a
+    common loader would accept.
     """
 
     CLEAN = "clean"
@@ -116,16 +118,18 @@ class ScanReport:
 
     Exit codes: 0 every scanned file is clean, 1 something is unsafe, 2 a file could not be
     scanned (and nothing is unsafe), 3 nothing was scanned (every file skipped, or none given).
+    With ``strict``, a skipped file (a format the scanner does not read) also exits 2.
     """
 
     files: tuple[FileScan, ...] = field(default_factory=tuple)
+    strict: bool = False
 
     @property
     def exit_code(self) -> int:
         verdicts = {f.verdict for f in self.files}
         if Verdict.UNSAFE in verdicts:
             return 1
-        if Verdict.ERROR in verdicts:
+        if Verdict.ERROR in verdicts or (self.strict and Verdict.SKIPPED in verdicts):
             return 2
         if Verdict.CLEAN not in verdicts:
             return 3
@@ -141,6 +145,7 @@ class ScanReport:
     def to_dict(self) -> dict[str, object]:
         return {
             "exit_code": self.exit_code,
+            "strict": self.strict,
             "counts": self.counts,
             "files": [f.to_dict() for f in self.files],
         }

@@ -57,7 +57,8 @@ class PDict:
     pairs: list[tuple[Any, Any]] = field(default_factory=list)
 
     def get(self, key: str) -> Any:
-        for k, v in self.pairs:
+        """The value the built dict would hold: the last pair with this key wins."""
+        for k, v in reversed(self.pairs):
             if k == key and isinstance(k, str):
                 return v
         return None

@@ -11,7 +11,7 @@ import math
 import torch
 
 from bastion.errors import ConfigurationError
-from bastion.models.base import Classifier
+from bastion.models.base import Capability, Classifier
 
 __all__ = [
     "QueryRecorder",
@@ -76,7 +76,9 @@ def as_images(x: torch.Tensor, classifier: Classifier, attack: str) -> torch.Ten
         raise ConfigurationError(
             f"{attack} perturbs square windows of an image and needs inputs of shape (c, h, w) "
             f"or (h, w) with h, w >= 2; the model takes {tuple(classifier.input_shape)}. "
-            "For feature vectors use a decision-based attack (hopskipjump) or a gradient one"
+            "For feature vectors use a decision-based attack (hopskipjump)"
+            + ("" if Capability.GRADIENTS not in classifier.capabilities
+               else " or a gradient one (pgd, apgd-ce, ...)")
         )
     return x.reshape(x.shape[0], *shape)
 

@@ -70,8 +70,13 @@ class EvasionResult:
 
     @property
     def robust_accuracy(self) -> float:
-        """Fraction of samples still classified correctly after the attack."""
-        return _mean(self.adv_pred == self.y)
+        """Fraction of samples classified correctly both before and after the attack.
+
+        A sample the model already gets wrong is not robust, whatever the attack's output
+        does (the clean input is itself inside the eps-ball); this is the per-sample rule
+        of the evaluation's worst case, so one attack's number and the headline agree.
+        """
+        return _mean(self.clean_correct & (self.adv_pred == self.y))
 
     @property
     def success_rate(self) -> float:
@@ -348,11 +353,27 @@ class EvasionAttack(ABC):
         """Called at the start of every :meth:`generate`: clear per-run state (``*_``)."""
         return None
 
-    def _constrain(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``x_adv`` projected onto the run's tabular rules (identity without a schema)."""
+    def _constrain(
+        self, x_adv: torch.Tensor, x: torch.Tensor, *, relaxed: bool = False
+    ) -> torch.Tensor:
+        """``x_adv`` projected onto the run's tabular rules (identity without a schema).
+
+        ``relaxed=True`` (inside an attack's iterations) applies only the convex part, the
+        ranges and immutable columns, so that small steps on integer or categorical columns
+        can accumulate; the full projection is applied to every result.
+        """
         schema: FeatureSchema | None = getattr(self, "_constraints", None)
         if schema is None:
             return x_adv
+        if relaxed:
+            xo = x.detach()
+            low = torch.as_tensor(schema.low, dtype=x_adv.dtype, device=x_adv.device)
+            high = torch.as_tensor(schema.high, dtype=x_adv.dtype, device=x_adv.device)
+            fixed = torch.as_tensor(schema.immutable, device=x_adv.device)
+            boxed = torch.maximum(
+                torch.minimum(x_adv, torch.maximum(high, xo)), torch.minimum(low, xo)
+            )
+            return torch.where(fixed, xo, boxed)
         out = schema.project(
             x_adv.detach().cpu().double().numpy(),
             x.detach().cpu().double().numpy(),
@@ -407,10 +428,13 @@ class EvasionAttack(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         missing = self.requires & ~classifier.capabilities
         if missing:
+            from bastion.attacks.evasion.catalog import runnable_attacks
+
             need = "gradients" if Capability.GRADIENTS in missing else "scores"
+            runnable = runnable_attacks(classifier, self.norm)
             raise CapabilityError(
                 f"{type(self).__name__} needs {need}, which {type(classifier).__name__} does "
-                f"not offer; choose a score-based (square) or decision-based (hopskipjump) attack"
+                f"not offer; attacks that run on this model: {', '.join(runnable) or 'none'}"
             )
         if not isinstance(x, torch.Tensor):
             raise InputError(f"x must be a torch.Tensor, got {type(x).__name__}")

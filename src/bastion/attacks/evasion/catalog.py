@@ -16,7 +16,16 @@ from bastion.attacks.evasion.base import EvasionAttack
 from bastion.errors import ConfigurationError
 from bastion.threat import Norm, parse_norm
 
-__all__ = ["ATTACKS", "AttackSpec", "attack_names", "build_attack", "kind_of", "with_eps"]
+__all__ = [
+    "ATTACKS",
+    "AttackSpec",
+    "attack_names",
+    "build_attack",
+    "default_attacks",
+    "kind_of",
+    "runnable_attacks",
+    "with_eps",
+]
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,43 @@ def build_attack(
             raise ConfigurationError(f"attack {key!r} has no parameter {k!r}")
         kwargs.pop(k)
     return attack_cls(**kwargs)
+
+
+def runnable_attacks(classifier: Any, norm: str | Norm = "linf") -> list[str]:
+    """The attacks of the catalogue that will run on ``classifier`` in ``norm``: those whose
+    required access (gradients, scores, labels) the model offers, that support the norm, and,
+    for Square, whose inputs are images."""
+    out = []
+    for name in ATTACKS:
+        try:
+            attack = build_attack(name, norm=norm, eps=0.1)
+        except ConfigurationError:
+            continue  # the attack does not support this norm
+        if attack.requires & ~classifier.capabilities:
+            continue
+        if name == "square" and not _image_like(tuple(classifier.input_shape)):
+            continue
+        out.append(name)
+    return out
+
+
+def default_attacks(classifier: Any, norm: str | Norm = "linf") -> list[str]:
+    """The attack an evaluation runs when none is named: PGD on a model with gradients,
+    Square on a score-only model of images, HopSkipJump otherwise (ONNX models without
+    gradients, trees, label-only endpoints)."""
+    runnable = runnable_attacks(classifier, norm)
+    for name in ("pgd", "square", "hopskipjump"):
+        if name in runnable:
+            return [name]
+    if runnable:
+        return runnable[:1]
+    raise ConfigurationError(f"no attack of the catalogue runs on this model in {norm}")
+
+
+def _image_like(shape: tuple[int, ...]) -> bool:
+    if len(shape) == 2:
+        shape = (1, *shape)
+    return len(shape) == 3 and min(shape[1:]) >= 2
 
 
 def kind_of(attack: EvasionAttack) -> str:

@@ -154,6 +154,7 @@ class PGD(EvasionAttack):
                     step_size=sign * self.step_size,
                     bounds=(lo, hi),
                 )
+                xa = self._constrain(xa, x0, relaxed=True)  # tabular rules: box + immutables
                 if active.numel() == x.shape[0]:
                     x_adv = xa
                 else:

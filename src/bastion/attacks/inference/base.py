@@ -139,8 +139,13 @@ class MembershipResult:
             atlas=(ATLAS["membership_inference"],),
             owasp=(OWASP["membership_inference"],),
             evidence=s,
-            remediation="Reduce overfitting (regularisation, early stopping), train with DP-SGD, "
-            "and return labels or rounded scores instead of full confidence vectors.",
+            remediation=(
+                f"No measurable leak with the {self.attack} attack at this sample size; "
+                "stronger attacks with reference models (lira, shadow) may still find one."
+                if sev is Severity.INFO
+                else "Reduce overfitting (regularisation, early stopping), train with DP-SGD, "
+                "and return labels or rounded scores instead of full confidence vectors."
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -345,7 +350,7 @@ def membership_severity(
     The attack's success where it matters (TPR at 0.1% and 1% FPR: members it picks out
     with almost no false alarm) and its AUC rate it; the empirical ε lower bound raises the
     rating too, since it is the one number that holds at 95% confidence and it also counts
-    the low-score tail (non-members picked out), which TPR at low FPR does not see: ε ≥ 1 is
+    the low-score tail (non-members picked out), which TPR at low FPR does not see: ε ≥ 0.5 is
     at least ``low`` and ε ≥ 3 at least ``medium``. So an AUC near 0.5 beside a large ε bound
     is never rated ``info``.
 
@@ -356,7 +361,7 @@ def membership_severity(
         return Severity.HIGH
     if tpr_at_1pct >= 0.05 or auc >= 0.6 or epsilon_lower >= 3.0:
         return Severity.MEDIUM
-    if tpr_at_1pct > 0.02 or auc > 0.55 or epsilon_lower >= 1.0:
+    if tpr_at_1pct > 0.02 or auc > 0.55 or epsilon_lower >= 0.5:
         return Severity.LOW
     return Severity.INFO
 

@@ -256,11 +256,17 @@ def empirical_epsilon(
     """Lower bound on ε from one test or a sweep of thresholds (``tpr``/``fpr`` arrays).
 
     Each rate is turned back into a count (``round(rate * n)``) and bounded by its two-sided
-    Clopper–Pearson interval of level ``confidence``. The bound is the largest of
-    ``log((TPR_lo - δ) / FPR_hi)`` and ``log((1 - FPR_hi - δ) / (1 - TPR_lo))`` over all
-    thresholds (both directions of the test), and never below 0. Choosing the best of many
-    thresholds on the same scores is slightly optimistic; pick the threshold on held-out
-    canaries for a strict audit.
+    Clopper–Pearson interval. The bound is the largest of ``log((TPR_lo - δ) / FPR_hi)`` and
+    ``log((1 - FPR_hi - δ) / (1 - TPR_lo))`` over all thresholds (both directions of the
+    test), and never below 0.
+
+    Picking the best of ``k`` thresholds on the same scores is a choice made after seeing the
+    data: the threshold just below the weakest member always shows no false negatives, so an
+    uncorrected bound reads a large ε off a model whose AUC is near 0.5. The intervals are
+    therefore Bonferroni-corrected: each of the ``2k`` rates is bounded at level
+    ``1 - (1 - confidence) / (2k)``, which makes ``lower`` hold with probability
+    ``confidence`` for the best threshold too. A single test (``k = 1``) keeps the plain
+    intervals; for a stricter audit pick the threshold on held-out canaries.
 
     >>> b = empirical_epsilon(0.5, 0.0, 1000, 1000)
     >>> round(b.lower, 2), b.point
@@ -278,8 +284,10 @@ def empirical_epsilon(
         raise InputError("tpr and fpr must be rates in [0, 1]")
     tp = np.rint(t * n_pos)
     fp = np.rint(f * n_neg)
-    tpr_lo, _ = clopper_pearson(tp, n_pos, confidence)
-    _, fpr_hi = clopper_pearson(fp, n_neg, confidence)
+    tests = int(np.unique(np.stack([tp, fp]), axis=1).shape[1])  # distinct thresholds
+    level = 1.0 - (1.0 - confidence) / tests if tests > 1 else confidence
+    tpr_lo, _ = clopper_pearson(tp, n_pos, level)
+    _, fpr_hi = clopper_pearson(fp, n_neg, level)
     lower_1 = _log_ratio(tpr_lo - delta, fpr_hi)
     lower_2 = _log_ratio(1.0 - fpr_hi - delta, 1.0 - tpr_lo)
     lower_all = np.maximum(lower_1, lower_2)

@@ -37,7 +37,7 @@ from bastion.data.tabular import FeatureSchema
 from bastion.errors import ConfigurationError
 from bastion.models.trees import TreeEnsemble
 
-__all__ = ["ExactSolution", "TreeMILP"]
+__all__ = ["ExactSolution", "TreeMILP", "feature_cells"]
 
 _NORMS = ("linf", "l1", "l2")
 #: the target class must beat the true one by this much (relative to the score scale)
@@ -214,55 +214,29 @@ class TreeMILP:
 
     # -- per row --------------------------------------------------------------------------
     def _intervals(self, i: int, x0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """Per interval of feature ``i``: feasible, infimum cost, witness; and x0's interval."""
-        ens, schema = self.ensemble, self.schema
-        t = self.thresholds[i]
-        f32 = ens.float32
-        m = t.size
-        lo_t = np.concatenate([[-np.inf], t])
-        hi_t = np.concatenate([t, [np.inf]])
-        if ens.strict:  # left iff x < t: interval k is [t_k, t_{k+1})
-            lo_att = np.where(np.isfinite(lo_t), _ceil_repr(lo_t, f32), -np.inf)
-            hi_att = np.where(np.isfinite(hi_t), _next_down(_ceil_repr(hi_t, f32), f32), np.inf)
-        else:  # left iff x <= t: interval k is (t_k, t_{k+1}]
-            lo_att = np.where(np.isfinite(lo_t), _next_up(_floor_repr(lo_t, f32), f32), -np.inf)
-            hi_att = np.where(np.isfinite(hi_t), _floor_repr(hi_t, f32), np.inf)
-        low, high = float(schema.low[i]), float(schema.high[i])
-        if math.isfinite(low):
-            lo_att = np.maximum(lo_att, _ceil_repr(np.array([low]), f32)[0])
-        if math.isfinite(high):
-            hi_att = np.minimum(hi_att, _floor_repr(np.array([high]), f32)[0])
-        lo_inf = np.maximum(lo_t, low)
-        hi_inf = np.minimum(hi_t, high)
-        own = int(np.sum(~ens.goes_left(np.full(m, x0), t)))  # thresholds x0 passes right
-        codes = schema.allowed_values(i)
-        if codes is not None:
-            inside = (codes[None, :] >= lo_att[:, None]) & (codes[None, :] <= hi_att[:, None])
-            dist = np.where(inside, np.abs(codes[None, :] - x0), np.inf)
-            feasible = np.asarray(inside.any(axis=1), dtype=bool)
-            witness = codes[np.argmin(dist, axis=1)]
-            cost = np.where(feasible, dist.min(axis=1), 0.0)
-        else:
-            if schema.integer[i]:
-                lo_att, hi_att = np.ceil(lo_att), np.floor(hi_att)
-                lo_inf, hi_inf = lo_att, hi_att
-            feasible = np.asarray(lo_att <= hi_att, dtype=bool)
-            witness = np.clip(x0, lo_att, hi_att)
-            cost = np.where(feasible, np.maximum(np.maximum(lo_inf - x0, 0.0), x0 - hi_inf), 0.0)
-        cost = np.where(feasible, cost, 0.0)
-        witness = np.where(feasible, witness, x0)
-        cost[own], witness[own], feasible[own] = 0.0, x0, True
-        if schema.immutable[i]:
-            feasible = np.zeros(m + 1, dtype=bool)
-            feasible[own] = True
-        return feasible, cost * float(schema.cost[i]), witness, own
+        return feature_cells(self.ensemble, self.schema, i, x0, self.thresholds[i])
 
-    def solve(self, x0: np.ndarray, y: int, *, upper: float | None = None) -> ExactSolution:
+    def solve(
+        self, x0: np.ndarray, y: int, *, upper: float | None = None, hint: float | None = None
+    ) -> ExactSolution:
         """The minimal perturbation of row ``x0`` (true label ``y``) within the schema.
 
         ``upper`` bounds the search: a row with no adversarial example within it is reported
-        ``robust`` with ``distance`` = ``upper`` (a certificate at that radius).
+        ``robust`` with ``distance`` = ``upper`` (a certificate at that radius). ``hint`` is
+        the distance of a known adversarial example (e.g. from the fast attack): cells farther
+        than it cannot hold the optimum (a feature's own distance never exceeds the total),
+        so they are pruned before the solve, which keeps it exact and makes it much smaller.
         """
+        if hint is not None and math.isfinite(hint):
+            bound = hint if upper is None else min(upper, hint)
+            sol = self._solve(x0, y, upper=upper, prune=bound * (1 + 1e-7) + 1e-9)
+            if sol.status in ("adversarial", "misclassified"):
+                return sol
+        return self._solve(x0, y, upper=upper, prune=upper)
+
+    def _solve(
+        self, x0: np.ndarray, y: int, *, upper: float | None, prune: float | None
+    ) -> ExactSolution:
         import time
 
         start = time.perf_counter()
@@ -278,6 +252,9 @@ class TreeMILP:
             if i in self.o_index:
                 continue
             feasible, cost, witness, own = self._intervals(i, float(x0[i]))
+            if prune is not None:
+                feasible = feasible & (cost <= prune * (1 + 1e-7) + 1e-9)
+                feasible[own] = True
             per_feature[i] = (witness, own, cost)
             s, m = self.p_start[i], self.thresholds[i].size
             # Interval k is chosen iff p_{k+1} - p_k = 1 (p_0 = 0, p_{m+1} = 1).
@@ -416,6 +393,56 @@ class TreeMILP:
         if int(self.ensemble.predict(x_adv[None, :])[0]) == y:
             status = "unverified"
         return ExactSolution(status, distance, x_adv, target, 0.0)
+
+
+def feature_cells(
+    ens: TreeEnsemble, schema: FeatureSchema, i: int, x0: float, t: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The cells of feature ``i`` between its sorted thresholds ``t``, for original value ``x0``.
+
+    Per cell ``k`` (``k`` thresholds passed to the right): whether the schema allows a value
+    in it, the cost-weighted distance from ``x0`` to its closure (the infimum), the nearest
+    allowed value in it (the witness); and the cell of ``x0`` itself.
+    """
+    f32 = ens.float32
+    m = t.size
+    lo_t = np.concatenate([[-np.inf], t])
+    hi_t = np.concatenate([t, [np.inf]])
+    if ens.strict:  # left iff x < t: interval k is [t_k, t_{k+1})
+        lo_att = np.where(np.isfinite(lo_t), _ceil_repr(lo_t, f32), -np.inf)
+        hi_att = np.where(np.isfinite(hi_t), _next_down(_ceil_repr(hi_t, f32), f32), np.inf)
+    else:  # left iff x <= t: interval k is (t_k, t_{k+1}]
+        lo_att = np.where(np.isfinite(lo_t), _next_up(_floor_repr(lo_t, f32), f32), -np.inf)
+        hi_att = np.where(np.isfinite(hi_t), _floor_repr(hi_t, f32), np.inf)
+    low, high = float(schema.low[i]), float(schema.high[i])
+    if math.isfinite(low):
+        lo_att = np.maximum(lo_att, _ceil_repr(np.array([low]), f32)[0])
+    if math.isfinite(high):
+        hi_att = np.minimum(hi_att, _floor_repr(np.array([high]), f32)[0])
+    lo_inf = np.maximum(lo_t, low)
+    hi_inf = np.minimum(hi_t, high)
+    own = int(np.sum(~ens.goes_left(np.full(m, x0), t)))  # thresholds x0 passes right
+    codes = schema.allowed_values(i)
+    if codes is not None:
+        inside = (codes[None, :] >= lo_att[:, None]) & (codes[None, :] <= hi_att[:, None])
+        dist = np.where(inside, np.abs(codes[None, :] - x0), np.inf)
+        feasible = np.asarray(inside.any(axis=1), dtype=bool)
+        witness = codes[np.argmin(dist, axis=1)]
+        cost = np.where(feasible, dist.min(axis=1), 0.0)
+    else:
+        if schema.integer[i]:
+            lo_att, hi_att = np.ceil(lo_att), np.floor(hi_att)
+            lo_inf, hi_inf = lo_att, hi_att
+        feasible = np.asarray(lo_att <= hi_att, dtype=bool)
+        witness = np.clip(x0, lo_att, hi_att)
+        cost = np.where(feasible, np.maximum(np.maximum(lo_inf - x0, 0.0), x0 - hi_inf), 0.0)
+    cost = np.where(feasible, cost, 0.0)
+    witness = np.where(feasible, witness, x0)
+    cost[own], witness[own], feasible[own] = 0.0, x0, True
+    if schema.immutable[i]:
+        feasible = np.zeros(m + 1, dtype=bool)
+        feasible[own] = True
+    return feasible, cost * float(schema.cost[i]), witness, own
 
 
 def _assemble(

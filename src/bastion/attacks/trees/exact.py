@@ -63,8 +63,13 @@ def minimal_perturbation(
     schema: FeatureSchema | None = None,
     upper: float | None = None,
     time_limit: float | None = None,
+    warm_start: bool = True,
 ) -> list[ExactSolution]:
-    """The exact minimal perturbation of each row within ``schema`` (see :class:`TreeMILP`)."""
+    """The exact minimal perturbation of each row within ``schema`` (see :class:`TreeMILP`).
+
+    ``warm_start`` (L∞) first runs the fast cell search; its distance prunes every cell
+    farther than it from the MILP, which stays exact (see :meth:`TreeMILP.solve`).
+    """
     X, labels = _rows(ensemble, x, y)
     if schema is not None:
         bad = schema.check(X)
@@ -74,7 +79,15 @@ def minimal_perturbation(
                 "distances are measured from rows the contract accepts"
             )
     solver = TreeMILP(ensemble, schema=schema, norm=norm, time_limit=time_limit)
-    return [solver.solve(X[i], int(labels[i]), upper=upper) for i in range(X.shape[0])]
+    hints: list[float | None] = [None] * X.shape[0]
+    if warm_start and norm == "linf":
+        from bastion.attacks.trees.fast import fast_tree_attack
+
+        fast = fast_tree_attack(ensemble, X, labels, schema=schema, max_steps=50)
+        hints = [float(d) if f else None for f, d in zip(fast.found, fast.distance, strict=True)]
+    return [
+        solver.solve(X[i], int(labels[i]), upper=upper, hint=hints[i]) for i in range(X.shape[0])
+    ]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import torch
 from bastion.audit.contract import AuditContext, Check, CheckResult, Metric, Requirement, register
 from bastion.audit.findings import Severity
 from bastion.audit.plan import effective_access, need_data
+from bastion.errors import ConfigurationError
 
 __all__ = ["EvasionCheck", "default_attacks"]
 
@@ -40,6 +41,15 @@ def default_attacks(access: str) -> tuple[str, ...]:
     return ("square",) if access == "scores" else ("hopskipjump",)
 
 
+def _runnable(names: tuple[str, ...], ctx: AuditContext) -> tuple[str, ...]:
+    """``names`` less those that would refuse this model (Square on feature vectors), and
+    HopSkipJump, which runs on any model, when none is left."""
+    from bastion.attacks.evasion.catalog import runnable_attacks
+
+    ok = set(runnable_attacks(ctx.model, ctx.threat.norm))
+    return tuple(n for n in names if n in ok) or ("hopskipjump",)
+
+
 @register
 class EvasionCheck(Check):
     """Robust accuracy under the strongest attacks the access allows, at the threat's eps."""
@@ -50,6 +60,7 @@ class EvasionCheck(Check):
     practices: ClassVar[tuple[str, ...]] = ("model_validation", "model_monitoring")
     defaults: ClassVar[dict[str, Any]] = {
         "max_samples": 256,
+        "subset": "random",  # which max_samples: a seeded random subset, or the "first"
         "attacks": None,  # by access, see default_attacks
         "steps": 50,  # None: each attack's own default
         "max_queries": 500,  # per sample, for square and hopskipjump
@@ -66,7 +77,7 @@ class EvasionCheck(Check):
 
         s = ctx.check_settings(self.name)
         access = effective_access(ctx)
-        names = tuple(s["attacks"] or default_attacks(access))
+        names = tuple(s["attacks"] or _runnable(default_attacks(access), ctx))
         per_sample = None if s["max_queries"] is None else int(s["max_queries"])
         if access != "white-box" and ctx.query_budget is not None:
             per_sample = max(10, min(per_sample or 1000, ctx.query_budget // max(n, 1)))
@@ -89,7 +100,11 @@ class EvasionCheck(Check):
         s = dict(ctx.check_settings(self.name))
         x, y = ctx.test.x, ctx.test.y
         n = min(int(s["max_samples"]), len(y))
-        if n < len(y):
+        if s["subset"] not in ("random", "first"):
+            raise ConfigurationError(f"evasion subset must be random or first, got {s['subset']!r}")
+        if n < len(y) and s["subset"] == "first":
+            x, y = x[:n], y[:n]
+        elif n < len(y):
             g = torch.Generator().manual_seed(ctx.unit_seed(self.name, 1_000))
             keep = torch.randperm(len(y), generator=g)[:n].sort().values
             x, y = x[keep], y[keep]

@@ -39,6 +39,10 @@ __all__ = ["ExtractionCheck", "policy_from"]
 
 #: relative residual of equation solving below which the model counts as linear softmax
 _LINEAR_RESIDUAL = 1e-3
+#: strategies that query a natural pool (at most once per pool input)
+_POOL = ("knockoff", "copycat", "adaptive")
+#: transfer rate of adversarial examples from the copy that raises a finding
+_TRANSFER_FINDING = 0.3
 
 
 def policy_from(spec: Any) -> Any:
@@ -75,6 +79,9 @@ class ExtractionCheck(Check):
         "pool_fraction": 0.7,
         "surrogate": "auto",
         "threshold": 0.9,
+        "strategy": "auto",
+        "policies": [],
+        "transfer_eps": 0.0,
     }
 
     def requires(self, ctx: AuditContext) -> Requirement | None:
@@ -127,28 +134,28 @@ class ExtractionCheck(Check):
                 black_box(clf, access=api), api, budget, x_pool, x_eval, y_eval, opts, ctx, "model"
             )
         ]
-        policy = None
-        if ctx.output_policy is not None:
+        specs = [] if ctx.output_policy is None else [ctx.output_policy]
+        policies = [policy_from(spec) for spec in [*specs, *(opts["policies"] or [])]]
+        for policy in policies:
             from bastion.defences.output import HardenedClassifier
 
-            policy = policy_from(ctx.output_policy)
             served = HardenedClassifier(clf, policy)
-            policy_api = "labels" if policy.label_only or api == "labels" else "scores"
-            view = served if policy_api == "scores" else black_box(served, access="labels")
-            curves.append(
-                self._steal(
-                    view,
-                    policy_api,
-                    budget,
-                    x_pool,
-                    x_eval,
-                    y_eval,
-                    opts,
-                    ctx,
-                    f"through {policy.describe()}",
-                )
+            policy_api: Literal["scores", "labels"] = (
+                "labels" if policy.label_only or api == "labels" else "scores"
             )
-        return self._result(curves, budget, threshold, len(x_eval), access, policy)
+            view = served if policy_api == "scores" else black_box(served, access="labels")
+            label = f"through {policy.describe()}"
+            curves.append(
+                self._steal(view, policy_api, budget, x_pool, x_eval, y_eval, opts, ctx, label)
+            )
+        transfer = None
+        eps = float(opts["transfer_eps"] or 0.0)
+        head = curves[0]["best"]["result"]
+        if eps > 0 and head.surrogate is not None:
+            from bastion.attacks.extraction import transfer_rate
+
+            transfer = transfer_rate(head, clf, x_eval, y_eval, eps=eps)
+        return self._result(curves, budget, threshold, len(x_eval), access, policies, transfer)
 
     def _steal(
         self,
@@ -171,8 +178,13 @@ class ExtractionCheck(Check):
         surrogate = opts["surrogate"]
         if surrogate == "auto":
             surrogate = "cnn" if len(shape) == 3 and min(shape[1:]) >= 16 else "mlp"
-        strategy = "knockoff" if api == "scores" else "copycat"
-        spend = min(budget, len(x_pool))  # a pool strategy asks each pool input once
+        strategy = str(opts["strategy"])
+        if strategy == "auto":
+            strategy = "knockoff" if api == "scores" else "copycat"
+        if strategy == "equation" and api == "labels":
+            strategy = "copycat"  # the strongest attack on labels: equation solving needs scores
+        # a pool strategy asks each pool input once; the others synthesise their queries
+        spend = min(budget, len(x_pool)) if strategy in _POOL else budget
         if ctx.progress is not None:
             ctx.progress(f"{strategy} {label}", 0.1)
         attack = build_extraction_attack(
@@ -187,7 +199,7 @@ class ExtractionCheck(Check):
         res = attack.extract(victim, x_pool=x_pool, x_eval=x_eval, y_eval=y_eval)
         best = {"strategy": strategy, "result": res}
         equation = None
-        if api == "scores" and budget >= d + 2:
+        if api == "scores" and budget >= d + 2 and opts["strategy"] == "auto":
             # more equations than unknowns, so the residual tells a linear model from others
             eq = EquationSolving(
                 query_budget=budget,
@@ -196,7 +208,10 @@ class ExtractionCheck(Check):
             )
             eq_res = eq.extract(victim, x_eval=x_eval, y_eval=y_eval)
             residual = eq_res.extra.get("residual")
-            if residual is not None and residual < _LINEAR_RESIDUAL:
+            # a fit that could not use enough uncensored scores says so (status) even when
+            # the equations it did use fit
+            exact = eq_res.extra.get("status", "exact") == "exact"
+            if residual is not None and residual < _LINEAR_RESIDUAL and exact:
                 equation = eq_res
                 if (eq_res.fidelity or 0.0) >= (res.fidelity or 0.0):
                     best = {"strategy": "equation", "result": eq_res}
@@ -216,7 +231,8 @@ class ExtractionCheck(Check):
         threshold: float,
         n_eval: int,
         access: str,
-        policy: Any,
+        policies: list[Any],
+        transfer: Any,
     ) -> CheckResult:
         metrics: dict[str, Metric] = {}
         series: list[dict[str, Any]] = []
@@ -224,6 +240,8 @@ class ExtractionCheck(Check):
         rows: list[list[Any]] = []
         for i, c in enumerate(curves):
             key = "fidelity" if i == 0 else "fidelity_under_policy"
+            if i > 1:
+                key = f"fidelity_under_policy_{i}"
             best = c["best"]["result"]
             fid = float(best.fidelity or 0.0)
             metric = Metric.proportion(
@@ -270,16 +288,28 @@ class ExtractionCheck(Check):
                 ]
             )
             if fid >= threshold:
-                findings.append(self._finding(c, fid, metric, budget, threshold, i > 0))
+                where = None if i == 0 else f"output-policy:{policies[i - 1].describe()}"
+                findings.append(self._finding(c, fid, metric, budget, threshold, where))
         head = curves[0]["best"]["result"]
         summary = (
             f"a copy trained on {head.queries} queries ({curves[0]['best']['strategy']}, "
             f"{curves[0]['api']}) agrees with the model on {float(head.fidelity or 0):.1%} of "
             f"{n_eval} held-out inputs"
         )
-        if len(curves) > 1:
-            pb = curves[1]["best"]["result"]
+        for policy, c in zip(policies, curves[1:], strict=True):
+            pb = c["best"]["result"]
             summary += f"; through {policy.describe()}: {float(pb.fidelity or 0):.1%}"
+        if transfer is not None:
+            metrics["transfer_rate"] = Metric.proportion(
+                round(transfer.transfer_rate * transfer.victim_correct),
+                max(transfer.victim_correct, 1),
+                higher_is_better=False,
+                label=f"adversarial examples crafted on the copy (PGD, eps {transfer.eps}) that "
+                "fool the model, of the inputs it classified correctly",
+            )
+            summary += f"; {transfer.transfer_rate:.1%} of PGD examples from the copy transfer"
+            if transfer.transfer_rate >= _TRANSFER_FINDING:
+                findings.append(self._transfer_finding(transfer))
         return CheckResult(
             status="failed" if findings else "passed",
             metrics=metrics,
@@ -313,7 +343,8 @@ class ExtractionCheck(Check):
                 "budget": budget,
                 "threshold": threshold,
                 "access": access,
-                "output_policy": None if policy is None else policy.describe(),
+                "output_policies": [p.describe() for p in policies],
+                "transfer": None if transfer is None else transfer.to_dict(),
             },
         )
 
@@ -324,7 +355,7 @@ class ExtractionCheck(Check):
         metric: Metric,
         budget: int,
         threshold: float,
-        under_policy: bool,
+        location: str | None,
     ) -> Finding:
         best = curve["best"]["result"]
         sure = metric.ci is not None and metric.ci[0] >= threshold
@@ -338,7 +369,7 @@ class ExtractionCheck(Check):
             threat="model_stealing",
             atlas=(ATLAS["model_extraction"],),
             owasp=(OWASP["model_theft"],),
-            location="output-policy" if under_policy else None,
+            location=location,
             evidence={
                 "fidelity": fid,
                 "fidelity_ci": None if metric.ci is None else list(metric.ci),
@@ -355,5 +386,25 @@ class ExtractionCheck(Check):
                 "patterns (bastion serve's extraction detector); return labels or rounded "
                 "top-1 scores instead of full probability vectors, and audit the served output "
                 "policy (threat.output_policy)."
+            ),
+        )
+
+    @staticmethod
+    def _transfer_finding(transfer: Any) -> Finding:
+        rate = transfer.transfer_rate
+        return Finding(
+            id="extraction.transferable-adversarial-examples",
+            title=(
+                f"Adversarial examples crafted on the stolen copy fool the model on {rate:.1%} "
+                f"of the inputs it classified correctly (PGD, eps {transfer.eps})"
+            ),
+            severity=Severity.HIGH if rate >= 0.6 else Severity.MEDIUM,
+            threat="model_stealing",
+            atlas=(ATLAS["black_box_transfer"], ATLAS["model_extraction"]),
+            owasp=(OWASP["model_theft"], OWASP["input_manipulation"]),
+            evidence=transfer.to_dict(),
+            remediation=(
+                "A faithful copy makes the model open to white-box evasion: harden it against "
+                "evasion (adversarial training) and limit what the API returns and how often."
             ),
         )

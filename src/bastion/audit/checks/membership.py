@@ -11,6 +11,11 @@ non-members the test set (``ctx.test``); the check draws the same number of each
 - the **loss threshold** attack (Yeom et al. 2018), finding id ``membership.loss-threshold``;
 - against a label-only model, the **label-only** attack instead of both.
 
+``attacks`` picks others (``loss``, ``confidence``, ``label-only``, ``shadow``, ``lira``,
+``lira-online``), and ``population`` (an ``.npz``) gives the attacker's own data for the
+reference and shadow models; then every member and non-member (up to ``max_samples`` each)
+is scored.
+
 Each attack is judged by its TPR at 0.1% and 1% FPR (Clopper–Pearson intervals on the counts),
 its AUC (stratified bootstrap interval) and the empirical ε lower bound (95%, Clopper–Pearson
 on the rates of the best test, either direction); the severity weighs all three
@@ -33,10 +38,17 @@ from bastion.audit.findings import Severity
 from bastion.audit.plan import effective_access, need_data
 from bastion.errors import ConfigurationError
 
-__all__ = ["MembershipCheck"]
+__all__ = ["ATTACKS", "MembershipCheck"]
 
 #: fewest population samples (the samples not scored) LiRA's reference models train on
 _MIN_POPULATION = 20
+#: the attacks by setting name: ``lira`` is offline LiRA (bounded reference models, trained
+#: once), ``lira-online`` Carlini et al.'s online variant (reference models per call)
+ATTACKS = ("lira", "loss", "confidence", "label-only", "shadow", "lira-online")
+#: metric-name prefixes by attack
+_KEYS = {"loss": "loss-threshold", "confidence": "confidence-threshold"}
+#: attacks that train reference or shadow models on population data
+_FITTED = ("lira", "shadow", "lira-online")
 
 
 @register
@@ -48,10 +60,13 @@ class MembershipCheck(Check):
     threat: ClassVar[str] = "inversion_membership"
     practices: ClassVar[tuple[str, ...]] = ("privacy_protection", "model_validation")
     defaults: ClassVar[dict[str, Any]] = {
+        "attacks": "auto",
+        "population": None,
         "n_reference": 4,
         "reference_epochs": 20,
         "max_samples": 500,
         "bootstrap": 200,
+        "max_queries": None,
     }
 
     def requires(self, ctx: AuditContext) -> Requirement | None:
@@ -78,50 +93,104 @@ class MembershipCheck(Check):
                 "at least 1 and 2"
             )
         clf, train, test = ctx.model, ctx.train, ctx.test
-        # as many members as non-members, leaving at least a third of the data to train
-        # LiRA's reference models on (the rest of both sets: never a scored sample)
-        n = min(len(test), len(train), int(opts["max_samples"]), (len(train) + len(test)) // 3)
+        if opts["max_queries"] is not None:  # a metered view: an attack over it is refused
+            from bastion.attacks.extraction import black_box
+
+            labels = effective_access(ctx) == "labels"
+            budget = int(opts["max_queries"])
+            clf = black_box(clf, access="labels" if labels else "scores", query_budget=budget)
+        shape = tuple(clf.input_shape)
+        names = self._attacks(opts, effective_access(ctx))
+        population = self._population(opts, ctx)
+        cap = int(opts["max_samples"])
+        if population is None and any(a in _FITTED for a in names):
+            # as many members as non-members, leaving at least a third of the data to train
+            # the reference models on (the rest of both sets: never a scored sample)
+            n_m = n_n = min(len(test), len(train), cap, (len(train) + len(test)) // 3)
+        else:
+            n_m, n_n = min(len(train), cap), min(len(test), cap)
         g = torch.Generator().manual_seed(ctx.unit_seed(f"{self.name}.sample"))
         tr = torch.randperm(len(train), generator=g)
         te = torch.randperm(len(test), generator=g)
-        x = torch.cat([train.x[tr[:n]], test.x[te[:n]]]).reshape(-1, *clf.input_shape)
-        y = torch.cat([train.y[tr[:n]], test.y[te[:n]]])
-        xp = torch.cat([train.x[tr[n:]], test.x[te[n:]]]).reshape(-1, *clf.input_shape)
-        yp = torch.cat([train.y[tr[n:]], test.y[te[n:]]])
-        truth = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
-        access = effective_access(ctx)
-        results: list[MembershipResult] = []
-        notes: list[str] = []
-        if access == "labels":
-            from bastion.attacks.inference import LabelOnlyAttack
-
-            results.append(
-                LabelOnlyAttack(seed=ctx.unit_seed(f"{self.name}.label-only")).infer(
-                    clf, x, y, membership=truth
-                )
-            )
-            notes.append("the model answers labels only: the label-only attack ran")
+        x = torch.cat([train.x[tr[:n_m]], test.x[te[:n_n]]]).reshape(-1, *shape)
+        y = torch.cat([train.y[tr[:n_m]], test.y[te[:n_n]]])
+        truth = torch.cat([torch.ones(n_m, dtype=torch.bool), torch.zeros(n_n, dtype=torch.bool)])
+        if population is None:
+            xp = torch.cat([train.x[tr[n_m:]], test.x[te[n_n:]]]).reshape(-1, *shape)
+            yp = torch.cat([train.y[tr[n_m:]], test.y[te[n_n:]]])
         else:
-            from bastion.attacks.inference import DefaultTrainer, LiRA, ThresholdAttack
+            xp, yp = population.x.reshape(-1, *shape), population.y
+        results: list[tuple[str, MembershipResult]] = []
+        notes: list[str] = []
+        for i, name in enumerate(names):
+            self._progress(ctx, name, i / len(names))
+            attack = self._build(name, opts, ctx)
+            if clf is not ctx.model:  # the metered view's budget is per attack
+                clf.reset_queries()
+            if attack.needs_fit:
+                if len(xp) < _MIN_POPULATION:
+                    notes.append(
+                        f"{name} did not run: only {len(xp)} samples are left to train reference "
+                        f"models on (needs {_MIN_POPULATION}; give a population)"
+                    )
+                    continue
+                attack.fit(clf, xp, yp)
+            results.append((name, attack.infer(clf, x, y, membership=truth)))
+        if not results:
+            raise ConfigurationError("membership: no attack could run; " + "; ".join(notes))
+        return self._result(results, opts, (n_m, n_n), notes, ctx)
 
-            if len(xp) >= _MIN_POPULATION:
-                self._progress(ctx, f"training {n_ref} reference models", 0.05)
-                lira = LiRA(
-                    n_reference=n_ref,
-                    online=False,
-                    train_fn=DefaultTrainer(tuple(clf.input_shape), clf.num_classes, epochs=epochs),
-                    reference_seeds=[ctx.unit_seed(self.name, i) for i in range(n_ref)],
-                )
-                lira.fit(clf, xp, yp)
-                results.append(lira.infer(clf, x, y, membership=truth))
-            else:
-                notes.append(
-                    f"LiRA did not run: only {len(xp)} samples are left to train reference "
-                    f"models on (needs {_MIN_POPULATION})"
-                )
-            self._progress(ctx, "loss threshold", 0.9)
-            results.append(ThresholdAttack(signal="loss").infer(clf, x, y, membership=truth))
-        return self._result(results, opts, n, notes, ctx)
+    @staticmethod
+    def _attacks(opts: dict[str, Any], access: str) -> list[str]:
+        spec = opts["attacks"]
+        if spec in (None, "auto"):
+            return ["label-only"] if access == "labels" else ["lira", "loss"]
+        names = [spec] if isinstance(spec, str) else list(spec)
+        unknown = [a for a in names if a not in ATTACKS]
+        if unknown or not names:
+            raise ConfigurationError(
+                f"membership: unknown attack(s) {unknown}; choose from {', '.join(ATTACKS)}"
+            )
+        return list(dict.fromkeys(names))
+
+    def _population(self, opts: dict[str, Any], ctx: AuditContext) -> Any:
+        if not opts.get("population"):
+            return None
+        from pathlib import Path
+
+        from bastion.audit.sources import load_dataset
+
+        return load_dataset(Path(opts["population"]), ctx.model.bounds, ctx.model.num_classes)
+
+    def _build(self, name: str, opts: dict[str, Any], ctx: AuditContext) -> Any:
+        from bastion.attacks.inference import (
+            DefaultTrainer,
+            LabelOnlyAttack,
+            LiRA,
+            ShadowModelAttack,
+            ThresholdAttack,
+        )
+
+        clf = ctx.model
+        n_ref = int(opts["n_reference"])
+        seed = ctx.unit_seed(f"{self.name}.{name}")
+        trainer = DefaultTrainer(
+            tuple(clf.input_shape), clf.num_classes, epochs=int(opts["reference_epochs"])
+        )
+        if name in ("loss", "confidence"):
+            return ThresholdAttack(signal=name)
+        if name == "label-only":
+            return LabelOnlyAttack(seed=seed)
+        if name == "shadow":
+            return ShadowModelAttack(n_shadows=n_ref, train_fn=trainer, seed=seed)
+        if name == "lira-online":
+            return LiRA(n_reference=n_ref + n_ref % 2, online=True, train_fn=trainer, seed=seed)
+        return LiRA(
+            n_reference=n_ref,
+            online=False,
+            train_fn=trainer,
+            reference_seeds=[ctx.unit_seed(self.name, i) for i in range(n_ref)],
+        )
 
     @staticmethod
     def _progress(ctx: AuditContext, what: str, fraction: float) -> None:
@@ -130,9 +199,9 @@ class MembershipCheck(Check):
 
     def _result(
         self,
-        results: list[MembershipResult],
+        results: list[tuple[str, MembershipResult]],
         opts: dict[str, Any],
-        n: int,
+        sizes: tuple[int, int],
         notes: list[str],
         ctx: AuditContext,
     ) -> CheckResult:
@@ -142,8 +211,9 @@ class MembershipCheck(Check):
         findings = []
         series: list[dict[str, Any]] = []
         rows: list[list[Any]] = []
-        for res in results:
-            kind = res.kind
+        n_m, n_n = sizes
+        for name, res in results:
+            kind = _KEYS.get(name, res.kind)
             roc = res.roc()
             auc_ci = auc_interval(
                 res.scores,
@@ -155,7 +225,7 @@ class MembershipCheck(Check):
                 roc.auc,
                 ci=auc_ci,
                 ci_method=f"bootstrap (stratified percentile, {int(opts['bootstrap'])} resamples)",
-                n=2 * n,
+                n=n_m + n_n,
                 higher_is_better=False,
                 label=f"{kind}: AUC",
             )
@@ -177,6 +247,8 @@ class MembershipCheck(Check):
                 label=f"{kind}: empirical ε lower bound (95%, δ=0; {eps.explain()})",
             )
             finding = res.finding()
+            if name == "lira-online":
+                finding = _with_evidence(finding, finding.evidence, location="online")
             if finding.severity != Severity.INFO:
                 evidence = {
                     **without_timings(finding).evidence,
@@ -194,18 +266,15 @@ class MembershipCheck(Check):
                     round(roc.tpr_at(0.001), 4),
                     round(roc.tpr_at(0.01), 4),
                     round(eps.lower, 3),
-                    eps.explain(),
                     res.queries,
                 ]
             )
-        floor = 1.0 / max(1, n)
-        series.append({"label": "chance", "x": [floor, 1.0], "y": [floor, 1.0]})
         worst = max((f.severity.rank for f in findings), default=-1)
-        head = results[0]
+        head_name, head = results[0]
         summary = (
-            f"{head.kind} picks out {head.tpr_at(0.001):.1%} of members at 0.1% FPR and "
-            f"{head.tpr_at(0.01):.1%} at 1% FPR (AUC {head.auc:.3f}; {n} members, "
-            f"{n} non-members)"
+            f"{_KEYS.get(head_name, head.kind)} picks out {head.tpr_at(0.001):.1%} of members at "
+            f"0.1% FPR and {head.tpr_at(0.01):.1%} at 1% FPR (AUC {head.auc:.3f}; {n_m} members, "
+            f"{n_n} non-members)"
         )
         if worst >= 0:
             summary += f"; worst finding {list(Severity)[worst].value}"
@@ -236,14 +305,18 @@ class MembershipCheck(Check):
                         "TPR@0.1%FPR",
                         "TPR@1%FPR",
                         "ε lower (95%)",
-                        "ε from",
                         "queries",
                     ],
                     "rows": rows,
                 }
             ],
             summary=summary,
-            settings={**opts, "members": n, "non_members": n},
+            settings={
+                **opts,
+                "attacks": [name for name, _ in results],
+                "members": n_m,
+                "non_members": n_n,
+            },
         )
 
 
@@ -253,10 +326,10 @@ def truth_of(res: MembershipResult) -> torch.Tensor:
     return res.membership
 
 
-def _with_evidence(finding: Any, evidence: dict[str, Any]) -> Any:
+def _with_evidence(finding: Any, evidence: dict[str, Any], **changes: Any) -> Any:
     from dataclasses import replace
 
-    return replace(finding, evidence=evidence)
+    return replace(finding, evidence=evidence, **changes)
 
 
 def _log_roc(roc: Any, max_points: int = 200) -> dict[str, list[float]]:

@@ -29,7 +29,6 @@ from bastion.audit.checks._evidence import (
 from bastion.audit.contract import AuditContext, Check, CheckResult, Metric, Requirement, register
 from bastion.audit.findings import Finding, Severity
 from bastion.audit.plan import need_data
-from bastion.errors import ConfigurationError
 from bastion.threat import ATLAS, OWASP
 
 __all__ = ["PoisoningCheck"]
@@ -101,20 +100,13 @@ class PoisoningCheck(Check):
         x, y = train.x, train.y.long()
         if ctx.model is not None:
             x = x.reshape(-1, *ctx.model.input_shape)
-        layer = opts["layer"]
         module = _torch_module(ctx.model)
-        if layer is not None and isinstance(module, torch.jit.ScriptModule):
-            raise ConfigurationError(
-                "poisoning: a layer cannot be chosen in a TorchScript model (its layers accept "
-                "no hooks); leave the layer unset to analyse the penultimate activations, or "
-                "give the model as a state_dict with its factory"
-            )
         scan = scan_poison(
             ctx.model if module is not None else None,
             x,
             y,
             methods=methods,
-            layer=layer,
+            layer=opts["layer"],
             seed=ctx.unit_seed(self.name),
         )
         n = scan.n

@@ -152,6 +152,44 @@ def _fast_prefix(
     return _OneDnnPrefix.build(prefix)
 
 
+def _script_prefix(
+    model: nn.Module | Any, module: nn.Module, name: str, take_input: bool
+) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """For a TorchScript model (which runs no hooks): a runner of its top-level layers up to
+    ``name``, when the model is a scripted ``nn.Sequential`` and ``name`` one of its layers."""
+    names = [n for n, _ in module.named_children()]
+    if _kind(module) != "Sequential" or name not in names:
+        raise ConfigurationError(
+            f"a TorchScript model runs no hooks, so activations can be taken only at the "
+            f"top-level layers of a scripted nn.Sequential ({', '.join(names) or 'none'}); "
+            f"layer {name!r} is not one of them: save the weights as a state dict and load "
+            "them with a factory (--factory module:function) to analyse any layer"
+        )
+    kids = [m for _, m in module.named_children()]
+    prefix = kids[: names.index(name) + (0 if take_input else 1)]
+    mean = getattr(model, "_mean", None)
+    std = getattr(model, "_std", None)
+
+    def run(x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        was_training = module.training
+        module.eval()
+        try:
+            device = next(module.parameters()).device
+            parts = []
+            for i in range(0, x.shape[0], batch_size):
+                h = x[i : i + batch_size].to(device)
+                if mean is not None and std is not None:
+                    h = (h - mean.to(device)) / std.to(device)
+                for layer in prefix:
+                    h = layer(h)
+                parts.append(h.detach().flatten(1).float().cpu())
+        finally:
+            module.train(was_training)
+        return torch.cat(parts)
+
+    return run
+
+
 class _StopForward(Exception):
     """Raised by the hook once the wanted activations are captured, to skip the rest."""
 
@@ -181,16 +219,23 @@ def as_module(model: nn.Module | Any) -> tuple[nn.Module, Any]:
     )
 
 
+def _kind(sub: nn.Module) -> str:
+    """The class name of a layer, also for a TorchScript submodule (its ``original_name``)."""
+    if isinstance(sub, torch.jit.ScriptModule):
+        return str(getattr(sub, "original_name", type(sub).__name__))
+    return type(sub).__name__
+
+
 def penultimate_layer(module: nn.Module) -> str:
     """Name of the last ``nn.Linear`` layer: its *input* is the penultimate representation."""
     last = None
     for name, sub in module.named_modules():
-        if isinstance(sub, nn.Linear):
+        if isinstance(sub, nn.Linear) or _kind(sub) == "Linear":
             last = name
     if last is None:
         raise ConfigurationError(
             "the model has no nn.Linear layer to take the penultimate activations from; "
-            "name a layer with layer= (one of: "
+            "name a layer (--layer, or the layer setting of an audit; one of: "
             f"{', '.join(n for n, _ in module.named_modules() if n) or 'none'})"
         )
     return last
@@ -213,7 +258,10 @@ def default_layer(module: nn.Module) -> str:
         return last
     i = names.index(last)
     chosen = last
-    while i > 0 and isinstance(leaves[i - 1][1], _ELEMENTWISE):
+    elementwise = {cls.__name__ for cls in _ELEMENTWISE}
+    while i > 0 and (
+        isinstance(leaves[i - 1][1], _ELEMENTWISE) or _kind(leaves[i - 1][1]) in elementwise
+    ):
         i -= 1
         chosen = leaves[i][0]
     return chosen
@@ -256,6 +304,8 @@ def extract_activations(
             f"the model has no layer named {name!r}; its layers are: "
             f"{', '.join(n for n in modules if n)}"
         )
+    if isinstance(module, torch.jit.ScriptModule):  # runs no hooks: run its layers in turn
+        return _script_prefix(model, module, name, take_input)(x, batch_size)
     fast = _fast_prefix(model, module, name, take_input, x)
     if fast is not None:
         was_training = module.training
