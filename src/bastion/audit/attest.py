@@ -66,8 +66,10 @@ __all__ = [
     "AuditAttestation",
     "AuditVerification",
     "read_attestation",
+    "read_submission",
     "sign_audit",
     "verify_audit",
+    "verify_submission",
 ]
 
 PREDICATE_TYPE = "https://bastion.dev/attestations/audit/v1"
@@ -253,45 +255,72 @@ def _same_model(subject: Mapping[str, str], actual: Mapping[str, str]) -> bool:
     return sorted(subject.values()) == sorted(actual.values())
 
 
+def read_submission(audit_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """An audit folder as a JSON-ready submission ``{report, attestation}`` (the report's exact
+    text and the DSSE envelope), which can travel to a registry service unchanged."""
+    folder = Path(audit_dir)
+    env_path, report_path = folder / ATTESTATION_NAME, folder / REPORT_NAME
+    for p in (report_path, env_path):
+        if not p.is_file():
+            raise InputError(f"{p} does not exist: was the audit run with --sign-key?")
+    try:
+        return {"report": report_path.read_bytes().decode("utf-8"),
+                "attestation": json.loads(env_path.read_bytes())}
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{folder}: unreadable report or attestation: {exc}") from exc
+
+
+def verify_submission(
+    submission: Mapping[str, Any], *, key: PublicKey | str | os.PathLike[str],
+    manifest: Mapping[str, str] | None = None,
+) -> AuditVerification:
+    """:func:`verify_audit` on a submission from :func:`read_submission`."""
+    import hashlib
+
+    try:
+        report_bytes = str(submission["report"]).encode("utf-8")
+        envelope = submission["attestation"]
+        if not isinstance(envelope, Mapping):
+            raise TypeError("the attestation must be a JSON object")
+    except (KeyError, TypeError) as exc:
+        return AuditVerification(False, "missing", f"malformed audit submission: {exc}")
+    try:
+        att = read_attestation(envelope, key)
+    except SignatureError as exc:
+        return AuditVerification(False, "signature", str(exc))
+    actual_report = hashlib.sha256(report_bytes).hexdigest()
+    if actual_report != att.report_sha256:
+        return AuditVerification(
+            False, "report",
+            f"the report was edited after it was signed (its SHA-256 {actual_report[:12]}…"
+            f" is not the attested {att.report_sha256[:12]}…)",
+            att,
+        )
+    if manifest is not None and not _same_model(att.subject, manifest):
+        return AuditVerification(
+            False, "model",
+            "the model presented is not the audited model: attested "
+            + ", ".join(f"{n} {d[:12]}…" for n, d in sorted(att.subject.items()))
+            + "; presented "
+            + ", ".join(f"{n} {d[:12]}…" for n, d in sorted(manifest.items())),
+            att, {"presented": dict(manifest)},
+        )
+    return AuditVerification(True, None, "the report is signed, unedited"
+                             + (" and belongs to this model" if manifest is not None else ""),
+                             att)
+
+
 def verify_audit(
     audit_dir: str | os.PathLike[str], *, key: PublicKey | str | os.PathLike[str],
     model: str | os.PathLike[str] | Mapping[str, str] | None = None,
 ) -> AuditVerification:
     """Check that ``audit_dir``'s report is signed by ``key``, unedited, and (when ``model`` is
     given: a path, or a ``{name: sha256}`` manifest such as a registry version's) made for it."""
-    import hashlib
-
-    folder = Path(audit_dir)
-    env_path, report_path = folder / ATTESTATION_NAME, folder / REPORT_NAME
-    for p in (report_path, env_path):
-        if not p.is_file():
-            return AuditVerification(False, "missing", f"{p} does not exist: "
-                                     "was the audit run with --sign-key?")
     try:
-        envelope = json.loads(env_path.read_bytes())
-        att = read_attestation(envelope, key)
-    except ValueError as exc:
-        return AuditVerification(False, "signature", f"{env_path} is not JSON: {exc}")
-    except SignatureError as exc:
-        return AuditVerification(False, "signature", str(exc))
-    actual_report = hashlib.sha256(report_path.read_bytes()).hexdigest()
-    if actual_report != att.report_sha256:
-        return AuditVerification(
-            False, "report",
-            f"{report_path} was edited after it was signed (its SHA-256 {actual_report[:12]}…"
-            f" is not the attested {att.report_sha256[:12]}…)",
-            att,
-        )
+        submission = read_submission(audit_dir)
+    except InputError as exc:
+        return AuditVerification(False, "missing", str(exc))
+    manifest = None
     if model is not None:
         manifest = dict(model) if isinstance(model, Mapping) else _model_manifest(Path(model))
-        if not _same_model(att.subject, manifest):
-            return AuditVerification(
-                False, "model",
-                "the model presented is not the audited model: attested "
-                + ", ".join(f"{n} {d[:12]}…" for n, d in sorted(att.subject.items()))
-                + "; presented "
-                + ", ".join(f"{n} {d[:12]}…" for n, d in sorted(manifest.items())),
-                att, {"presented": manifest},
-            )
-    return AuditVerification(True, None, "the report is signed, unedited"
-                             + (" and belongs to this model" if model is not None else ""), att)
+    return verify_submission(submission, key=key, manifest=manifest)

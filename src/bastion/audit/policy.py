@@ -126,16 +126,11 @@ class AuditPolicy:
 
 
 def metric_value(doc: Mapping[str, Any], name: str) -> float | None:
-    """The value of metric ``name`` (or ``check.metric``) in an audit document, else None."""
-    check_name, _, metric = name.rpartition(".")
-    for c in doc.get("checks", []):
-        if check_name and c.get("name") != check_name:
-            continue
-        m = (c.get("metrics") or {}).get(metric)
-        if m is not None:
-            v = m.get("value") if isinstance(m, Mapping) else m
-            return None if v is None else float(v)
-    return None
+    """The value of metric ``name`` (or ``check.metric``) in an audit document, else None
+    (the registry's gates read metrics the same way)."""
+    from bastion.artifacts.registry.gates import lookup_metric
+
+    return lookup_metric(doc, name)
 
 
 @dataclass(frozen=True)
@@ -156,26 +151,35 @@ def _parse_created(text: Any) -> dt.datetime | None:
 
 
 def evaluate_audit(
-    audit_dir: str | os.PathLike[str], *, keys: Iterable[Any], manifest: Mapping[str, str],
-    policy: AuditPolicy, now: dt.datetime | None = None,
+    audit: str | os.PathLike[str] | Mapping[str, Any], *, keys: Iterable[Any],
+    manifest: Mapping[str, str], policy: AuditPolicy, now: dt.datetime | None = None,
 ) -> AuditGateResult:
-    """Decide whether the audit in ``audit_dir`` lets a version with files ``manifest`` pass."""
+    """Decide whether an audit (a folder, or a submission from
+    :func:`~bastion.audit.attest.read_submission`) lets a version with files ``manifest`` pass.
+    """
     import hashlib
     import json
 
-    from bastion.audit.attest import REPORT_NAME, verify_audit
+    from bastion.audit.attest import read_submission, verify_submission
 
-    folder = Path(audit_dir)
+    source = "submitted audit" if isinstance(audit, Mapping) else str(audit)
+    used: dict[str, Any] = {"audit": source}
+    if isinstance(audit, Mapping):
+        submission: Mapping[str, Any] = audit
+    else:
+        try:
+            submission = read_submission(audit)
+        except InputError as exc:
+            return AuditGateResult(False, (str(exc),), used)
     key_list = list(keys)
     if not key_list:
         return AuditGateResult(False, ("no trusted key is configured to check the audit's"
-                                       " attestation (--trusted-key)",), {"audit": str(folder)})
+                                       " attestation (--trusted-key)",), used)
     verification = None
     for key in key_list:
-        verification = verify_audit(folder, key=key, model=manifest)
+        verification = verify_submission(submission, key=key, manifest=manifest)
         if verification.ok or verification.problem != "signature":
             break
-    used: dict[str, Any] = {"audit": str(folder)}
     if verification is None or not verification.ok:
         if verification is None:  # pragma: no cover - key_list is not empty
             return AuditGateResult(False, ("no key was tried",), used)
@@ -185,15 +189,24 @@ def evaluate_audit(
         elif verification.problem == "model":
             reason = f"the audit is for another model: {verification.message}"
         return AuditGateResult(False, (reason,), used)
-    report_bytes = (folder / REPORT_NAME).read_bytes()
-    doc = json.loads(report_bytes)
+    report_bytes = str(submission["report"]).encode("utf-8")
+    try:
+        doc = json.loads(report_bytes)
+    except ValueError:
+        return AuditGateResult(False, ("the signed report is not JSON",), used)
     att = verification.attestation
     used.update({
         "report_sha256": hashlib.sha256(report_bytes).hexdigest(),
         "created": doc.get("created"),
         "key": att.key_hint if att else None,
         "verdict": (doc.get("verdict") or {}).get("status"),
+        "catalogue_version": doc.get("catalogue_version"),
     })
+    return AuditGateResult(*_policy_reasons(doc, policy, now), used)
+
+
+def _policy_reasons(doc: Mapping[str, Any], policy: AuditPolicy, now: dt.datetime | None
+                    ) -> tuple[bool, tuple[str, ...]]:
     reasons: list[str] = []
     now = now or dt.datetime.now(dt.UTC)
     if policy.max_age is not None:
@@ -232,4 +245,4 @@ def evaluate_audit(
     errored = [str(c.get("name")) for c in doc.get("checks", []) if c.get("status") == "error"]
     if errored:
         reasons.append(f"check(s) {', '.join(errored)} ended in error; the audit is incomplete")
-    return AuditGateResult(not reasons, tuple(reasons), used)
+    return not reasons, tuple(reasons)

@@ -291,7 +291,7 @@ def show_cmd(
     name: str = typer.Argument(...),
     ref: str = typer.Argument("latest", help="Version number, vN, alias or 'latest'."),
 ) -> None:
-    """Show one version as JSON (digest, files, signature, scan, lineage, aliases)."""
+    """Show one version as JSON (digest, files, signature, scan, lineage, aliases, audits)."""
     with _open(ctx) as reg:
         typer.echo(json.dumps(reg.get(name, ref).to_dict(), indent=2))
 
@@ -309,19 +309,80 @@ def promote_cmd(
     maximum: list[str] | None = typer.Option(None, "--max", help="Gate metric<=value."),
     require_scan: bool = typer.Option(True, "--require-scan/--no-require-scan"),
     require_signature: bool = typer.Option(True, "--require-signature/--no-require-signature"),
+    audit: Path | None = typer.Option(
+        None, "--audit", help="A signed audit folder (bastion audit --sign-key): refused unless "
+        "it verifies against a trusted key, is about this version's files and the policy holds;"
+        " then kept with the version."),
+    max_severity: str | None = typer.Option(
+        None, "--max-severity", help="With --audit: no unsuppressed finding above this."),
+    max_age: str | None = typer.Option(
+        None, "--max-age", help="With --audit: an older audit is stale, e.g. 30d."),
+    audit_policy: Path | None = typer.Option(
+        None, "--audit-policy", help="With --audit: a YAML policy (max_severity, min, max, "
+        "max_age)."),
 ) -> None:
-    """Point ALIAS at a version that passes the gates (clean scan, signature, thresholds)."""
+    """Point ALIAS at a version that passes the gates (clean scan, signature, thresholds, and
+    with --audit a signed audit of this very version)."""
     from bastion.artifacts.registry import GateConfig
 
     gates = GateConfig(require_clean_scan=require_scan, require_signature=require_signature,
                        minimums=_numbers(minimum, "--min"), maximums=_numbers(maximum, "--max"))
+    submission, policy = None, None
+    if audit is not None:
+        from bastion.audit.attest import read_submission
+        from bastion.audit.policy import AuditPolicy
+
+        if report is not None:
+            raise fail("pass either --report or --audit, not both")
+        base = AuditPolicy.load(audit_policy) if audit_policy is not None else AuditPolicy()
+        policy = AuditPolicy.from_mapping({
+            **base.to_dict(),
+            **({"max_severity": max_severity} if max_severity else {}),
+            **({"max_age": max_age} if max_age else {}),
+        })
+        submission = read_submission(audit)
+    elif max_severity or max_age or audit_policy:
+        raise fail("--max-severity, --max-age and --audit-policy apply to --audit")
     with _open(ctx) as reg:
-        v, result = reg.promote_checked(name, ref, alias, gates=gates, report=report)
+        v, result = reg.promote_checked(name, ref, alias, gates=gates, report=report,
+                                        signed_audit=submission, audit_policy=policy)
     typer.echo(f"{alias} -> {v.name} v{v.version}")
+    if submission is not None and v.audits:
+        last = v.audits[-1]
+        typer.echo(f"gate used the signed audit of {last['audited_at']} (report sha256 "
+                   f"{last['report_sha256'][:16]}..., verdict {last['verdict']}), kept with"
+                   " the version")
     used = result.report
     if used:
         typer.echo(f"gate used report {used['id']} (sha256 {used['digest'][:16]}...,"
                    f" attached by {used['attached_by']} at {used['attached_at'][:19]})")
+
+
+@registry_app.command("audit-due")
+@handle_errors
+def audit_due_cmd(
+    ctx: typer.Context,
+    max_age: str = typer.Option("30d", "--max-age", help="An older audit is stale."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List versions to re-audit: each alias's version and each model's latest whose last
+    signed audit is missing, stale or made by an older check catalogue. Exit 1 when any."""
+    with _open(ctx) as reg:
+        due = reg.audit_due(max_age=max_age)
+    if as_json:
+        typer.echo(json.dumps(due, indent=2))
+    elif not due:
+        console.print("nothing to re-audit")
+    else:
+        table = Table(title="Versions to re-audit")
+        for col in ("model", "version", "aliases", "why"):
+            table.add_column(col, overflow="fold")
+        for d in due:
+            table.add_row(escape(d["name"]), str(d["version"]),
+                          escape(", ".join(d["aliases"])) or "-", escape("; ".join(d["reasons"])))
+        console.print(table)
+    if due:
+        raise typer.Exit(1)
 
 
 @registry_app.command("rollback")

@@ -181,13 +181,17 @@ class RegistryClient:
 
     def promote(self, name: str, ref: int | str, alias: str, *,
                 gates: GateConfig | None = None,
-                report: str | os.PathLike[str] | Mapping[str, Any] | None = None
+                report: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+                signed_audit: Mapping[str, Any] | None = None, audit_policy: Any = None,
                 ) -> ModelVersion:
-        return self.promote_checked(name, ref, alias, gates=gates, report=report)[0]
+        return self.promote_checked(name, ref, alias, gates=gates, report=report,
+                                    signed_audit=signed_audit, audit_policy=audit_policy)[0]
 
     def promote_checked(self, name: str, ref: int | str, alias: str, *,
                         gates: GateConfig | None = None,
-                        report: str | os.PathLike[str] | Mapping[str, Any] | None = None
+                        report: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+                        signed_audit: Mapping[str, Any] | None = None,
+                        audit_policy: Any = None,
                         ) -> tuple[ModelVersion, GateResult]:
         """Promote; also return a :class:`GateResult` naming the report the gate used."""
         body: dict[str, Any] = {"version": ref}
@@ -200,11 +204,20 @@ class RegistryClient:
             body["gates"] = g
         if report is not None:
             body["report"] = _load_report(report)
+        if signed_audit is not None:
+            body["audit"] = dict(signed_audit)
+            if audit_policy is not None:
+                body["audit_policy"] = audit_policy.to_dict()
         data = self._json("POST", f"/v1/models/{self._q(name)}/aliases/{self._q(alias)}",
                           json=body)
         used = data.pop("gate_report", None)
         return ModelVersion.from_dict(data), GateResult(passed=True, reasons=(), checks={},
                                                         report=used)
+
+    def audit_due(self, *, max_age: Any = None) -> Any:
+        """Versions to re-audit, as a list of dicts (see :meth:`Registry.audit_due`)."""
+        params = {} if max_age is None else {"max_age": str(max_age)}
+        return self._json("GET", "/v1/audit-due", params=params)
 
     def rollback(self, name: str, alias: str) -> ModelVersion:
         return ModelVersion.from_dict(self._json(

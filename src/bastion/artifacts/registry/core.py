@@ -56,6 +56,7 @@ from bastion.artifacts.registry.db import (
     AliasRow,
     Assessment,
     AuditEntry,
+    AuditRow,
     Base,
     ModelRow,
     Permission,
@@ -335,6 +336,7 @@ class Registry:
             scan_verdict=row.scan_verdict, scan_details=row.scan_details,
             lineage=Lineage.from_dict(row.lineage), created_at=row.created_at.isoformat(),
             created_by=row.created_by, aliases=tuple(aliases),
+            audits=tuple(self._audit_rows(s, row)),
         )
 
     # ------------------------------------------------------------------ push
@@ -724,7 +726,8 @@ class Registry:
     def promote(self, name: str, ref: int | str, alias: str, *,
                 gates: GateConfig | None = None,
                 report: str | os.PathLike[str] | Mapping[str, Any] | None = None,
-                actor: str | None = None) -> ModelVersion:
+                actor: str | None = None, signed_audit: Mapping[str, Any] | None = None,
+                audit_policy: Any = None) -> ModelVersion:
         """Point ``alias`` at a version if it passes the gates; raise RegistryError naming why not.
 
         ``report`` (optional) is attached -- after the ``manage`` permission is checked, in the
@@ -733,13 +736,24 @@ class Registry:
         promotion names the report (:meth:`promote_checked` also returns it).
         """
         return self.promote_checked(name, ref, alias, gates=gates, report=report,
-                                    actor=actor)[0]
+                                    actor=actor, signed_audit=signed_audit,
+                                    audit_policy=audit_policy)[0]
 
     def promote_checked(self, name: str, ref: int | str, alias: str, *,
                         gates: GateConfig | None = None,
                         report: str | os.PathLike[str] | Mapping[str, Any] | None = None,
-                        actor: str | None = None) -> tuple[ModelVersion, GateResult]:
-        """:meth:`promote`, also returning the passed :class:`GateResult` (which report)."""
+                        actor: str | None = None,
+                        signed_audit: Mapping[str, Any] | None = None,
+                        audit_policy: Any = None) -> tuple[ModelVersion, GateResult]:
+        """:meth:`promote`, also returning the passed :class:`GateResult` (which report).
+
+        ``signed_audit`` is :func:`bastion.audit.attest.read_submission` of a
+        ``bastion audit --sign-key`` folder. The promotion is refused unless its attestation
+        verifies against a trusted key, its subject is this version's files and
+        ``audit_policy`` (a :class:`bastion.audit.policy.AuditPolicy`: max severity, metric
+        bounds, max age) holds; the audit is then kept with the version and its report is the
+        one the thresholds use.
+        """
         check_alias(alias)
         who = self._who(actor)
         gate = gates or self.gates
@@ -748,6 +762,12 @@ class Registry:
             model = self._model(s, name)
             self._require(s, who, name, "manage", "promote it")
             row = self._resolve(s, model, ref)
+            used_audit = None
+            if signed_audit is not None:
+                if data is not None:
+                    raise RegistryError("pass either a report or a signed audit, not both")
+                used_audit, data = self._check_audit(s, model, row, gate, signed_audit,
+                                                     audit_policy, who, alias)
             given = self._attach(s, model, row, data, who) if data is not None else None
             result = self._gates(s, model, row, gate, given)
             if not result.passed:
@@ -756,8 +776,104 @@ class Registry:
             self._point(s, model, alias, row, who, "promote")
             audit.append(s, actor=who, action="promote", model=name, version=row.version,
                          details={"alias": alias, "gates": gate.to_dict(),
-                                  "checks": result.checks, "report": result.report})
+                                  "checks": result.checks, "report": result.report,
+                                  **({"audit": used_audit} if used_audit else {})})
             return self._view(s, model, row), result
+
+    def _check_audit(self, s: Session, model: ModelRow, row: VersionRow, gate: GateConfig,
+                     submission: Mapping[str, Any], policy: Any, who: str, alias: str
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Verify a signed audit for ``row`` under ``policy``; keep it; return what was used
+        and the audit's report."""
+        from bastion.audit.policy import AuditPolicy, evaluate_audit
+
+        keys = load_keys(gate.trusted_keys) if gate.trusted_keys else self.trusted_keys
+        manifest = {n: str(f["sha256"]) for n, f in row.files.items()}
+        decision = evaluate_audit(submission, keys=keys, manifest=manifest,
+                                  policy=policy if policy is not None else AuditPolicy())
+        if not decision.passed:
+            raise RegistryError(f"{model.name} v{row.version} cannot become {alias!r}: audit: "
+                                + "; ".join(decision.reasons))
+        report_text = str(submission["report"])
+        doc = json.loads(report_text)
+        entry = AuditRow(
+            version_id=row.id, report=report_text,
+            attestation=dict(submission["attestation"]),
+            report_sha256=str(decision.used["report_sha256"]),
+            audited_at=str(doc.get("created") or ""),
+            catalogue_version=str(doc.get("catalogue_version") or ""),
+            verdict=str((doc.get("verdict") or {}).get("status") or ""),
+            key_hint=str(decision.used.get("key") or ""), created_at=utcnow(), created_by=who)
+        s.add(entry)
+        s.flush()
+        used = {**decision.used, "audit_id": entry.id}
+        audit.append(s, actor=who, action="attach_audit", model=model.name,
+                     version=row.version, details={k: v for k, v in used.items()
+                                                   if k != "audit"})
+        return used, doc
+
+    def audits(self, name: str, ref: int | str, *, actor: str | None = None
+               ) -> builtins.list[dict[str, Any]]:
+        """The signed audits kept with a version, oldest first (without their report text)."""
+        who = self._who(actor)
+        with self._sessions() as s:
+            model = self._model(s, name)
+            self._require(s, who, name, "read", "read its audits")
+            return self._audit_rows(s, self._resolve(s, model, ref))
+
+    @staticmethod
+    def _audit_rows(s: Session, row: VersionRow) -> builtins.list[dict[str, Any]]:
+        return [
+            {"id": a.id, "audited_at": a.audited_at, "verdict": a.verdict,
+             "report_sha256": a.report_sha256, "catalogue_version": a.catalogue_version,
+             "key": a.key_hint, "attached_by": a.created_by,
+             "attached_at": a.created_at.isoformat()}
+            for a in s.execute(select(AuditRow).where(AuditRow.version_id == row.id)
+                               .order_by(AuditRow.id)).scalars()
+        ]
+
+    def audit_due(self, *, max_age: Any = None, catalogue: str | None = None,
+                  actor: str | None = None) -> builtins.list[dict[str, Any]]:
+        """Versions to re-audit ("regular updates"): every version an alias points at, and each
+        model's latest, whose last signed audit is missing, older than ``max_age`` (a
+        timedelta or '30d'), or made by an older check catalogue than ``catalogue`` (default:
+        this bastion's)."""
+        import datetime as _dt
+
+        from bastion.audit.policy import parse_age
+
+        if catalogue is None:
+            from bastion.audit.checks import load_catalogue
+            from bastion.audit.document import catalogue_version
+
+            catalogue = catalogue_version(load_catalogue())
+        current = _catalogue_versions(catalogue)
+        age = parse_age(max_age) if max_age is not None else None
+        now = _dt.datetime.now(_dt.UTC)
+        who = self._who(actor)
+        due: builtins.list[dict[str, Any]] = []
+        with self._sessions() as s:
+            for model in s.execute(select(ModelRow).order_by(ModelRow.name)).scalars():
+                if self._level(s, who, model.name) is None and not self.is_admin(who):
+                    continue
+                rows = {r.id: r for r in s.execute(select(VersionRow).where(
+                    VersionRow.model_id == model.id)).scalars()}
+                aliased = {a.version_id for a in s.execute(select(AliasRow).where(
+                    AliasRow.model_id == model.id)).scalars()}
+                latest = max(rows.values(), key=lambda r: r.version, default=None)
+                wanted = {rid for rid in aliased if rid in rows}
+                if latest is not None:
+                    wanted.add(latest.id)
+                for rid in sorted(wanted, key=lambda i: rows[i].version):
+                    row = rows[rid]
+                    audits = self._audit_rows(s, row)
+                    reasons = _due_reasons(audits[-1] if audits else None, current, age, now)
+                    if reasons:
+                        view = self._view(s, model, row)
+                        due.append({"name": model.name, "version": row.version,
+                                    "aliases": list(view.aliases), "reasons": reasons,
+                                    "last_audit": audits[-1] if audits else None})
+        return due
 
     def _point(self, s: Session, model: ModelRow, alias: str, row: VersionRow, who: str,
                action: str) -> None:
@@ -966,3 +1082,39 @@ def _load_report(report: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str
         raise ConfigurationError(f"report {report} must hold a JSON object")
     return data
 
+
+
+def _catalogue_versions(text: str) -> dict[str, int]:
+    """``artifact@1,evasion@2`` as ``{check: version}`` (unparseable parts are ignored)."""
+    out: dict[str, int] = {}
+    for part in str(text or "").split(","):
+        name, _, version = part.strip().partition("@")
+        if name and version.isdigit():
+            out[name] = int(version)
+    return out
+
+
+def _due_reasons(last: Mapping[str, Any] | None, current: Mapping[str, int], age: Any,
+                 now: Any) -> builtins.list[str]:
+    import datetime as _dt
+
+    if last is None:
+        return ["never audited (no signed audit is kept with it)"]
+    reasons = []
+    if age is not None:
+        try:
+            when = _dt.datetime.fromisoformat(str(last["audited_at"]).replace("Z", "+00:00"))
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=_dt.UTC)
+        except ValueError:
+            reasons.append("its last audit has no valid date")
+        else:
+            if now - when > age:
+                reasons.append(f"stale: last audited {(now - when).days} days ago"
+                               f" (max age {age.days} days)")
+    made = _catalogue_versions(str(last.get("catalogue_version", "")))
+    older = sorted(n for n, v in current.items() if made.get(n, 0) < v)
+    if older:
+        reasons.append("audited by an older check catalogue (new or updated checks: "
+                       + ", ".join(f"{n}@{current[n]}" for n in older) + ")")
+    return reasons

@@ -93,6 +93,23 @@ class Assessment(Base):
     created_by: Mapped[str] = mapped_column(String(200), nullable=False)
 
 
+class AuditRow(Base):
+    """A signed audit (``bastion audit --sign-key``) kept with the version it was checked for."""
+
+    __tablename__ = "bastion_audits"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("bastion_versions.id"), nullable=False)
+    report: Mapped[str] = mapped_column(Text, nullable=False)  # the exact signed bytes (UTF-8)
+    attestation: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    report_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    audited_at: Mapped[str] = mapped_column(String(40), nullable=False)
+    catalogue_version: Mapped[str] = mapped_column(Text, nullable=False)
+    verdict: Mapped[str] = mapped_column(String(20), nullable=False)
+    key_hint: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    created_by: Mapped[str] = mapped_column(String(200), nullable=False)
+
+
 class AliasRow(Base):
     __tablename__ = "bastion_aliases"
     __table_args__ = (UniqueConstraint("model_id", "alias", name="uq_model_alias"),)

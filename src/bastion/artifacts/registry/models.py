@@ -153,6 +153,8 @@ class ModelVersion:
     created_at: str
     created_by: str
     aliases: tuple[str, ...] = ()
+    #: signed audits kept with the version (``Registry.audits``), oldest first
+    audits: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def manifest(self) -> dict[str, str]:
@@ -165,6 +167,7 @@ class ModelVersion:
         fields = dict(data)
         fields["lineage"] = Lineage.from_dict(fields.get("lineage"))
         fields["aliases"] = tuple(fields.get("aliases") or ())
+        fields["audits"] = tuple(fields.get("audits") or ())
         return cls(**fields)
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,4 +179,5 @@ class ModelVersion:
             "scan_verdict": self.scan_verdict, "scan_details": dict(self.scan_details),
             "lineage": self.lineage.to_dict(), "created_at": self.created_at,
             "created_by": self.created_by, "aliases": list(self.aliases),
+            "audits": [dict(a) for a in self.audits],
         }

@@ -27,6 +27,7 @@ endpoint                                access action     registry permission
 ``POST .../aliases/{a}/rollback``       promote           manage
 ``GET /v1/models/{m}/permissions``      read              read
 ``PUT|DELETE .../permissions/{who}``    manage_users      manage
+``GET /v1/audit-due[?max_age=30d]``     read              read (lists readable models)
 ``GET /v1/audit``, ``/v1/audit/verify`` read_audit on *  --
 ======================================  ================  ===================
 
@@ -273,9 +274,17 @@ def create_registry_app(registry: Registry, access: AccessStore, *,
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return refusal(ConfigurationError(
                 f"the body must be JSON {{version, gates?, report?}}: {exc}"))
+        try:
+            from bastion.audit.policy import AuditPolicy
+
+            policy = (AuditPolicy.from_mapping(body["audit_policy"])
+                      if body.get("audit_policy") is not None else None)
+        except (ConfigurationError, TypeError) as exc:
+            return refusal(ConfigurationError(f"audit_policy: {exc}"))
         def work(actor: str) -> dict[str, Any]:
-            version, result = registry.promote_checked(name, ref, alias, gates=gate,
-                                                       report=body.get("report"), actor=actor)
+            version, result = registry.promote_checked(
+                name, ref, alias, gates=gate, report=body.get("report"), actor=actor,
+                signed_audit=body.get("audit"), audit_policy=policy)
             return {**version.to_dict(), "gate_report": result.report}
         return await call(request, "promote", model_res(name), work)
 
@@ -307,6 +316,11 @@ def create_registry_app(registry: Registry, access: AccessStore, *,
             registry.revoke(name, identity, actor=actor)
             return {"revoked": identity}
         return await call(request, "manage_users", model_res(name), work)
+
+    @app.get("/v1/audit-due")
+    async def audit_due(request: Request, max_age: str | None = None) -> Any:
+        return await call(request, "read", "model:*",
+                          lambda actor: registry.audit_due(max_age=max_age, actor=actor))
 
     @app.get("/v1/audit")
     async def audit_log(request: Request, limit: int = 50) -> Any:
