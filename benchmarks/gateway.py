@@ -7,8 +7,16 @@ MLP (``small_mlp(64, 10)`` trained on 1,400 digits, 8×8 inputs):
   parser) and predicts (the gateway's own batched ``inference_mode`` forward); nothing else.
 - ``full``: ``bastion.serve.create_app`` with every stage on: API key (Bearer), authorisation,
   rate limit and per-key budget (set huge), body cap, the digits contract, output policy
-  (top-3), monitoring (contract drift windows of 500, PRADA extraction detection) and a
-  hash-chained audit entry per request (SQLite).
+  (top-3), monitoring (contract drift windows of 500, PRADA extraction detection per key and
+  per owner) and a hash-chained audit entry per request (SQLite) in the default *durable*
+  mode: the answer is sent after its entry is committed (group commit).
+- ``full-batched`` (``--audit-modes durable batched``): the same with
+  ``access.audit_mode: batched`` (entries written every 0.2 s off the request path).
+
+``--mixed``: the full server also runs a *mixed* load in which every 10th request is
+oversized or malformed (cycling: a 600 KB body over the cap, invalid JSON, a 5,000-digit
+integer, a gzip ``Content-Encoding``, 300 samples over ``max_batch``, duplicate keys); the
+table reports the good requests' latencies next to a clean load at the same concurrency.
 
 The load generator runs in another process: ``httpx`` async with ``--concurrency``
 connections (default), cycling through 397 held-out digits, one sample per request; or
@@ -19,6 +27,8 @@ transport failures) summed over rounds. The pipeline overhead is full p50 - bare
 concurrency 1 (queueing does not blur it there).
 
 Usage (from the repository root):
+    .venv/bin/python benchmarks/gateway.py --reps 5 --requests 1000 --concurrency 1 8 \
+        --audit-modes durable batched --mixed
     .venv/bin/python benchmarks/gateway.py --reps 3 --requests 2000
     .venv/bin/python benchmarks/gateway.py --with-drift      # also runs benchmarks/drift_bench.py
 Writes ``bench-out/gateway/results.json``.
@@ -75,6 +85,9 @@ def prepare(work: Path) -> dict[str, Any]:
     store.add_identity("bench", kind="service", actor="admin")
     store.grant("bench", "consumer", "model:digits", actor="admin")
     token = store.create_key("bench", actor="admin").token
+    store.add_identity("ops", kind="service", actor="admin")  # reads /metrics
+    store.grant("ops", "auditor", "*", actor="admin")
+    ops = store.create_key("ops", scopes=("read",), actor="admin").token
     store.close()
     model = {"name": "digits", "path": str(work / "digits.pt"), "input_shape": [1, 8, 8],
              "factory": "bastion.models.zoo:small_mlp",
@@ -87,10 +100,12 @@ def prepare(work: Path) -> dict[str, Any]:
             "access": {"url": f"sqlite:///{work / 'access.db'}", "audit": True}}
     bare = {"models": [{**model, "output": {"policy": "top-k", "k": 3}}],
             "access": {"url": f"sqlite:///{work / 'bare-access.db'}", "audit": False}}
+    batched = {**full, "access": {**full["access"], "audit_mode": "batched"}}
     (work / "full.yaml").write_text(yaml.safe_dump(full))
+    (work / "full-batched.yaml").write_text(yaml.safe_dump(batched))
     (work / "bare.yaml").write_text(yaml.safe_dump(bare))
     acc = accuracy(net, x[1400:], y[1400:])
-    return {"token": token, "accuracy": acc}
+    return {"token": token, "ops": ops, "accuracy": acc}
 
 
 BENTO_PY = ROOT / ".bench-venv-serve" / "bin" / "python"
@@ -171,6 +186,24 @@ def bare_app(policy_path: str) -> Any:
     return app
 
 
+def bad_requests(work: Path) -> list[tuple[bytes, dict[str, str]]]:
+    """The oversized or malformed requests of the mixed load (body, extra headers)."""
+    import gzip
+
+    import numpy as np
+
+    q = np.load(work / "queries.npy")
+    one = json.dumps(q[:1].tolist())
+    return [
+        (b'{"inputs": [' + b"0.5, " * 120_000 + b"0.5]}", {}),  # ~600 KB, over the cap: 413
+        (b'{"inputs": [[[[0.1, 0.2', {}),  # invalid JSON: 422
+        (b'{"inputs": [[' + b"9" * 5000 + b"]]}", {}),  # a 5,000-digit integer: 422
+        (gzip.compress(f'{{"inputs": {one}}}'.encode()), {"Content-Encoding": "gzip"}),  # 415
+        (json.dumps({"inputs": np.tile(q[:1], (300, 1, 1, 1)).tolist()}).encode(), {}),  # 422
+        (f'{{"inputs": {one}, "inputs": {one}}}'.encode(), {}),  # duplicate keys: 422
+    ]
+
+
 def serve(kind: str, policy: str, port: int) -> None:
     """Run one server in this process (the parent starts it as a subprocess)."""
     import logging
@@ -210,11 +243,12 @@ def cpu_seconds(pid: int) -> float:
     return sum(stats[p][1] for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
 
 
-def stage_means(port: int) -> dict[str, float]:
+def stage_means(port: int, token: str) -> dict[str, float]:
     """Mean wall time per pipeline stage (µs) from the full server's /metrics."""
     import httpx
 
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10,
+                     headers={"Authorization": f"Bearer {token}"}).text
     sums = dict(re.findall(r'bastion_stage_seconds_sum\{stage="(\w+)"\} ([\d.e+-]+)', text))
     counts = dict(re.findall(r'bastion_stage_seconds_count\{stage="(\w+)"\} ([\d.e+-]+)', text))
     return {k: 1e6 * float(sums[k]) / float(counts[k]) for k in sums if float(counts[k]) > 0}
@@ -235,7 +269,7 @@ def start(kind: str, policy: Path, python: str) -> tuple[subprocess.Popen[bytes]
 
     while time.time() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz" if kind == "full" else
+            if httpx.get(f"http://127.0.0.1:{port}/healthz" if kind.startswith("full") else
                          f"http://127.0.0.1:{port}/docs", timeout=1).status_code < 500:
                 return proc, port
         except httpx.HTTPError:
@@ -254,8 +288,11 @@ def bodies(work: Path) -> list[bytes]:
     return [json.dumps({"inputs": q[i:i + 1].tolist()}).encode() for i in range(len(q))]
 
 
-async def _httpx_load(url: str, token: str, payloads: list[bytes], n: int, concurrency: int
-                      ) -> dict[str, Any]:
+async def _httpx_load(url: str, token: str, payloads: list[bytes], n: int, concurrency: int,
+                      bad: list[tuple[bytes, dict[str, str]]] | None = None,
+                      bad_every: int = 10) -> dict[str, Any]:
+    """Good requests' latencies; with ``bad``, every ``bad_every``-th request is one of them
+    (answered 4xx: a 5xx or a transport failure counts as an error)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
@@ -268,6 +305,14 @@ async def _httpx_load(url: str, token: str, payloads: list[bytes], n: int, concu
         async def worker() -> None:
             nonlocal errors
             for i in counter:
+                if bad and i % bad_every == bad_every - 1:
+                    body, extra = bad[(i // bad_every) % len(bad)]
+                    try:
+                        r = await client.post(url, content=body, headers={**headers, **extra})
+                        errors += not 400 <= r.status_code < 500
+                    except httpx.HTTPError:
+                        errors += 1
+                    continue
                 t0 = time.perf_counter()
                 try:
                     r = await client.post(url, content=payloads[i % len(payloads)],
@@ -286,10 +331,12 @@ async def _httpx_load(url: str, token: str, payloads: list[bytes], n: int, concu
             "p99_ms": 1e3 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], "errors": errors}
 
 
-def load_httpx(python: str, url: str, token: str, work: Path, n: int, c: int) -> dict[str, Any]:
+def load_httpx(python: str, url: str, token: str, work: Path, n: int, c: int,
+               mixed: bool = False) -> dict[str, Any]:
     """Run the httpx generator in its own process (not the servers')."""
     out = subprocess.run([python, __file__, "--load", url, "--token", token, "--work", str(work),
-                          "--requests", str(n), "--concurrency", str(c)], cwd=ROOT,
+                          "--requests", str(n), "--concurrency", str(c),
+                          *(["--mixed"] if mixed else [])], cwd=ROOT,
                          capture_output=True, text=True, check=True)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -334,7 +381,11 @@ def main() -> None:
                     help="also serve the same weights with BentoML (.bench-venv-serve)")
     ap.add_argument("--with-drift", action="store_true",
                     help="also run benchmarks/drift_bench.py (the drift detectors' benchmark)")
-    ap.add_argument("--serve", choices=["bare", "full"], help=argparse.SUPPRESS)
+    ap.add_argument("--audit-modes", nargs="+", choices=["durable", "batched"],
+                    default=["durable"], help="full servers to run (audit_mode)")
+    ap.add_argument("--mixed", action="store_true",
+                    help="also a mixed load on the full server: 10%% oversized or malformed")
+    ap.add_argument("--serve", choices=["bare", "full", "full-batched"], help=argparse.SUPPRESS)
     ap.add_argument("--load", help=argparse.SUPPRESS)
     ap.add_argument("--token", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -346,7 +397,8 @@ def main() -> None:
         return
     if args.load:
         res = asyncio.run(_httpx_load(args.load, args.token, bodies(args.work), args.requests,
-                                      args.concurrency[0]))
+                                      args.concurrency[0],
+                                      bad_requests(args.work) if args.mixed else None))
         print(json.dumps(res))
         return
 
@@ -355,11 +407,16 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bastion-gw-bench-"))
     info = prepare(work)
     procs = {}
+    servers = ["bare", *("full" if m == "durable" else "full-batched" for m in args.audit_modes)]
     try:
-        for kind in ("bare", "full"):
+        for kind in servers:
             procs[kind] = start(kind, work / f"{kind}.yaml", python)
         urls = {k: f"http://127.0.0.1:{p}/v1/models/digits/predict" for k, (_, p) in procs.items()}
-        kinds = ["bare", "full"]
+        kinds = list(servers)
+        if args.mixed and "full" in procs:
+            procs["full mixed"] = procs["full"]  # the same server, the mixed load
+            urls["full mixed"] = urls["full"]
+            kinds.append("full mixed")
         if args.with_bentoml:
             procs["bentoml"] = start_bentoml(work)
             urls["bentoml"] = f"http://127.0.0.1:{procs['bentoml'][1]}/predict"
@@ -368,7 +425,8 @@ def main() -> None:
         def run(kind: str, n: int, c: int) -> dict[str, Any]:
             if args.loadgen == "hey":
                 return load_hey(urls[kind], info["token"], work, n, c)
-            return load_httpx(python, urls[kind], info["token"], work, n, c)
+            return load_httpx(python, urls[kind], info["token"], work, n, c,
+                              mixed=kind.endswith("mixed"))
 
         for kind in kinds:  # warm-up
             w = run(kind, args.warmup, 1)
@@ -388,9 +446,10 @@ def main() -> None:
                     print(f"c={c} rep={rep} {kind}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.3f} "
                           f"ms p99 {r['p99_ms']:.3f} ms errors {r['errors']} server CPU "
                           f"{r['cpu_ms_per_request']:.3f} ms/request", flush=True)
-        stages = stage_means(procs["full"][1])
+        full = "full" if "full" in procs else "full-batched"
+        stages = stage_means(procs[full][1], info["ops"])
     finally:
-        for proc, _ in procs.values():
+        for proc, _ in {id(p): p for p in procs.values()}.values():
             proc.terminate()
             proc.wait(timeout=30)
 
@@ -405,10 +464,18 @@ def main() -> None:
                           "errors": sum(r["errors"] for r in runs),
                           "cpu_ms": med(runs, "cpu_ms_per_request")})
     c1 = rows.get("1")
-    overhead = None if c1 is None else med(c1["full"], "p50_ms") - med(c1["bare"], "p50_ms")
-    cpu_overhead = None if c1 is None else (med(c1["full"], "cpu_ms_per_request")
+    overhead = None if c1 is None else med(c1[full], "p50_ms") - med(c1["bare"], "p50_ms")
+    cpu_overhead = None if c1 is None else (med(c1[full], "cpu_ms_per_request")
                                             - med(c1["bare"], "cpu_ms_per_request"))
+    overheads = {} if c1 is None else {
+        kind: {"p50_ms": med(c1[kind], "p50_ms") - med(c1["bare"], "p50_ms"),
+               "p99_ms": med(c1[kind], "p99_ms") - med(c1["bare"], "p99_ms")}
+        for kind in c1 if kind.startswith("full") and not kind.endswith("mixed")}
+    mixed_ratio = {c: med(k["full mixed"], "p99_ms") / med(k["full"], "p99_ms")
+                   for c, k in rows.items() if "full mixed" in k}
     result = {"cpu_overhead_ms_c1": cpu_overhead, "stage_means_us": stages,
+              "overhead_c1": overheads, "mixed_p99_ratio": mixed_ratio,
+              "audit_modes": args.audit_modes,
               "versions": versions(), "loadgen": args.loadgen, "reps": args.reps,
               "requests": args.requests, "model_accuracy": info["accuracy"], "table": table,
               "overhead_p50_ms_c1": overhead, "raw": rows}
@@ -421,6 +488,11 @@ def main() -> None:
     if overhead is not None and cpu_overhead is not None:
         print(f"\npipeline overhead at p50 (concurrency 1): {overhead:.3f} ms; server CPU per "
               f"request: {cpu_overhead:.3f} ms")
+    for kind, o in overheads.items():
+        print(f"overhead over bare, concurrency 1, {kind}: p50 {o['p50_ms']:.3f} ms, "
+              f"p99 {o['p99_ms']:.3f} ms")
+    for c, ratio in mixed_ratio.items():
+        print(f"p99 of good requests, mixed / clean load, concurrency {c}: {ratio:.2f}x")
     print("mean wall time per stage (µs, full server, all runs): " +
           ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     shutil.rmtree(work, ignore_errors=True)

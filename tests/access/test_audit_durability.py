@@ -167,3 +167,11 @@ def test_rotate_refuses_a_bad_keep(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="keep"):
         audit.rotate(tmp_path, keep=-1)
     audit.close()
+
+
+@pytest.mark.parametrize(("fsync", "level"), [(False, 1), (True, 2)])
+def test_sqlite_sync_level_follows_fsync(tmp_path: Path, fsync: bool, level: int) -> None:
+    audit = AuditLog(f"sqlite:///{tmp_path / 'a.db'}", fsync=fsync)
+    with audit.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == level  # NORMAL, FULL
+    audit.close()

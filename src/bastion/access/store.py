@@ -144,12 +144,14 @@ class AccessStore:
     authentications and denied authorisations only), or ``"none"`` (for a gateway that writes
     one entry of its own per request, naming the outcome and the reason). Administrative
     actions (keys, identities, grants) are always audited.
-    ``audit_batch`` and ``audit_interval`` configure the background audit writer.
+    ``audit_batch`` and ``audit_interval`` configure the background audit writer;
+    ``audit_fsync`` syncs every SQLite commit to disk (see :class:`AuditLog`).
     """
 
     def __init__(self, url: str = "sqlite:///bastion-access.db", *, cache_ttl: float = 5.0,
                  audit_decisions: str = "all", audit_batch: int = 500,
-                 audit_interval: float = 0.2, max_cached: int = 10_000) -> None:
+                 audit_interval: float = 0.2, max_cached: int = 10_000,
+                 audit_fsync: bool = False) -> None:
         if not cache_ttl >= 0:
             raise ConfigurationError(f"cache_ttl must be >= 0 seconds, got {cache_ttl}")
         if max_cached < 1:
@@ -161,7 +163,7 @@ class AccessStore:
             )
         self.audit_decisions = audit_decisions
         self.max_cached = max_cached
-        self._audit = AuditLog(url)
+        self._audit = AuditLog(url, fsync=audit_fsync)
         try:
             self._writer = AuditWriter(self._audit, max_batch=audit_batch,
                                        interval=audit_interval)

@@ -307,6 +307,7 @@ class AccessSettings(_Frozen):
     audit: bool = True
     audit_mode: Literal["durable", "batched"] = "durable"
     audit_wait: float = Field(default=10.0, gt=0, le=600)
+    audit_fsync: bool = False
     anonymous_window: float = Field(default=60.0, gt=0, le=86_400)
 
 

@@ -208,13 +208,14 @@ class Gateway:
         from bastion.access import AccessStore, AuditWriter
         from bastion.monitor.alerts import AlertManager, LogSink, WebhookSink
         from bastion.monitor.limits import QueryBudget, RateLimiter
-        from bastion.monitor.state import open_state
+        from bastion.monitor.state import InMemoryState, open_state
 
         self.policy = policy
         self.metrics = GatewayMetrics()
         self._owns_access = access is None
         self.access = access if access is not None else AccessStore(
-            policy.access.url, cache_ttl=policy.access.cache_ttl, audit_decisions="none")
+            policy.access.url, cache_ttl=policy.access.cache_ttl, audit_decisions="none",
+            audit_fsync=policy.access.audit_fsync)
         self._owns_state = state is None
         self.state = state if state is not None else open_state(policy.state_url)
         lim = policy.limits
@@ -226,7 +227,7 @@ class Gateway:
         self.anonymous = AnonymousRefusals(policy.access.anonymous_window)
         self._proxies = tuple(ipaddress.ip_network(p, strict=False)
                               for p in policy.server.trusted_proxies)
-        self._persist_budget = lim.budget_window is None and not hasattr(self.state, "url")
+        self._persist_budget = lim.budget_window is None and isinstance(self.state, InMemoryState)
         if self._persist_budget:
             self._load_budgets()
         sinks = list(alert_sinks) if alert_sinks is not None else [LogSink()]
