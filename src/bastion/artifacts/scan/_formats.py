@@ -33,8 +33,10 @@ def sniff(head: bytes) -> str:
     'pickle'
     >>> sniff(b"PK\\x03\\x04")
     'zip'
-    >>> sniff(b"just some text")
+    >>> sniff(b"\\xffjust some text")
     'unknown'
+    >>> sniff(b"just some text")  # 'j' is a pickle opcode: a pickle loader would try it
+    'pickle?'
     """
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"):
         return "zip"
@@ -80,11 +82,11 @@ def readings(head: bytes) -> list[str]:
     is a pickle), so such a stream is read as a pickle as well. Zip archives found by their
     end record and tar archives found by their first header are added by the scanner.
 
-    >>> readings(b"\x80\x04\x95")
+    >>> readings(b"\\x80\\x04\\x95")
     ['pickle']
-    >>> readings(b"\x80" + bytes(7) + b'{"a": 1}')
+    >>> readings(b"\\x80" + bytes(7) + b'{"a": 1}')
     ['safetensors', 'pickle?']
-    >>> readings(b"PK\x03\x04")
+    >>> readings(b"PK\\x03\\x04")
     ['zip']
     """
     first = sniff(head)
