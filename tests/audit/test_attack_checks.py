@@ -212,6 +212,40 @@ def test_inversion_needs_gradients_or_a_sensitive_column(general: AuditContext) 
     assert req.enable and "sensitive_column" in req.enable
 
 
+def _leaky_table(leak: bool, n: int = 600) -> AuditContext:
+    """Random rows and labels, column 0 a binary sensitive attribute independent of the label:
+    a wide MLP memorises its 200 members (so its answers reveal their attribute), a linear
+    model cannot."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 6, generator=g)
+    x[:, 0] = (torch.rand(n, generator=g) < 0.5).float()
+    y = (torch.rand(n, generator=g) < 0.5).long()
+    torch.manual_seed(0)
+    net = (nn.Sequential(nn.Linear(6, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                         nn.Linear(256, 2)) if leak else nn.Sequential(nn.Linear(6, 2)))
+    net = train_classifier(net, x[:200], y[:200], epochs=300 if leak else 20, lr=3e-3, seed=0)
+    clf = TorchClassifier(net, input_shape=(6,), num_classes=2, bounds=(0.0, 1.0))
+    return AuditContext(seed=0, model=clf, train=Dataset(x[:200], y[:200], 2),
+                        test=Dataset(x[200:], y[200:], 2), domain="tabular",
+                        settings={"inversion": {"sensitive_column": "income_band",
+                                                "features": ["income_band", "a", "b", "c",
+                                                             "d", "e"]}})
+
+
+def test_attribute_inference_finds_a_model_that_leaks_a_sensitive_column() -> None:
+    leaky = InversionCheck().run(_leaky_table(leak=True))
+    _validate(InversionCheck(), leaky)
+    assert leaky.status == "failed"
+    (finding,) = leaky.findings
+    assert finding.id == "inversion.attribute-inference"
+    assert finding.location == "feature:income_band"
+    assert leaky.metrics["advantage"].value >= 0.2
+    assert leaky.metrics["attribute_accuracy"].ci_method == "clopper-pearson"
+    quiet = InversionCheck().run(_leaky_table(leak=False))
+    assert quiet.status == "passed" and quiet.findings == []
+    assert quiet.metrics["advantage"].value < leaky.metrics["advantage"].value
+
+
 # -- poisoning --------------------------------------------------------------------------------
 def test_poisoning_finds_a_planted_backdoor(digits: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = digits[0][:1400], digits[1][:1400]
