@@ -264,14 +264,7 @@ class AuditLog:
         if not cleaned:
             return
         head = self._lock_head(session)
-        seq, prev = head.seq, head.hash
-        rows = []
-        for r in cleaned:
-            seq += 1
-            digest = chain_hash(prev, _fields(seq, r["at"], r["actor"], r["action"],
-                                              r["resource"], r["outcome"], r["details"]))
-            rows.append({**r, "seq": seq, "prev_hash": prev, "hash": digest})
-            prev = digest
+        rows, seq, prev = _chain_rows(cleaned, head.seq, head.hash)
         session.execute(insert(_ENTRIES), rows)  # one executemany
         head.seq, head.hash = seq, prev
         session.flush()
@@ -319,13 +312,7 @@ class AuditLog:
             conn.execute(insert(_HEAD).values(id=1, seq=0, hash=GENESIS))
         seq, prev = (head.seq, head.hash) if head is not None else (0, GENESIS)
         if cleaned:
-            rows = []
-            for r in cleaned:
-                seq += 1
-                digest = chain_hash(prev, _fields(seq, r["at"], r["actor"], r["action"],
-                                                  r["resource"], r["outcome"], r["details"]))
-                rows.append({**r, "seq": seq, "prev_hash": prev, "hash": digest})
-                prev = digest
+            rows, seq, prev = _chain_rows(cleaned, seq, prev)
             conn.execute(insert(_ENTRIES), rows)  # one executemany
             conn.execute(update(_HEAD).where(_HEAD.c.id == 1).values(seq=seq, hash=prev))
         amounts = [{"name": n, "value": int(v)} for n, v in sorted(counters.items()) if v]
@@ -675,3 +662,16 @@ class _Queued:
     record: dict[str, Any]
     counters: Mapping[str, int] | None
     done: Future[None]
+
+
+def _chain_rows(cleaned: list[dict[str, Any]], seq: int, prev: str
+                ) -> tuple[list[dict[str, Any]], int, str]:
+    """The rows that chain ``cleaned`` after entry ``seq`` with hash ``prev``, and the new head."""
+    rows = []
+    for r in cleaned:
+        seq += 1
+        digest = chain_hash(prev, _fields(seq, r["at"], r["actor"], r["action"],
+                                          r["resource"], r["outcome"], r["details"]))
+        rows.append({**r, "seq": seq, "prev_hash": prev, "hash": digest})
+        prev = digest
+    return rows, seq, prev

@@ -34,10 +34,10 @@ from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from bastion.data.tabular import FeatureSchema
-from bastion.errors import ConfigurationError
+from bastion.errors import CapabilityError, ConfigurationError
 from bastion.models.trees import TreeEnsemble
 
-__all__ = ["ExactSolution", "TreeMILP", "feature_cells"]
+__all__ = ["ExactSolution", "TreeMILP", "feature_cells", "tree_structure"]
 
 _NORMS = ("linf", "l1", "l2")
 #: the target class must beat the true one by this much (relative to the score scale)
@@ -463,3 +463,14 @@ def _assemble(
         shape=(len(rows), n_vars),
     )
     return mat, np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+
+
+def tree_structure(classifier: object, attack: object) -> TreeEnsemble:
+    """The tree ensemble behind ``classifier``, or a CapabilityError naming ``attack``."""
+    ensemble = getattr(classifier, "ensemble", None)
+    if not isinstance(ensemble, TreeEnsemble):
+        raise CapabilityError(
+            f"{type(attack).__name__} needs a tree model's structure (a TreeClassifier); "
+            f"{type(classifier).__name__} has none"
+        )
+    return ensemble

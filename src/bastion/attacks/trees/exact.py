@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from bastion.attacks.evasion.base import EvasionAttack
-from bastion.attacks.trees._milp import ExactSolution, TreeMILP
+from bastion.attacks.trees._milp import ExactSolution, TreeMILP, tree_structure
 from bastion.data.tabular import FeatureSchema
-from bastion.errors import CapabilityError, ConfigurationError, InputError
+from bastion.errors import ConfigurationError, InputError
 from bastion.models.base import Capability, Classifier
 from bastion.models.trees import TreeEnsemble
 from bastion.threat import Norm
@@ -219,12 +219,7 @@ class ExactTreeAttack(EvasionAttack):
         target: torch.Tensor | None,
         generator: torch.Generator,
     ) -> torch.Tensor:
-        ensemble = getattr(classifier, "ensemble", None)
-        if not isinstance(ensemble, TreeEnsemble):
-            raise CapabilityError(
-                f"{type(self).__name__} needs a tree model's structure (a TreeClassifier); "
-                f"{type(classifier).__name__} has none"
-            )
+        ensemble = tree_structure(classifier, self)
         schema = getattr(self, "_constraints", None)
         sols = minimal_perturbation(
             ensemble,

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from bastion.attacks.evasion.base import EvasionAttack
-from bastion.attacks.trees._milp import feature_cells
+from bastion.attacks.trees._milp import feature_cells, tree_structure
 from bastion.data.tabular import FeatureSchema
-from bastion.errors import CapabilityError, ConfigurationError, InputError
+from bastion.errors import ConfigurationError, InputError
 from bastion.models.base import Capability, Classifier
 from bastion.models.trees import TreeEnsemble
 from bastion.threat import Norm
@@ -233,12 +233,7 @@ class FastTreeAttack(EvasionAttack):
         target: torch.Tensor | None,
         generator: torch.Generator,
     ) -> torch.Tensor:
-        ensemble = getattr(classifier, "ensemble", None)
-        if not isinstance(ensemble, TreeEnsemble):
-            raise CapabilityError(
-                f"{type(self).__name__} needs a tree model's structure (a TreeClassifier); "
-                f"{type(classifier).__name__} has none"
-            )
+        ensemble = tree_structure(classifier, self)
         res = fast_tree_attack(
             ensemble,
             x.detach().cpu().double().numpy(),
