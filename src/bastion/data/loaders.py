@@ -69,9 +69,12 @@ def load_digits() -> Dataset:
 
 
 def shared_mnist_dir() -> Path | None:
-    """The MNIST folder: ``$BASTION_MNIST_DIR`` or ``../shared/data/mnist`` above the cwd."""
+    """The MNIST folder: ``$BASTION_MNIST_DIR`` when set (and only it: a folder named on
+    purpose is never replaced by another one), else ``../shared/data/mnist`` above the cwd."""
     env = os.environ.get("BASTION_MNIST_DIR")
-    candidates = [Path(env)] if env else []
+    if env:
+        return Path(env) if (Path(env) / "t10k-images-idx3-ubyte.gz").is_file() else None
+    candidates: list[Path] = []
     here = Path.cwd().resolve()
     for parent in [here, *here.parents][:4]:
         candidates.append(parent / "shared" / "data" / "mnist")
