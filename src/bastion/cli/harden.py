@@ -51,13 +51,17 @@ def register(app: typer.Typer) -> typer.Typer:
     harden_app = typer.Typer(
         help=(
             "Harden a model (adversarial training, DP-SGD, randomized smoothing) and write a "
-            "before/after report."
+            "before/after report; `fix --audit DIR` hardens against an audit's findings and "
+            "reruns the audit."
         ),
         no_args_is_help=True,
     )
     harden_app.command("adversarial")(adversarial_cmd)
     harden_app.command("dp")(dp_cmd)
     harden_app.command("smooth")(smooth_cmd)
+    from bastion.cli._harden_fix import fix_cmd
+
+    harden_app.command("fix")(fix_cmd)
     app.add_typer(harden_app, name="harden")
     return harden_app
 
