@@ -64,7 +64,7 @@ def fix_cmd(
         0.05, "--max-accuracy-drop", help="A larger fall of test accuracy is a regression."),
     fail_on_regression: bool = typer.Option(
         False, "--fail-on-regression", help="Exit 1 when the hardening made a check worse."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Harden a model against the findings of its audit, rerun the same checks (settings, seed,

@@ -165,6 +165,7 @@ class FixResult:
     output_policy: Mapping[str, Any] | None = None
     warnings: tuple[str, ...] = ()
     seconds: float = 0.0
+    audit_source: str = ""
 
     @property
     def regressed(self) -> bool:
@@ -179,7 +180,7 @@ class FixResult:
             "schema": SCHEMA,
             "bastion_version": __version__,
             "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "audit": {"source": str(self.before.get("_source", "")),
+            "audit": {"source": self.audit_source,
                       "model_digest": (self.before.get("model") or {}).get("digest"),
                       "created": self.before.get("created"),
                       "verdict": (self.before.get("verdict") or {}).get("status")},
@@ -766,13 +767,12 @@ def harden_from_audit(
     if changed:
         warnings.append(f"the recorded settings of {', '.join(changed)} differ between the "
                         "audit and the rerun (a setting derived from the model)")
-    before_src = dict(before)
-    before_src["_source"] = str((base / "report.json") if base else "<document>")
     result = FixResult(
-        out=out, before=before_src, after=after, diff=diff, remedies=tuple(remedies),
+        out=out, before=before, after=after, diff=diff, remedies=tuple(remedies),
         not_addressed=tuple(left), regressions=tuple(regressions), accuracy=acc,
         training=training, files=files, output_policy=policy_record,
-        warnings=tuple(warnings), seconds=time.perf_counter() - start)
+        warnings=tuple(warnings), seconds=time.perf_counter() - start,
+        audit_source=str((base / "report.json") if base else "<document>"))
     files.update(write_fix_report(result.to_dict(), out))
     return result
 

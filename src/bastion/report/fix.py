@@ -114,7 +114,7 @@ def render_fix_markdown(doc: Mapping[str, Any]) -> str:
                   "|---|---|---|---|"]
         for n in doc["not_addressed"]:
             lines.append(f"| {md_escape(n['check'])} | {md_escape(n['id'])} | "
-                         f"{md_escape(n['severity'])} | {md_escape(n['reason'])} |")
+                         f"{md_escape(n['severity'])} | {md_escape(n['reason'], 600)} |")
         lines.append("")
     rows = _finding_rows(doc)
     if rows:
