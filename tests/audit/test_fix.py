@@ -195,3 +195,41 @@ def test_the_remedy_follows_the_findings_and_says_why_it_leaves_others() -> None
     wanted, left = plan_remedies(doc, address=["evasion"])
     assert set(wanted) == {"evasion"} and len(wanted["evasion"]) == 2
     assert "not asked for" in {n.id: n.reason for n in left}["membership.lira"]
+
+
+def test_regressions_name_what_got_worse_with_the_numbers() -> None:
+    from bastion.audit.baseline import diff_documents
+    from bastion.defences.fix import _regressions
+
+    def doc(auc: float, ci: list[float], findings: list[dict[str, Any]], status: str
+            ) -> dict[str, Any]:
+        return {"checks": [{"name": "membership", "status": status, "findings": findings,
+                            "metrics": {"lira.auc": {"value": auc, "ci": ci,
+                                                     "higher_is_better": False}}}]}
+
+    leak = {"id": "membership.lira", "fingerprint": "b" * 16, "title": "leak", "severity": "high"}
+    before = doc(0.52, [0.49, 0.55], [], "passed")
+    after = doc(0.71, [0.67, 0.75], [leak], "failed")  # adversarial training made it leak
+    found = _regressions(before, after, diff_documents(before, after),
+                         {"before": 0.95, "after": 0.93}, 0.05)
+    kinds = {r.kind: r for r in found}
+    assert set(kinds) == {"metric", "new-finding", "status"}
+    assert kinds["metric"].before == 0.52 and kinds["metric"].after == 0.71
+    assert "0.52 [0.49, 0.55] to 0.71 [0.67, 0.75]" in kinds["metric"].detail
+    # the same change inside both intervals is noise, and a small accuracy cost is tolerated
+    calm = doc(0.53, [0.50, 0.56], [], "passed")
+    assert _regressions(before, calm, diff_documents(before, calm),
+                        {"before": 0.95, "after": 0.93}, 0.05) == []
+
+
+def test_an_audit_without_a_recorded_config_reruns_from_its_results(
+    audit_dir: Path, tmp_path: Path
+) -> None:
+    path = _broken(audit_dir, tmp_path, lambda d: d.pop("config"))
+    result = harden_from_audit(path, out=tmp_path / "f", address=["extraction"])
+    assert any("does not record its configuration" in w for w in result.warnings)
+    before, after = (next(c for c in doc["checks"] if c["name"] == "evasion")
+                     for doc in (result.before, result.after))
+    assert after["settings"] == before["settings"]
+    assert [c["status"] for c in result.after["checks"]][:2] == ["not_run", "not_run"]
+    assert "extraction.high-fidelity" in [f.id for f in result.diff.fixed]
