@@ -332,7 +332,8 @@ def config_record(config: AuditConfig, catalogue: Mapping[str, type[Check]]) -> 
     model's loading options, so that the same audit can be rerun on another model."""
     return {"checks": list(catalogue), "only": list(config.only), "skip": list(config.skip),
             "settings": {name: dict(v) for name, v in config.settings.items()},
-            "model_options": dict(config.model_options)}
+            "model_options": dict(config.model_options), "label": config.label,
+            "contract": None if config.contract is None else str(config.contract)}
 
 
 def run_audit(

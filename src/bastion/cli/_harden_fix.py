@@ -43,6 +43,8 @@ def fix_cmd(
         None, "--train", help="Where the audit's training split is now (same SHA-256)."),
     test: Path | None = typer.Option(
         None, "--test", help="Where the audit's test split is now (same SHA-256)."),
+    contract: Path | None = typer.Option(
+        None, "--contract", help="Where the audit's data contract is now (same SHA-256)."),
     evasion_method: str = typer.Option(
         "pgd", "--evasion-method", help="pgd (PGD-AT), trades, or smooth (Gaussian "
         "augmentation for randomized smoothing; L2 threats)."),
@@ -74,7 +76,7 @@ def fix_cmd(
 
     result = harden_from_audit(
         audit, out=out, model=model, factory=factory, trust_pickle=trust_pickle, train=train,
-        test=test, address=None if address is None else tuple(
+        test=test, contract=contract, address=None if address is None else tuple(
             s.strip() for s in address.split(",") if s.strip()),
         evasion_method=evasion_method, epochs=epochs, lr=lr, batch_size=batch_size,
         train_steps=train_steps, sigma=sigma, target_epsilon=target_epsilon, delta=delta,

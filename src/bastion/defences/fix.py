@@ -329,7 +329,8 @@ def _locate(source: str | None, given: str | Path | None, sha: str | None, role:
 
 
 def _rerun_config(doc: Mapping[str, Any], *, model: Path, train: Path | None,
-                  test: Path | None, out: Path) -> tuple[Any, list[str], list[str]]:
+                  test: Path | None, contract: Path | None, out: Path
+                  ) -> tuple[Any, list[str], list[str]]:
     """The :class:`AuditConfig` that reruns ``doc``'s audit, its checks, and warnings."""
     from bastion.audit.checks import load_catalogue
     from bastion.audit.config import AuditConfig, AuditThreat
@@ -367,7 +368,8 @@ def _rerun_config(doc: Mapping[str, Any], *, model: Path, train: Path | None,
         time_budget_s=tm.get("time_budget_s"), output_policy=tm.get("output_policy"))
     config = AuditConfig(model=str(model), train=train, test=test, out=out,
                          seed=int(doc["seed"]), threat=threat, model_options=options,
-                         only=only, skip=skip, settings=settings)
+                         only=only, skip=skip, settings=settings, contract=contract,
+                         label=(rec or {}).get("label"))
     return config, names, warnings
 
 
@@ -575,6 +577,7 @@ def harden_from_audit(
     trust_pickle: bool = False,
     train: str | Path | None = None,
     test: str | Path | None = None,
+    contract: str | Path | None = None,
     address: Sequence[str] | None = None,
     evasion_method: str = "pgd",
     epochs: int = 10,
@@ -596,9 +599,9 @@ def harden_from_audit(
     """Harden the audited model against the findings of ``audit`` (a folder, a report.json or
     the document), rerun the same audit on it and compare (see the module docstring).
 
-    ``model``, ``train`` and ``test`` say where the audited files are now when they moved (their
-    digests must match the audit's); ``factory`` builds the network of a ``state_dict`` when the
-    audit did not record one. Raises :class:`~bastion.errors.InputError`,
+    ``model``, ``train``, ``test`` and ``contract`` say where the audited files are now when
+    they moved (their digests must match the audit's); ``factory`` builds the network of a
+    ``state_dict`` when the audit did not record one. Raises :class:`~bastion.errors.InputError`,
     :class:`~bastion.errors.ConfigurationError` or :class:`~bastion.errors.ModelError` with the
     reason for bad input, before any training.
     """
@@ -606,7 +609,8 @@ def harden_from_audit(
     from bastion.audit.baseline import Suppression, diff_documents
     from bastion.audit.runner import run_audit
     from bastion.audit.share import SharingOptions
-    from bastion.audit.sources import load_dataset
+    from bastion.audit.sources import load_dataset, load_named_arrays
+    from bastion.audit.tabular import align_columns
     from bastion.defences.output import HardenedClassifier
     from bastion.defences.training.modules import module_bytes
     from bastion.models import TorchClassifier
@@ -659,6 +663,9 @@ def harden_from_audit(
                          (before["data"].get("train") or {}).get("sha256"), "train", base)
     test_path = _locate((before["data"].get("test") or {}).get("source"), test,
                         (before["data"].get("test") or {}).get("sha256"), "test", base)
+    contract_path = _locate((before["data"].get("contract") or {}).get("source"), contract,
+                            (before["data"].get("contract") or {}).get("sha256"), "contract",
+                            base)
     if retrain is not None and train_path is None:
         raise InputError(
             f"{retrain} hardening retrains the model but the audit has no training data (it "
@@ -675,8 +682,12 @@ def harden_from_audit(
                 "retrains it, which needs a torch model (a state dict with --factory, or "
                 "TorchScript); address extraction only (--address extraction)")
         bounds = (float(clf.bounds[0]), float(clf.bounds[1]))
-        test_ds = load_dataset(test_path, bounds, clf.num_classes)
-        train_ds = load_dataset(train_path, bounds, clf.num_classes) if train_path else None
+        raw = {role: load_named_arrays(p, (before.get("config") or {}).get("label"))
+               for role, p in (("train", train_path), ("test", test_path)) if p is not None}
+        raw, _ = align_columns(raw, getattr(clf, "feature_names", None))
+        test_ds = load_dataset(test_path, bounds, clf.num_classes, arrays=raw["test"][:2])
+        train_ds = (load_dataset(train_path, bounds, clf.num_classes, arrays=raw["train"][:2])
+                    if train_path else None)
         remedies: list[Remedy] = []
         training: dict[str, Any] = {}
         hardened = clf
@@ -722,7 +733,8 @@ def harden_from_audit(
 
         files["before"] = atomic_write_json(out / "before" / "report.json", before)
         config, names, warnings = _rerun_config(before, model=files["model"], train=train_path,
-                                                test=test_path, out=out / "after")
+                                                test=test_path, contract=contract_path,
+                                                out=out / "after")
         served_doc: dict[str, Any] | None = None
         if policy_record is not None and "extraction" in names:
             note(f"rerunning extraction against the model served through "
