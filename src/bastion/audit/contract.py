@@ -152,6 +152,12 @@ class AuditContext:
     ``executor`` is the audit's :class:`~bastion.audit.executor.Executor`: a check may split its
     own work over it (``executor.map(fn, units, shared=...)``, each unit seeded by
     :meth:`unit_seed`); on a worker it is the same Ray cluster, or in-process.
+
+    Tabular audits: ``feature_names`` are the model's input columns (``None`` unless the data
+    came as named tables), ``contract`` the audit's
+    :class:`~bastion.data.contracts.TableContract` and ``schema`` its
+    :class:`~bastion.data.tabular.FeatureSchema` over those columns (both ``None`` without a
+    contract): the rules every attack on the table respects.
     """
 
     seed: int = 0
@@ -172,6 +178,9 @@ class AuditContext:
     progress: Callable[[str, float], None] | None = None
     #: runs a check's own units (evasion shards, reference models) where the audit runs
     executor: Executor = field(default_factory=InProcessExecutor)
+    feature_names: tuple[str, ...] | None = None
+    contract: Any = None
+    schema: Any = None
 
     def check_settings(self, name: str) -> Mapping[str, Any]:
         return self.settings.get(name, {})
