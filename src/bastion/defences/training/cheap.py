@@ -83,6 +83,7 @@ __all__ = [
     "GuardCheck",
     "GuardEvent",
     "OverfitGuard",
+    "describe_method",
     "make_adversarial_trainer",
 ]
 
@@ -164,20 +165,8 @@ class CheapTrainingReport(AdversarialTrainingReport):
     guard: dict[str, Any] | None = None
 
     def summary(self) -> str:
-        """One line on the guard (empty without one)."""
-        if self.guard is None:
-            return ""
-        events = self.guard["events"]
-        if not events:
-            return f"overfitting guard: did not fire ({len(self.guard['checks'])} checks)"
-        parts = [
-            f"step {e['step']} (PGD {e['pgd_accuracy']:.2f} from best "
-            f"{e['best_pgd_accuracy']:.2f}, FGSM {e['fgsm_accuracy']:.2f}): rolled back to step "
-            f"{e['rolled_back_to_step']}, alpha {e['alpha_before']:.3g} -> {e['alpha_after']:.3g}"
-            + (f", GradAlign {e['grad_align']:g}" if e["grad_align"] else "")
-            for e in events
-        ]
-        return f"overfitting guard fired {len(events)}x: " + "; ".join(parts)
+        """One line on what the guard saw and did (empty without a guard)."""
+        return "" if self.guard is None else str(self.guard["summary"])
 
 
 class _CheapTrainer(AdversarialTrainer):
@@ -438,18 +427,7 @@ class FastAdversarialTrainer(_CheapTrainer):
             grad_align=self._lambda,
         )
         self._events.append(event)
-        log.warning(
-            "catastrophic overfitting at step %d: probe PGD accuracy %.2f (best %.2f) while the "
-            "training attack's is %.2f; rolled back to step %d, alpha %.3g -> %.3g%s",
-            self._step,
-            pgd,
-            best,
-            fgsm,
-            good_step,
-            before,
-            self.step_size,
-            f", GradAlign λ={self._lambda:g}" if self._lambda else "",
-        )
+        log.warning("catastrophic overfitting %s", _event_text(event))
 
     def _pgd(
         self,
@@ -487,6 +465,7 @@ class FastAdversarialTrainer(_CheapTrainer):
             "fired": bool(self._events),
             "checks": [asdict(c) for c in self._checks],
             "events": [asdict(e) for e in self._events],
+            "summary": _guard_summary(len(self._checks), self._events),
         }
 
 
@@ -606,6 +585,53 @@ def make_adversarial_trainer(
     if method not in METHODS:
         raise ConfigurationError(f"method must be one of {ALL_METHODS}, got {method!r}")
     return AdversarialTrainer(method=method, steps=steps, beta=beta, **kw)
+
+
+METHOD_TITLES = {
+    "pgd": "PGD-AT (Madry et al., ICLR 2018)",
+    "trades": "TRADES (Zhang et al., ICML 2019)",
+    "fast": "fast AT: FGSM from a random start (Wong, Rice & Kolter, ICLR 2020)",
+    "free": "free AT: minibatch replay (Shafahi et al., NeurIPS 2019)",
+}
+
+
+def describe_method(trainer: AdversarialTrainer) -> dict[str, Any]:
+    """The method ``trainer`` runs, its title and settings (the inner attack's, then the
+    loop's), for reports: ``{"name", "title", "settings"}``."""
+    if isinstance(trainer, _CheapTrainer):
+        own = trainer.settings()
+    else:
+        own = {"steps": trainer.steps, "step_size": trainer.step_size}
+        if trainer.method == "trades":
+            own["beta"] = trainer.beta
+    loop = {
+        key: getattr(trainer, key)
+        for key in ("epochs", "optimizer", "lr", "schedule", "batch_size", "warmup_eps_epochs")
+        if hasattr(trainer, key)
+    }
+    return {
+        "name": trainer.method,
+        "title": METHOD_TITLES.get(trainer.method, trainer.method),
+        "settings": {"eps": trainer.eps, "norm": trainer.norm.value, **own, **loop},
+    }
+
+
+def _guard_summary(checks: int, events: list[GuardEvent]) -> str:
+    if not events:
+        return f"catastrophic-overfitting guard: did not fire ({checks} checks)"
+    return (
+        f"catastrophic-overfitting guard fired {len(events)} time(s) in {checks} checks: "
+        + "; ".join(_event_text(e) for e in events)
+    )
+
+
+def _event_text(e: GuardEvent) -> str:
+    return (
+        f"at step {e.step} (epoch {e.epoch}) probe PGD accuracy {e.pgd_accuracy:.2f} against "
+        f"{e.fgsm_accuracy:.2f} under the training attack: rolled back to step "
+        f"{e.rolled_back_to_step}, alpha {e.alpha_before:.3g} -> {e.alpha_after:.3g}, random "
+        "start on" + (f", GradAlign λ={e.grad_align:g}" if e.grad_align else "")
+    )
 
 
 def _probe(
