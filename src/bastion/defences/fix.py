@@ -776,6 +776,10 @@ def harden_from_audit(
     changed = [c["name"] for c, d in zip(before["checks"], after["checks"], strict=False)
                if c["name"] == d["name"] and c.get("settings") != d.get("settings")
                and d["name"] != "extraction"]
+    for c in after["checks"]:
+        if c["status"] == "error":
+            warnings.append(f"check {c['name']} ended in error on the hardened model "
+                            f"({c.get('reason')}): its comparison is missing")
     if changed:
         warnings.append(f"the recorded settings of {', '.join(changed)} differ between the "
                         "audit and the rerun (a setting derived from the model)")
