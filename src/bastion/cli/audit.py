@@ -44,7 +44,8 @@ def audit_cmd(
         help="Model file (any format load_model takes; scanned before loading), "
         "registry://name@alias-or-version, or an http(s) endpoint (black box)."),
     train: Path | None = typer.Option(
-        None, "--train", help=".npz (x, y) training set: the member set; enables membership, "
+        None, "--train", help=".npz (x, y) training set, or a .csv/.parquet table with named "
+        "columns (--label names its label column): the member set; enables membership, "
         "data and poisoning checks."),
     test: Path | None = typer.Option(
         None, "--test", help=".npz (x, y) test set, or a .csv/.parquet table with named "
