@@ -49,14 +49,20 @@ def _data(a: argparse.Namespace) -> tuple[torch.Tensor, ...]:
         perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(a.seed))
         x, y = ds.x[perm], ds.y[perm]
         n_test = a.n_test
-        return x[n_test : n_test + a.n_train], y[n_test : n_test + a.n_train], x[:n_test], y[
-            :n_test
-        ]
+        return (
+            x[n_test : n_test + a.n_train],
+            y[n_test : n_test + a.n_train],
+            x[:n_test],
+            y[:n_test],
+        )
     ds = load_mnist()
     x, y = ds.x[a.offset :], ds.y[a.offset :]
-    return x[: a.n_train], y[: a.n_train], x[a.n_train : a.n_train + a.n_test], y[
-        a.n_train : a.n_train + a.n_test
-    ]
+    return (
+        x[: a.n_train],
+        y[: a.n_train],
+        x[a.n_train : a.n_train + a.n_test],
+        y[a.n_train : a.n_train + a.n_test],
+    )
 
 
 def _model(kind: str, shape: tuple[int, int, int], seed: int) -> nn.Module:
@@ -71,35 +77,64 @@ def _robust(module: nn.Module, x: torch.Tensor, y: torch.Tensor, a: argparse.Nam
     return attack.generate(clf, x, y).robust_accuracy
 
 
-def _bastion(a: argparse.Namespace, module: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             epochs: int, extra: str) -> dict[str, Any]:
+def _bastion(
+    a: argparse.Namespace,
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    extra: str,
+) -> dict[str, Any]:
     kw: dict[str, Any] = dict(
-        eps=a.eps, steps=a.steps, step_size=a.step_size, batch_size=a.batch_size, lr=a.lr,
-        optimizer="adam", epochs=epochs, seed=a.seed,
+        eps=a.eps,
+        steps=a.steps,
+        step_size=a.step_size,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        optimizer="adam",
+        epochs=epochs,
+        seed=a.seed,
     )
     kw.update(json.loads(extra))
     trainer = AdversarialTrainer(**kw)
     report = trainer.fit(module, (x, y))
-    return {"train_accuracy": [round(h.train_accuracy, 4) for h in report.history],
-            "schedule": report.schedule, "warmup_steps": report.warmup_steps,
-            "diagnostics": [d.code for d in report.diagnostics]}
+    return {
+        "train_accuracy": [round(h.train_accuracy, 4) for h in report.history],
+        "schedule": report.schedule,
+        "warmup_steps": report.warmup_steps,
+        "diagnostics": [d.code for d in report.diagnostics],
+    }
 
 
-def _art(a: argparse.Namespace, module: nn.Module, x: torch.Tensor, y: torch.Tensor,
-         epochs: int, extra: str) -> dict[str, Any]:
+def _art(
+    a: argparse.Namespace,
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    extra: str,
+) -> dict[str, Any]:
     from art.defences.trainer import AdversarialTrainerMadryPGD
     from art.estimators.classification import PyTorchClassifier
 
     clf = PyTorchClassifier(
-        model=module, loss=nn.CrossEntropyLoss(),
+        model=module,
+        loss=nn.CrossEntropyLoss(),
         optimizer=torch.optim.Adam(module.parameters(), lr=a.lr),
-        input_shape=tuple(x.shape[1:]), nb_classes=10, clip_values=(0.0, 1.0),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
         device_type="cpu",
     )
     np.random.seed(a.seed)
     trainer = AdversarialTrainerMadryPGD(
-        clf, nb_epochs=epochs, batch_size=a.batch_size, eps=a.eps, eps_step=a.step_size,
-        max_iter=a.steps, num_random_init=1,
+        clf,
+        nb_epochs=epochs,
+        batch_size=a.batch_size,
+        eps=a.eps,
+        eps_step=a.step_size,
+        max_iter=a.steps,
+        num_random_init=1,
     )
     trainer.fit(x.numpy(), y.numpy())
     module.eval()
@@ -124,7 +159,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--art", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument(
-        "--variants", nargs="+", default=["bastion={}"],
+        "--variants",
+        nargs="+",
+        default=["bastion={}"],
         help="bastion runs as LABEL=JSON (extra AdversarialTrainer arguments; {} = defaults)",
     )
     p.add_argument("--out", default=None)
@@ -135,9 +172,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for kind in a.models:
         for epochs in a.epochs:
-            runs = [tuple(v.split("=", 1)) for v in a.variants] + (
-                [("art", "")] if a.art else []
-            )
+            runs = [tuple(v.split("=", 1)) for v in a.variants] + ([("art", "")] if a.art else [])
             for label, extra_kw in runs:
                 module = _model(kind, shape, a.seed)
                 t0 = time.perf_counter()
@@ -145,18 +180,25 @@ def main() -> None:
                 extra = fit(a, module, x, y, epochs, extra_kw)
                 seconds = time.perf_counter() - t0
                 row = {
-                    "data": a.data, "n_train": len(x), "model": kind, "epochs": epochs,
+                    "data": a.data,
+                    "n_train": len(x),
+                    "model": kind,
+                    "epochs": epochs,
                     "library": label,
-                    "clean": accuracy(module, xt, yt), "robust": _robust(module, xt, yt, a),
-                    "seconds": seconds, **extra,
+                    "clean": accuracy(module, xt, yt),
+                    "robust": _robust(module, xt, yt, a),
+                    "seconds": seconds,
+                    **extra,
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(f"\n| data | model | epochs | library | clean | robust (PGD-{a.eval_steps}) |")
     print("|---|---|---:|---|---:|---:|")
     for r in rows:
-        print(f"| {r['data']} {r['n_train']} | {r['model']} | {r['epochs']} | {r['library']} | "
-              f"{r['clean']:.1%} | {r['robust']:.1%} |")
+        print(
+            f"| {r['data']} {r['n_train']} | {r['model']} | {r['epochs']} | {r['library']} | "
+            f"{r['clean']:.1%} | {r['robust']:.1%} |"
+        )
     if a.out:
         meta = {"args": vars(a), "python": platform.python_version(), "torch": torch.__version__}
         with open(a.out, "w") as fh:

@@ -117,6 +117,29 @@ def test_mnist_eps_03_pgd_at_well_above_half() -> None:
     assert _robust_accuracy(model, xte, yte, 0.3) > 0.5
 
 
+def test_defaults_deliver_on_a_small_unseen_setup() -> None:
+    """The defaults (learning-rate schedule and eps warm-up chosen from the planned steps),
+    nothing tuned: a width-8 batch-norm CNN on 1,000 MNIST images downsampled to 14×14, eps
+    0.2, 3 PGD steps, 3 epochs of batch 64 (48 optimiser steps). Measured over seeds 0–2: clean
+    64–70%, robust 13.8–16.4% under PGD-20; the previous defaults (cosine to zero, no warm-up)
+    reached clean 37–40%, robust 4.0–4.8% and fail both bounds."""
+    import torch.nn.functional as F
+
+    from bastion.data import load_mnist
+
+    data = load_mnist()
+    x, y = F.avg_pool2d(data.x, 2), data.y
+    xtr, ytr, xte, yte = x[:1000], y[:1000], x[9500:], y[9500:]
+    torch.manual_seed(0)
+    model = small_cnn((1, 14, 14), 10, width=8, batch_norm=True)
+    report = AdversarialTrainer(eps=0.2, steps=3, epochs=3, batch_size=64).fit(model, (xtr, ytr))
+    assert report.schedule == "constant" and report.warmup_steps == 7
+    clf = TorchClassifier(model, input_shape=(1, 14, 14), num_classes=10)
+    robust = PGD(eps=0.2, steps=20, step_size=0.025, seed=1234).generate(clf, xte, yte)
+    assert accuracy(model, xte, yte) > 0.55
+    assert robust.robust_accuracy > 0.10
+
+
 # ---------------------------------------------------------------- training loop mechanics
 
 

@@ -47,7 +47,9 @@ def _codes(report: Any) -> list[str]:
     return [d.code for d in report.diagnostics]
 
 
-def test_a_healthy_run_raises_nothing(digits_split: Split, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_healthy_run_raises_nothing(
+    digits_split: Split, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, "bastion.defences.training.adversarial"):
         report = _fit(digits_split, val=True, epochs=4)
     assert report.diagnostics == ()

@@ -16,14 +16,44 @@ batch-norm uses its running statistics and is not updated by the attack's forwar
 dropout is off; the outer step then runs in train mode. Only input gradients are computed during
 the attack.
 
-Defaults (chosen for small CNNs such as :func:`bastion.models.zoo.small_cnn`): Adam with
-``lr=1e-3``, no weight decay, a cosine learning-rate schedule over the planned epochs,
-``step_size = 2.5 · eps / steps`` (Madry's rule), ``beta=6`` (TRADES), batch 128. Large L∞
-radii on small nets train more reliably with ``warmup_eps_epochs`` (eps ramps linearly from
-zero over that many epochs). Validation (when ``val`` is given) measures clean accuracy and
-robust accuracy under a fresh random-start PGD of ``val_steps`` steps after every epoch; the
-weights of the best robust epoch are restored at the end and training stops after ``patience``
-epochs without improvement. Deterministic under ``seed`` (shuffling, random starts, dropout).
+Defaults: Adam with ``lr=1e-3``, no weight decay, ``step_size = 2.5 · eps / steps`` (Madry's
+rule), ``beta=6`` (TRADES), batch 128, and a learning-rate schedule and eps warm-up chosen from
+the planned number of optimiser steps ``T = epochs × ceil(n / batch_size)`` — users run short
+budgets first, and a schedule made for long runs throws most of a short one away:
+
+- ``schedule="auto"``: a **constant** learning rate while ``T < 2000`` (a run that short is
+  still under-trained at its end, and any decay only shortens the useful part: on MNIST a
+  cosine schedule over 4 epochs cost 7–16 points of robust accuracy against a constant one, see
+  BENCHMARKS.md), **cosine** to zero from ``T ≥ 2000`` (long runs, where annealing at the end
+  pays: the standard recipe for CIFAR-scale budgets).
+- ``warmup_eps_epochs=None``: eps (and the step, in proportion) ramps linearly from 0 over the
+  first **15% of the planned steps**, whatever the budget: 4 steps of a 1-epoch run of 24
+  batches, 15 epochs of a 100-epoch run. Small networks facing a large eps from the first step
+  often never leave chance (training accuracy under attack near 0); the ramp fixes that and,
+  being proportional, costs long and short runs the same share.
+- Batch-norm: the attack runs with the module in eval mode (running statistics, not updated by
+  the attack's passes), the outer step in train mode, as in the TRADES reference code and ART.
+
+``schedule`` and ``warmup_eps_epochs`` override the rule. Validation (when ``val`` is given)
+measures clean accuracy and robust accuracy under a fresh random-start PGD of ``val_steps``
+steps after every epoch; the weights of the best robust epoch are restored at the end and
+training stops after ``patience`` epochs without improvement. Deterministic under ``seed``
+(shuffling, random starts, dropout).
+
+Diagnostics: while it runs the trainer watches for the signs that training is not working and
+logs a warning (logger ``bastion.defences.training.adversarial``) naming the likely cause and
+the change to try; each is kept in :attr:`AdversarialTrainingReport.diagnostics`
+(:class:`TrainingDiagnostic`; ``bastion harden`` turns them into findings
+``adversarial-training.<code>``):
+
+- ``eps-too-large`` (before training): eps at least half the input range, or at least 3/4 of
+  the median half-distance between a training sample and the nearest one of another class
+  (:func:`bastion.audit.scale.class_separation`) — no model can be robust there;
+- ``near-chance`` (after epoch 2, or after the only epoch): training accuracy under attack
+  within 10% of the way from chance (the most frequent label's share) to 100%;
+- ``robust-not-rising``: over 3 epochs at full eps, robust accuracy (validation, else the
+  training accuracy under attack) gained less than 1 point and stays in the lower half; when
+  the training loss fell meanwhile the cause named is robust overfitting.
 
 Shapes: ``x`` is ``(n, ...)`` as the module expects, in ``bounds``; ``y`` is ``(n,)`` labels.
 
