@@ -20,7 +20,6 @@ which the first ``--max-samples`` are attacked.
 
 from __future__ import annotations
 
-import copy
 import io
 import logging
 import math
@@ -33,6 +32,9 @@ import typer
 
 from bastion.cli._common import console, err_console, handle_errors, parse_floats
 from bastion.cli.evaluate import load_xy, pick_device
+from bastion.defences.training.modules import fresh_weights as _fresh_weights
+from bastion.defences.training.modules import jit_save as _jit_save
+from bastion.defences.training.modules import trainable_copy as _copy
 from bastion.errors import ConfigurationError, InputError, ModelError
 
 if TYPE_CHECKING:
@@ -51,13 +53,17 @@ def register(app: typer.Typer) -> typer.Typer:
     harden_app = typer.Typer(
         help=(
             "Harden a model (adversarial training, DP-SGD, randomized smoothing) and write a "
-            "before/after report."
+            "before/after report; `fix --audit DIR` hardens against an audit's findings and "
+            "reruns the audit."
         ),
         no_args_is_help=True,
     )
     harden_app.command("adversarial")(adversarial_cmd)
     harden_app.command("dp")(dp_cmd)
     harden_app.command("smooth")(smooth_cmd)
+    from bastion.cli._harden_fix import fix_cmd
+
+    harden_app.command("fix")(fix_cmd)
     app.add_typer(harden_app, name="harden")
     return harden_app
 
@@ -593,57 +599,6 @@ def _train(
         progress=not opts["quiet"],
     )
     return net, {"initialisation": "the baseline's weights", "report": report_ga.to_dict()}
-
-
-def _jit_save(net: nn.Module, buffer: io.BytesIO) -> None:
-    """``torch.jit.save``, which torch marks deprecated; users' TorchScript files stay supported."""
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(net, buffer)
-
-
-def _copy(net: nn.Module) -> nn.Module:
-    """A trainable copy of ``net``. ``copy.deepcopy`` of a TorchScript module gives parameters
-    that are not leaves (an optimiser refuses them), so those are copied by saving and loading."""
-    import warnings
-
-    import torch
-
-    if isinstance(net, torch.jit.ScriptModule):
-        buffer = io.BytesIO()
-        _jit_save(net, buffer)
-        buffer.seek(0)
-        device = next((p.device for p in net.parameters()), torch.device("cpu"))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            loaded: nn.Module = torch.jit.load(buffer, map_location=device)
-        return loaded
-    return copy.deepcopy(net)
-
-
-def _fresh_weights(baseline: nn.Module, seed: int) -> nn.Module:
-    """A copy of ``baseline`` with every layer re-initialised (seeded)."""
-    import torch
-
-    net = copy.deepcopy(baseline)
-    torch.manual_seed(seed)
-    for name, sub in net.named_modules():
-        own = list(sub.parameters(recurse=False))
-        if not own:
-            continue
-        reset = getattr(sub, "reset_parameters", None)
-        if not callable(reset):
-            raise ModelError(
-                f"layer {name or 'module'} ({type(sub).__name__}) cannot be re-initialised; "
-                "DP-SGD must train from fresh weights: use --arch, or a model whose layers "
-                "have reset_parameters()"
-            )
-        reset()
-    return net
 
 
 def _attacks(opts: dict[str, Any]) -> list[Any]:
