@@ -1,15 +1,17 @@
 """``bastion harden fix --audit``: harden against an audit's findings, rerun exactly the same
 checks on the hardened model, and report fixed, new and unchanged findings and regressions.
 
-The model is linear on digits: its scores give it away to equation solving (an extraction
-finding that a label-only policy removes), and adversarial training raises its robust
-accuracy, so the diff has something to show both ways.
+The model is linear on digits (a state dict and the factory that builds it): its scores give
+it away to equation solving (an extraction finding that a label-only policy removes), and
+adversarial training raises its robust accuracy, so the diff has something to show both ways.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-import warnings
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +37,29 @@ SETTINGS = {
 
 
 @pytest.fixture(scope="module")
-def audit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def audit_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An audit of a state dict whose network a factory builds (the audit records it)."""
     d = tmp_path_factory.mktemp("fix")
+    (d / "bastion_fix_test_nets.py").write_text(
+        "from torch import nn\n\n\ndef build():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n")
+    sys.path.insert(0, str(d))
     data = load_digits()
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
     x, y = data.x[perm], data.y[perm]
     torch.manual_seed(0)
     net = train_classifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), x[:1000], y[:1000],
                            epochs=10, lr=1e-2, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.trace(net, x[:2]).save(str(d / "model.pt"))
+    torch.save(net.state_dict(), d / "model.pt")
     np.savez(d / "train.npz", x=x[:1000].numpy(), y=y[:1000].numpy())
     np.savez(d / "test.npz", x=x[1400:1600].numpy(), y=y[1400:1600].numpy())
     config = AuditConfig(model=str(d / "model.pt"), train=d / "train.npz", test=d / "test.npz",
                          out=d / "audit", seed=3, threat=AuditThreat(eps=0.1),
-                         only=("evasion", "extraction"), settings=SETTINGS)
+                         only=("evasion", "extraction"), settings=SETTINGS,
+                         model_options={"factory": "bastion_fix_test_nets:build"})
     run_audit(config, fresh=True, formats=("json",))
-    return d / "audit"
+    yield d / "audit"
+    sys.path.remove(str(d))
 
 
 def _failed_ids(doc: dict[str, Any]) -> set[str]:
@@ -71,6 +78,7 @@ def test_fix_reruns_exactly_the_audits_checks_and_the_diff_shows_the_change(
     assert [c["status"] == "not_run" for c in after["checks"]] == [
         c["status"] == "not_run" for c in before["checks"]]
     assert after["config"] == before["config"] and after["config"]["settings"] == SETTINGS
+    assert after["config"]["model_options"]["factory"] == "bastion_fix_test_nets:build"
     assert after["seed"] == before["seed"] == 3
     assert after["threat_model"] == before["threat_model"]
     assert {r: d["sha256"] for r, d in after["data"].items()} == {
@@ -226,10 +234,62 @@ def test_an_audit_without_a_recorded_config_reruns_from_its_results(
     audit_dir: Path, tmp_path: Path
 ) -> None:
     path = _broken(audit_dir, tmp_path, lambda d: d.pop("config"))
-    result = harden_from_audit(path, out=tmp_path / "f", address=["extraction"])
+    # nothing recorded the factory either: it is given again
+    result = harden_from_audit(path, out=tmp_path / "f", address=["extraction"],
+                               factory="bastion_fix_test_nets:build")
     assert any("does not record its configuration" in w for w in result.warnings)
     before, after = (next(c for c in doc["checks"] if c["name"] == "evasion")
                      for doc in (result.before, result.after))
     assert after["settings"] == before["settings"]
     assert [c["status"] for c in result.after["checks"]][:2] == ["not_run", "not_run"]
     assert "extraction.high-fidelity" in [f.id for f in result.diff.fixed]
+
+
+def test_membership_gets_dp_sgd_and_its_accuracy_cost_is_a_regression(
+    audit_dir: Path, tmp_path: Path
+) -> None:
+    def leak(doc: dict[str, Any]) -> None:  # a membership finding, as a membership check writes
+        f = copy.deepcopy(next(c for c in doc["checks"] if c["name"] == "evasion")["findings"][0])
+        f.update(id="membership.loss-threshold", title="members leak", threat="privacy",
+                 fingerprint="c" * 16, severity="high")
+        entry = next(c for c in doc["checks"] if c["name"] == "membership")
+        entry.update(status="failed", findings=[f])
+
+    path = _broken(audit_dir, tmp_path, leak)
+    result = harden_from_audit(path, out=tmp_path / "dp", epochs=1, target_epsilon=0.3,
+                               dp_lr=0.05)
+    # DP-SGD (its finding is more severe than evasion's, and the two exclude each other)
+    assert {r.target: r.method for r in result.remedies} == {
+        "membership": "dp-sgd", "extraction": "output policy"}
+    assert result.training["privacy"]["epsilon"] <= 0.3 + 1e-6
+    assert "membership was addressed instead" in {
+        n.id: n.reason for n in result.not_addressed}["evasion.low-robust-accuracy"]
+    # ε 0.3 in one epoch costs most of the accuracy: reported, with the numbers
+    assert result.regressed
+    acc = next(r for r in result.regressions if r.kind == "accuracy")
+    assert acc.before - acc.after > 0.05
+    clean = next(m for m in result.diff.metrics if m.metric == "clean_accuracy")
+    assert clean.after < clean.before
+
+
+def test_smoothing_fits_an_l2_threat_and_reports_its_certificate(
+    audit_dir: Path, tmp_path: Path
+) -> None:
+    linf = harden_from_audit(audit_dir, out=tmp_path / "no", evasion_method="smooth",
+                             address=["evasion"])
+    assert "certifies L2 radii" in {n.id: n.reason for n in linf.not_addressed}[
+        "evasion.low-robust-accuracy"] and not linf.remedies
+
+    def l2(doc: dict[str, Any]) -> None:
+        doc["threat_model"].update(norm="l2", eps=0.5)
+
+    path = _broken(audit_dir, tmp_path, l2)
+    result = harden_from_audit(path, out=tmp_path / "s", evasion_method="smooth", epochs=1,
+                               address=["evasion"])
+    (remedy,) = result.remedies
+    assert remedy.method.startswith("randomized-smoothing") and remedy.settings["sigma"] == 0.5
+    cert = result.training["certified"]
+    assert cert["radius"] == 0.5 and 0.0 <= cert["certified_accuracy"] <= cert[
+        "smoothed_accuracy"] <= 1.0
+    assert result.after["threat_model"]["norm"] == "l2"
+    assert "certified accuracy" in (tmp_path / "s" / "report.md").read_text()

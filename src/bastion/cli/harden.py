@@ -32,9 +32,6 @@ import typer
 
 from bastion.cli._common import console, err_console, handle_errors, parse_floats
 from bastion.cli.evaluate import load_xy, pick_device
-from bastion.defences.training.modules import fresh_weights as _fresh_weights
-from bastion.defences.training.modules import jit_save as _jit_save
-from bastion.defences.training.modules import trainable_copy as _copy
 from bastion.errors import ConfigurationError, InputError, ModelError
 
 if TYPE_CHECKING:
@@ -120,7 +117,19 @@ def adversarial_cmd(
     factory: str | None = _FACTORY,
     trust_pickle: bool = _TRUST,
     bounds: str = _BOUNDS,
-    method: str = typer.Option("pgd", "--method", help="pgd (Madry PGD-AT) or trades."),
+    method: str = typer.Option(
+        "pgd",
+        "--method",
+        help="pgd (Madry PGD-AT), trades, fast (FGSM from a random start, with a "
+        "catastrophic-overfitting guard) or free (minibatch replay; --epochs is the budget).",
+    ),
+    alpha: float | None = typer.Option(
+        None, "--alpha", help="fast: the FGSM step (default 1.25 x eps)."
+    ),
+    replays: int = typer.Option(4, "--replays", help="free: replays of each mini-batch."),
+    no_guard: bool = typer.Option(
+        False, "--no-guard", help="fast: no catastrophic-overfitting guard."
+    ),
     norm: str = typer.Option("linf", "--norm", help="Threat model norm: linf or l2."),
     eps: float = typer.Option(0.1, "--eps", help="Budget trained against and evaluated at."),
     train_steps: int = typer.Option(10, "--train-steps", help="PGD steps of the inner attack."),
@@ -151,7 +160,7 @@ def adversarial_cmd(
     quiet: bool = _QUIET,
     fail_under: float | None = _FAIL_UNDER,
 ) -> None:
-    """Adversarial training (PGD-AT or TRADES) of a copy of the baseline."""
+    """Adversarial training (PGD-AT, TRADES, fast or free AT) of a copy of the baseline."""
     _harden("adversarial", dict(locals()))
 
 
@@ -316,7 +325,11 @@ def _harden(defence: str, opts: dict[str, Any]) -> None:
         "seed": opts["seed"],
         "seconds": time.perf_counter() - start,
     }
-    doc["warnings"] = _training_warnings(training) + _no_gain_warnings(defence, doc, data, opts)
+    doc["warnings"] = (
+        _training_warnings(training)
+        + _no_gain_warnings(defence, doc, data, opts)
+        + training.get("notes", [])
+    )
     json_path, html_path, model_path = write_report(doc, opts["out"], buffer.getvalue())
     print_summary(doc)
     console.print(f"wrote {json_path}, {html_path} and {model_path}")
@@ -513,14 +526,17 @@ def _trainer(
 ) -> Any:
     """The configured trainer (its constructor checks the parameters before any training)."""
     if defence == "adversarial":
-        from bastion.defences.training.adversarial import AdversarialTrainer
+        from bastion.defences.training.cheap import make_adversarial_trainer
 
-        return AdversarialTrainer(
-            method=opts["method"],
+        return make_adversarial_trainer(
+            opts["method"],
             eps=opts["eps"],
             norm=opts["norm"],
             steps=opts["train_steps"],
             beta=opts["beta"],
+            alpha=opts["alpha"],
+            replays=opts["replays"],
+            guard=not opts["no_guard"],
             epochs=opts["epochs"],
             lr=opts["lr"],
             schedule=opts["schedule"],
@@ -561,6 +577,7 @@ def _train(
 ) -> tuple[nn.Module, dict[str, Any]]:
     if defence == "adversarial":
         from bastion.defences.training.adversarial import diagnostic_finding
+        from bastion.defences.training.cheap import describe_method
 
         net = _copy(baseline)
         n_val = min(500, max(1, len(data.x_train) // 10))
@@ -569,12 +586,17 @@ def _train(
             (data.x_train[n_val:], data.y_train[n_val:]),
             val=(data.x_train[:n_val], data.y_train[:n_val]),
         )
+        guard = getattr(report, "guard", None)
         return net, {
             "trainer": repr(trainer),
+            "method": describe_method(trainer),
             "initialisation": "the baseline's weights",
             "n_val": n_val,
             "report": report.to_dict(),
-            "findings": [diagnostic_finding(d).to_dict() for d in report.diagnostics],
+            "notes": [guard["summary"]] if guard and guard["fired"] else [],
+            "findings": [
+                diagnostic_finding(d).to_dict() for d in getattr(report, "diagnostics", ())
+            ],
         }
     if defence == "dp":
         net = _fresh_weights(baseline, opts["seed"])
@@ -599,6 +621,25 @@ def _train(
         progress=not opts["quiet"],
     )
     return net, {"initialisation": "the baseline's weights", "report": report_ga.to_dict()}
+
+
+# torch is imported only when a command runs (--help stays fast): the shared helpers lazily
+def _jit_save(net: nn.Module, buffer: io.BytesIO) -> None:
+    from bastion.defences.training.modules import jit_save
+
+    jit_save(net, buffer)
+
+
+def _copy(net: nn.Module) -> nn.Module:
+    from bastion.defences.training.modules import trainable_copy
+
+    return trainable_copy(net)
+
+
+def _fresh_weights(baseline: nn.Module, seed: int) -> nn.Module:
+    from bastion.defences.training.modules import fresh_weights
+
+    return fresh_weights(baseline, seed)
 
 
 def _attacks(opts: dict[str, Any]) -> list[Any]:

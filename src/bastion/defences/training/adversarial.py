@@ -415,9 +415,7 @@ class AdversarialTrainer:
         module.eval()
         if self.method == "pgd":
             x_adv = self.perturb(module, x, y, eps=eps, steps=self.steps, generator=gen)
-            module.train()
-            logits = module(x_adv)
-            loss = F.cross_entropy(logits, y)
+            return self._outer_step(module, opt, x_adv, y)
         else:
             with torch.no_grad():
                 p_clean = F.softmax(module(x), dim=1)
@@ -433,6 +431,20 @@ class AdversarialTrainer:
                 F.log_softmax(adv_logits, dim=1), F.softmax(logits, dim=1), reduction="batchmean"
             )
             loss = F.cross_entropy(logits, y) + self.beta * robust_kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+    @staticmethod
+    def _outer_step(
+        module: nn.Module, opt: torch.optim.Optimizer, x_adv: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A train-mode cross-entropy step on the adversarial batch ``x_adv`` (PGD-AT's outer
+        step); returns the detached loss and the number of correct predictions."""
+        module.train()
+        logits = module(x_adv)
+        loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -714,7 +726,7 @@ class _Monitor:
         chance = self.chance()
         first = stats.epoch >= min(2, t.epochs)  # after the first epoch(s)
         near = chance + NEAR_CHANCE_MARGIN * (1.0 - chance)
-        if t.method == "pgd" and first and stats.train_accuracy <= near:
+        if t.method != "trades" and first and stats.train_accuracy <= near:
             fix = (
                 "warm eps up over more of the run (warmup_eps_epochs / --warmup-eps-epochs, "
                 f"e.g. {max(1, t.epochs // 3)}), lower eps, or lower the learning rate "
@@ -753,7 +765,7 @@ class _Monitor:
         if step - self.per_epoch < self.ramp:
             return  # the epoch began during the eps warm-up: its robust accuracy is not comparable
         robust = stats.val_robust_accuracy
-        if robust is None and t.method == "pgd":
+        if robust is None and t.method != "trades":
             robust = stats.train_accuracy
         if robust is None:
             return
