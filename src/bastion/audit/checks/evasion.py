@@ -67,6 +67,10 @@ class EvasionCheck(Check):
         "batch_size": 256,
         "curve_points": 5,
         "examples": 4,
+        # samples per seeded block, and blocks grouped into this many units of work for the
+        # audit's executor (None: one unit per block); results do not depend on ``shards``
+        "block": 64,
+        "shards": None,
     }
 
     def requires(self, ctx: AuditContext) -> Requirement | None:
@@ -118,6 +122,9 @@ class EvasionCheck(Check):
             progress=False,
             model_name=str(ctx.model_info.get("source", "")),
             on_progress=None if ctx.progress is None else (lambda f: ctx.progress(self.name, f)),  # type: ignore[misc]
+            block_size=int(s["block"]),
+            shards=None if s["shards"] is None else int(s["shards"]),
+            executor=ctx.executor,
         )
         results = list(ev.results.values())
         clean = results[0].clean_correct.cpu()
