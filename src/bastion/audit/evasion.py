@@ -119,6 +119,7 @@ def evaluate_evasion(
     model_name: str = "",
     on_progress: Callable[[float], None] | None = None,
     hardening: str | None = None,
+    constraints: Any = None,
     block_size: int | None = None,
     shards: int | None = None,
     executor: Any = None,
@@ -131,7 +132,8 @@ def evaluate_evasion(
     them in ``warnings``. ``on_progress`` is called with the fraction done after each attack
     and each point of the curve. ``hardening`` names what was already done to the model
     (``"adversarial"``, ``"dp"``, ``"smooth"``), so that the findings' remedies do not advise
-    it again.
+    it again. ``constraints`` (a :class:`~bastion.data.tabular.FeatureSchema`) holds every
+    attack, and the curve's, to the table's rules.
 
     ``block_size`` splits the samples into seeded blocks and ``shards`` groups them into units
     of work run by ``executor`` (an :class:`~bastion.audit.executor.Executor`, default
@@ -183,6 +185,7 @@ def evaluate_evasion(
                 curve_attack=chosen if with_curve else None,
                 radii=[e for e in radii if not math.isclose(e, reused or -1.0)],
                 executor=executor,
+                constraints=constraints,
             )
             results, precomputed = sharded.results, sharded.curve
             done[0] = steps_total - 1
@@ -190,7 +193,7 @@ def evaluate_evasion(
         task = bar.add_task("attacks", total=len(attacks))
         for attack in attacks if block_size is None else ():
             bar.update(task, description=f"{attack.name}")
-            results[attack.name] = attack.generate(classifier, x, y)
+            results[attack.name] = attack.generate(classifier, x, y, constraints=constraints)
             bar.advance(task)
             tick()
 
@@ -212,7 +215,11 @@ def evaluate_evasion(
                 elif e in precomputed:
                     acc = precomputed[e]
                 else:
-                    acc = with_eps(chosen, e).generate(classifier, x, y).robust_accuracy
+                    acc = (
+                        with_eps(chosen, e)
+                        .generate(classifier, x, y, constraints=constraints)
+                        .robust_accuracy
+                    )
                 curve.append(CurvePoint(e, acc))
                 bar.advance(task)
                 tick()

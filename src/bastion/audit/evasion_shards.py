@@ -59,6 +59,7 @@ class _Shared:
     attacks: tuple[EvasionAttack, ...]
     curve_attack: EvasionAttack | None
     radii: tuple[float, ...]
+    constraints: Any = None
 
 
 def block_seed(seed: int | None, block: int) -> int | None:
@@ -108,16 +109,18 @@ def _attack_shard(
 ) -> list[tuple[dict[str, EvasionResult], list[torch.Tensor]]]:
     """One unit: every attack (and every extra radius of the curve) on each of its blocks."""
     out = []
+    rules = shared.constraints
     for b, start, stop in blocks:
         xb, yb = shared.x[start:stop], shared.y[start:stop]
         results = {
-            a.name: _seeded(a, b).generate(shared.classifier, xb, yb) for a in shared.attacks
+            a.name: _seeded(a, b).generate(shared.classifier, xb, yb, constraints=rules)
+            for a in shared.attacks
         }
         robust = []
         if shared.curve_attack is not None:
             base = _seeded(shared.curve_attack, b)
             for e in shared.radii:
-                r = with_eps(base, e).generate(shared.classifier, xb, yb)
+                r = with_eps(base, e).generate(shared.classifier, xb, yb, constraints=rules)
                 robust.append(r.clean_correct & (r.adv_pred == r.y))
         out.append((results, robust))
     return out
@@ -134,14 +137,16 @@ def run_sharded(
     curve_attack: EvasionAttack | None = None,
     radii: Sequence[float] = (),
     executor: Any = None,
+    constraints: Any = None,
 ) -> ShardedRun:
     """Run ``attacks`` (and ``curve_attack`` at each of ``radii``) on ``(x, y)`` in blocks of
     ``block_size`` samples, ``shards`` units of work through ``executor`` (default in-process),
-    and merge the per-sample results exactly (see the module docstring)."""
+    and merge the per-sample results exactly (see the module docstring). ``constraints`` (a
+    :class:`~bastion.data.tabular.FeatureSchema`) holds every attack to a table's rules."""
     from bastion.audit.executor import InProcessExecutor
 
     units = shard_blocks(int(x.shape[0]), int(block_size), shards)
-    shared = _Shared(classifier, x, y, tuple(attacks), curve_attack, tuple(radii))
+    shared = _Shared(classifier, x, y, tuple(attacks), curve_attack, tuple(radii), constraints)
     runner = executor or InProcessExecutor()
     parts = [block for shard in runner.map(_attack_shard, units, shared=shared) for block in shard]
     results = {a.name: _merge([p[0][a.name] for p in parts], a) for a in attacks}

@@ -186,6 +186,8 @@ def prepare(
     from bastion.audit.plan import effective_access
 
     access = effective_access(replace(ctx, threat=threat))
+    if threat.access is Access.WHITE_BOX and getattr(ctx.model, "ensemble", None) is not None:
+        access = "white-box"  # a tree model's structure is its white box (tree attacks use it)
     ctx.threat = ThreatModel(norm=threat.norm, eps=eps, bounds=bounds, targeted=threat.targeted,
                              access=threat.access if access == "none" else Access(access))
     threat_model = {**threat.to_dict(), "eps": eps, "eps_source": eps_source,
