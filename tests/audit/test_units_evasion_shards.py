@@ -64,3 +64,20 @@ def test_bad_block_or_shard_counts_are_refused() -> None:
     with pytest.raises(ConfigurationError, match="shards"):
         shard_blocks(10, 4, 0)
     assert shard_blocks(10, 4, 9) == [((0, 0, 4),), ((1, 4, 8),), ((2, 8, 10),)]
+
+
+def test_a_model_that_cannot_be_pickled_runs_its_shards_here_with_the_same_results(
+    target,
+) -> None:
+    import warnings
+
+    clf, x, y = target
+    with warnings.catch_warnings():  # TorchScript is deprecated upstream but still shipped
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.trace(clf.module, x[:2])
+    jit = TorchClassifier(scripted, input_shape=(1, 8, 8), num_classes=10)
+    attack = [APGD(eps=0.15, steps=4, seed=3)]
+    here = run_sharded(jit, x, y, attack, block_size=8, shards=1)
+    # a process pool cannot take a TorchScript module: the shards run in this process instead
+    pooled = run_sharded(jit, x, y, attack, block_size=8, shards=7, executor=ProcessPoolExecutor(2))
+    assert torch.equal(here.results["apgd-ce"].x_adv, pooled.results["apgd-ce"].x_adv)

@@ -143,12 +143,12 @@ def run_sharded(
     ``block_size`` samples, ``shards`` units of work through ``executor`` (default in-process),
     and merge the per-sample results exactly (see the module docstring). ``constraints`` (a
     :class:`~bastion.data.tabular.FeatureSchema`) holds every attack to a table's rules."""
-    from bastion.audit.executor import InProcessExecutor
+    from bastion.audit.units import map_units
 
     units = shard_blocks(int(x.shape[0]), int(block_size), shards)
     shared = _Shared(classifier, x, y, tuple(attacks), curve_attack, tuple(radii), constraints)
-    runner = executor or InProcessExecutor()
-    parts = [block for shard in runner.map(_attack_shard, units, shared=shared) for block in shard]
+    shards_out = map_units(executor, _attack_shard, units, shared)
+    parts = [block for shard in shards_out for block in shard]
     results = {a.name: _merge([p[0][a.name] for p in parts], a) for a in attacks}
     curve = {
         e: float(torch.cat([p[1][i] for p in parts]).float().mean()) for i, e in enumerate(radii)

@@ -224,9 +224,9 @@ def train_references(
     :class:`~bastion.audit.executor.Executor`, default in-process), trained in one batched
     ``train_fn.train_many`` call when the trainer has one. ``x`` and ``y`` travel once to each
     worker; a unit carries only its index subsets and seeds, so the models are the same on
-    any executor.
+    any executor (a trainer that cannot be pickled trains here).
     """
-    from bastion.audit.executor import InProcessExecutor
+    from bastion.audit.units import map_units
 
     if len(subsets) != len(seeds):
         raise ConfigurationError(f"{len(subsets)} subsets but {len(seeds)} seeds")
@@ -235,7 +235,7 @@ def train_references(
         (list(subsets[i : i + block]), [int(s) for s in seeds[i : i + block]])
         for i in range(0, len(seeds), block)
     ]
-    parts = (executor or InProcessExecutor()).map(_train_unit, units, shared=(train_fn, x, y))
+    parts = map_units(executor, _train_unit, units, (train_fn, x, y))
     return [model for part in parts for model in part]
 
 
