@@ -112,6 +112,10 @@ class EvasionCheck(Check):
     def requires(self, ctx: AuditContext) -> Requirement | None:
         return need_data(ctx, "test", "the labelled samples to attack")
 
+    def inputs(self, ctx: AuditContext) -> dict[str, Any]:
+        # how the blocks are grouped into units changes no result: not part of the resume key
+        return {k: v for k, v in ctx.check_settings(self.name).items() if k != "shards"}
+
     def _attacks(self, ctx: AuditContext, n: int) -> list[Any]:
         from bastion.attacks.evasion.catalog import build_attack
 
