@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from bastion.audit.executor import Executor, InProcessExecutor
 from bastion.errors import ConfigurationError
 
 __all__ = [
@@ -154,6 +155,9 @@ class AuditContext:
     :class:`~bastion.data.contracts.TableContract` and ``schema`` its
     :class:`~bastion.data.tabular.FeatureSchema` over those columns (both ``None`` without a
     contract): the rules every attack on the table respects.
+    ``executor`` is the audit's :class:`~bastion.audit.executor.Executor`: a check may split its
+    own work over it (``executor.map(fn, units, shared=...)``, each unit seeded by
+    :meth:`unit_seed`); on a worker it is the same Ray cluster, or in-process.
     """
 
     seed: int = 0
@@ -175,6 +179,8 @@ class AuditContext:
     feature_names: tuple[str, ...] | None = None
     contract: Any = None
     schema: Any = None
+    #: runs a check's own units (evasion shards, reference models) where the audit runs
+    executor: Executor = field(default_factory=InProcessExecutor)
 
     def check_settings(self, name: str) -> Mapping[str, Any]:
         return self.settings.get(name, {})

@@ -12,7 +12,17 @@ from typing import Any
 
 import typer
 
-from bastion.cli._common import console, err_console, fail, handle_errors, parse_floats, parse_shape
+from bastion.cli._common import (
+    EXECUTOR_HELP,
+    GPUS_HELP,
+    console,
+    err_console,
+    fail,
+    handle_errors,
+    parse_executor,
+    parse_floats,
+    parse_shape,
+)
 
 __all__ = ["print_audit", "register"]
 
@@ -99,6 +109,8 @@ def audit_cmd(
     sign_key: Path | None = typer.Option(
         None, "--sign-key", help="Private key (Ed25519 or ECDSA P-256): also write a signed "
         "in-toto attestation binding the report to the model's files."),
+    executor: str = typer.Option("in-process", "--executor", help=EXECUTOR_HELP),
+    gpus_per_task: float = typer.Option(0.0, "--gpus-per-task", help=GPUS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Audit a model against every threat and write one report (json, html, md)."""
@@ -140,8 +152,10 @@ def _audit(**o: Any) -> None:
     share = SharingOptions.from_cli(o["baseline"], o["suppressions"], o["sign_key"])
     if config.fail_on and config.fail_on.lower().startswith("new:") and share.baseline is None:
         raise fail(f"--fail-on {config.fail_on} needs --baseline OLD.json to know what is new")
+    executor = parse_executor(o["executor"], o["gpus_per_task"])
     outcome = run_audit(config, fresh=o["fresh"], progress=not o["quiet"],
-                        formats=formats_of(o["formats"]), finalize=share.finalize)
+                        formats=formats_of(o["formats"]), finalize=share.finalize,
+                        executor=executor, gpus_per_task=o["gpus_per_task"])
     print_audit(outcome.document)
     if outcome.reused:
         console.print(f"reused saved results of {', '.join(outcome.reused)} "
