@@ -95,3 +95,25 @@ def test_registry_due_without_a_registry_says_what_to_set(monkeypatch) -> None:
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ConfigurationError, match="BASTION_REGISTRY_URL"):
         registry_due()
+
+
+def test_audit_registry_due_on_the_command_line(registry, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from bastion.cli.main import app
+
+    out = tmp_path / "cli-campaign"
+    args = ["audit", "--registry-due", "--test", str(registry.test), "--checks",
+            "artifact,evasion", "--out", str(out), "--format", "json", "-q"]
+    config = tmp_path / "audit.yaml"
+    config.write_text("checks:\n  evasion: {max_samples: 16, steps: 3, max_queries: 20, "
+                      "curve_points: 2}\n")
+    result = CliRunner().invoke(app, [*args, "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "Re-audit campaign" in result.output and "digits" in result.output
+    summary = json.loads((out / "campaign.json").read_text())
+    assert [m["status"] for m in summary["models"]] == ["audited", "audited"]
+    again = CliRunner().invoke(app, [*args, "--config", str(config)])
+    assert again.exit_code == 0 and again.output.count("reused") == 2
+    both = CliRunner().invoke(app, [*args, "--model", "x.pt"])
+    assert both.exit_code == 2 and "not both" in both.output

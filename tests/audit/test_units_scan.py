@@ -109,3 +109,18 @@ def test_bad_targets_are_refused_with_a_clear_message(corpus, tmp_path) -> None:
         scan_targets(["s3://bucket/p?token=x"])
     with pytest.raises(InputError, match="no such file"):
         scan_targets([tmp_path / "absent"])
+
+
+def test_scan_an_s3_prefix_on_the_command_line(corpus) -> None:
+    from typer.testing import CliRunner
+
+    from bastion.cli.main import app
+
+    root, url = corpus
+    result = CliRunner().invoke(app, ["scan", url, "--executor", "processes:2", "-f", "json"])
+    assert result.exit_code == 1, result.output  # the unsafe pickles
+    doc = json.loads(result.output)
+    assert doc["counts"] == {**doc["counts"], "unsafe": 2, "clean": 2, "skipped": 1}
+    assert all(f["path"].startswith("s3://") for f in doc["files"])
+    missing = CliRunner().invoke(app, ["scan", str(root / "absent.pt")])
+    assert missing.exit_code == 2 and "no such file" in missing.output

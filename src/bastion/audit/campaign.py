@@ -239,10 +239,12 @@ def run_campaign(
     executor: Any = None,
     fresh: bool = False,
     formats: Sequence[str] = ("json", "html", "md"),
+    gpus_per_task: float = 0.0,
 ) -> Campaign:
     """Audit every item with ``config`` (its model replaced), each a unit of work on
     ``executor`` (default in-process); skip audits already finished in ``out`` unless
-    ``fresh``; write ``out/campaign.json`` and ``out/campaign.md``."""
+    ``fresh``; write ``out/campaign.json`` and ``out/campaign.md``. ``gpus_per_task``: what
+    each audit asks Ray for (a model that runs on a GPU)."""
     from bastion.audit.executor import InProcessExecutor, UnitFailed
 
     if not items:
@@ -266,7 +268,13 @@ def run_campaign(
         {k: v for k in _REGISTRY_ENV if (v := os.environ.get(k)) is not None},
     )
     runner = executor or InProcessExecutor()
-    results = runner.map(_audit_unit, [item for _, item in todo], shared=shared, errors="return")
+    results = runner.map(
+        _audit_unit,
+        [item for _, item in todo],
+        shared=shared,
+        errors="return",
+        gpus_per_task=gpus_per_task,
+    )
     for (i, item), result in zip(todo, results, strict=True):
         if isinstance(result, UnitFailed):
             result = CampaignRow(item.source, item.name, item.version, "error", error=result.cause)

@@ -258,8 +258,9 @@ def scan_targets(
 ) -> ScanReport:
     """Scan local files and folders and S3 prefixes, batches of files as units of work on
     ``executor`` (default in-process); the report lists the files in the order a local
-    :func:`~bastion.artifacts.scan.scan_paths` would (see the module docstring)."""
-    from bastion.audit.executor import InProcessExecutor
+    :func:`~bastion.artifacts.scan.scan_paths` would (see the module docstring). A batch that
+    fails on the workers (a worker that keeps dying) makes its files ``error``, never clean."""
+    from bastion.audit.executor import InProcessExecutor, UnitFailed
 
     if max_depth < 0:
         raise ConfigurationError(f"max_depth must be >= 0, got {max_depth}")
@@ -280,6 +281,12 @@ def scan_targets(
             location = None
             listing = [(str(q), q.stat().st_size) for q in (_files_under(p) if p.is_dir() else [p])]
         options = _Options(max_depth, max_bytes, location)
-        for part in runner.map(_scan_batch, _batches(listing), shared=options):
-            files.extend(part)
+        batches = _batches(listing)
+        parts = runner.map(_scan_batch, batches, shared=options, errors="return")
+        for batch, part in zip(batches, parts, strict=True):
+            if isinstance(part, UnitFailed):  # its worker kept dying: those files are errors
+                names = [location.url(k) if location else k for k, _ in batch]
+                files.extend(combine(n, "unknown", [], error=part.cause) for n in names)
+            else:
+                files.extend(part)
     return ScanReport(tuple(files), strict=strict)
