@@ -48,7 +48,9 @@ from bastion.audit.sources import (
 from bastion.audit.tabular import align_columns, load_audit_contract, schema_for
 from bastion.errors import ConfigurationError
 
-__all__ = ["AuditOutcome", "input_fingerprint", "prepare", "run_audit", "write_reports"]
+__all__ = [
+    "AuditOutcome", "config_record", "input_fingerprint", "prepare", "run_audit", "write_reports",
+]
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +182,7 @@ def prepare(
         settings=settings, signature_key=config.signature_key,
         output_policy=threat.output_policy,
         device=str(getattr(model.classifier, "device", "cpu")),
-        feature_names=names, contract=contract, schema=schema,
+        feature_names=names, contract=contract, schema=schema, data_paths=dict(paths),
     )
     from bastion.audit.plan import effective_access
 
@@ -344,6 +346,15 @@ def _check_formats(formats: Sequence[str]) -> None:
                                  f"{', '.join(sorted(RENDERERS))}")
 
 
+def config_record(config: AuditConfig, catalogue: Mapping[str, type[Check]]) -> dict[str, Any]:
+    """The document's ``config``: the checks, their selection and configured settings, and the
+    model's loading options, so that the same audit can be rerun on another model."""
+    return {"checks": list(catalogue), "only": list(config.only), "skip": list(config.skip),
+            "settings": {name: dict(v) for name, v in config.settings.items()},
+            "model_options": dict(config.model_options), "label": config.label,
+            "contract": None if config.contract is None else str(config.contract)}
+
+
 def run_audit(
     config: AuditConfig,
     *,
@@ -400,7 +411,7 @@ def run_audit(
         command=command, seed=config.seed, model=prepared.model.info, data=prepared.data,
         threat_model=prepared.threat_model, plan=[e.to_dict() for e in prepared.plan],
         checks=entries, environment=environment(prepared.ctx.device, executor.name),
-        catalogue=catalogue)
+        catalogue=catalogue, config=config_record(config, catalogue))
     if finalize is not None:
         finalize(doc)
         validate_document(doc)

@@ -66,6 +66,9 @@ def audit_cmd(
     label: str | None = typer.Option(
         None, "--label", help="The tables' label column (default y, label, target or class, "
         "else the last column)."),
+    sensitive_column: str | None = typer.Option(
+        None, "--sensitive-column", help="A table's sensitive column (name or index): the "
+        "inversion check infers it from the model's answers (attribute inference)."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Report folder (default bastion-audit/); finished checks are "
         "kept in OUT/checks/ and a rerun resumes."),
@@ -160,6 +163,12 @@ def _audit(**o: Any) -> None:
         time_budget_s=o["time_budget"], only=split(o["checks"]), skip=split(o["skip"]),
         api_key_env=o["api_key_env"], signature_key=o["signature_key"],
         contract=o["contract"], label=o["label"], model_options=model_options)
+    if o["sensitive_column"] is not None:
+        from dataclasses import replace
+
+        inversion = {**config.settings.get("inversion", {}),
+                     "sensitive_column": o["sensitive_column"]}
+        config = replace(config, settings={**config.settings, "inversion": inversion})
     from bastion.audit.share import SharingOptions
 
     share = SharingOptions.from_cli(o["baseline"], o["suppressions"], o["sign_key"])
