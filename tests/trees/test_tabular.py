@@ -161,3 +161,31 @@ def test_tree_attacks_respect_the_schema(table, fast):
     assert not validate(to_frame(adv, frame.iloc[:10]), contract, distribution=False).errors
     ok = res.clean_correct
     assert bool(res.success[ok].any())  # the rules leave room to evade this model
+
+
+@pytest.mark.parametrize(
+    "name", ["pgd", "apgd-ce", "apgd-dlr", "apgd-t", "autoattack", "hopskipjump"]
+)
+def test_iterative_attacks_project_every_iterate(name, table):
+    """The model never sees an input outside the rules: the projection is in the loop."""
+    frame, y, _, schema = table
+    white, tree = _models(table)
+    steps = {"hopskipjump": {"max_queries": 80}, "autoattack": {}}.get(name, {"steps": 8})
+    attack = build_attack(name, norm="linf", eps=1.5, **steps)
+    model = white if kind_of(attack) == "white-box" else tree
+    seen: list[np.ndarray] = []
+    for method in ("logits", "predict"):
+        original = getattr(model, method)
+
+        def spy(xq, _original=original, **kw):
+            seen.append(xq.detach().double().cpu().numpy())
+            return _original(xq, **kw)
+
+        setattr(model, method, spy)
+    x = torch.tensor(frame.to_numpy(dtype=np.float64)[:12])
+    res = attack.generate(model, x, torch.tensor(y[:12]), constraints=schema)
+    queried = np.concatenate(seen)
+    assert queried.shape[0] > 2 * x.shape[0]  # the attack iterated
+    assert int((schema.check(queried) > 0).sum()) == 0
+    assert set(queried[:, 11]) <= set(x.numpy()[:, 11])  # the immutable id never moves
+    assert np.all(schema.check(res.x_adv.double().numpy(), x.numpy()) == 0)

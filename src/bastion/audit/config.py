@@ -6,7 +6,9 @@ names it and lists the keys allowed there. Example::
 
     model: model.pt                 # a file, registry://name@alias-or-version, or an https URL
     train: train.npz                # the member set of the membership checks
-    test: test.npz
+    test: test.npz                  # .npz (x, y), or a .csv/.parquet table with named columns
+    label: y                        # a table's label column (default y/label/target/class)
+    contract: contract.yaml         # a table's data contract: the feature schema of attacks
     out: audit/
     seed: 0
     model_options: {input_shape: [1, 28, 28], bounds: [0, 1], trust_pickle: false}
@@ -148,6 +150,8 @@ class AuditConfig:
     skip: tuple[str, ...] = ()
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     fail_on: str | None = None
+    contract: Path | None = None
+    label: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -173,7 +177,7 @@ class AuditConfig:
 
 _TOP = (
     "model", "train", "test", "out", "seed", "threat", "model_options", "api_key_env",
-    "signature_key", "checks", "fail_on",
+    "signature_key", "checks", "fail_on", "contract", "label",
 )
 _MODEL_OPTIONS = (
     "input_shape", "num_classes", "bounds", "factory", "trust_pickle", "device", "mode",
@@ -244,6 +248,8 @@ def parse_config(data: Any, *, base: Path | None = None) -> AuditConfig:
         skip=skip,
         settings=settings,
         fail_on=top.get("fail_on"),
+        contract=path("contract"),
+        label=None if top.get("label") is None else str(top["label"]),
     )
 
 

@@ -148,6 +148,12 @@ class AuditContext:
     :class:`bastion.data.loaders.Dataset` (``train`` is the member set of the membership checks).
     ``threat`` is the audit's :class:`bastion.threat.ThreatModel` plus ``query_budget``,
     ``sensitive`` and ``time_budget_s``. ``settings`` holds per-check settings by check name.
+
+    Tabular audits: ``feature_names`` are the model's input columns (``None`` unless the data
+    came as named tables), ``contract`` the audit's
+    :class:`~bastion.data.contracts.TableContract` and ``schema`` its
+    :class:`~bastion.data.tabular.FeatureSchema` over those columns (both ``None`` without a
+    contract): the rules every attack on the table respects.
     """
 
     seed: int = 0
@@ -166,6 +172,9 @@ class AuditContext:
     output_policy: Any = None
     device: str = "cpu"
     progress: Callable[[str, float], None] | None = None
+    feature_names: tuple[str, ...] | None = None
+    contract: Any = None
+    schema: Any = None
 
     def check_settings(self, name: str) -> Mapping[str, Any]:
         return self.settings.get(name, {})

@@ -119,6 +119,7 @@ def evaluate_evasion(
     model_name: str = "",
     on_progress: Callable[[float], None] | None = None,
     hardening: str | None = None,
+    constraints: Any = None,
 ) -> EvasionEvaluation:
     """Run ``attacks`` on ``(x, y)`` and summarise robustness (see :class:`EvasionEvaluation`).
 
@@ -128,7 +129,8 @@ def evaluate_evasion(
     them in ``warnings``. ``on_progress`` is called with the fraction done after each attack
     and each point of the curve. ``hardening`` names what was already done to the model
     (``"adversarial"``, ``"dp"``, ``"smooth"``), so that the findings' remedies do not advise
-    it again.
+    it again. ``constraints`` (a :class:`~bastion.data.tabular.FeatureSchema`) holds every
+    attack, and the curve's, to the table's rules.
     """
     if not attacks:
         raise ConfigurationError("give at least one attack")
@@ -159,7 +161,7 @@ def evaluate_evasion(
         task = bar.add_task("attacks", total=len(attacks))
         for attack in attacks:
             bar.update(task, description=f"{attack.name}")
-            results[attack.name] = attack.generate(classifier, x, y)
+            results[attack.name] = attack.generate(classifier, x, y, constraints=constraints)
             bar.advance(task)
             tick()
 
@@ -180,7 +182,11 @@ def evaluate_evasion(
                 if math.isclose(e, chosen.eps or -1.0) and chosen.name in results:
                     acc = results[chosen.name].robust_accuracy
                 else:
-                    acc = with_eps(chosen, e).generate(classifier, x, y).robust_accuracy
+                    acc = (
+                        with_eps(chosen, e)
+                        .generate(classifier, x, y, constraints=constraints)
+                        .robust_accuracy
+                    )
                 curve.append(CurvePoint(e, acc))
                 bar.advance(task)
                 tick()

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bastion.audit.config import AuditConfig, default_eps
 from bastion.audit.contract import AuditContext, Check, CheckResult
 from bastion.audit.document import (
@@ -38,14 +40,18 @@ from bastion.audit.plan import PlanEntry, check_selection, make_plan
 from bastion.audit.sources import (
     ModelSource,
     data_info,
+    file_digest,
     infer_domain,
-    load_arrays,
     load_dataset,
+    load_named_arrays,
     resolve_model,
 )
+from bastion.audit.tabular import align_columns, load_audit_contract, schema_for
 from bastion.errors import ConfigurationError
 
-__all__ = ["AuditOutcome", "input_fingerprint", "prepare", "run_audit", "write_reports"]
+__all__ = [
+    "AuditOutcome", "config_record", "input_fingerprint", "prepare", "run_audit", "write_reports",
+]
 
 log = logging.getLogger(__name__)
 
@@ -118,21 +124,16 @@ def prepare(
     if config.model is None and classifier is None:
         raise ConfigurationError("give the model to audit: --model (or model: in --config)")
     opts = dict(config.model_options)
-    raw = {role: load_arrays(p) for role, p in (("train", config.train),
-                                                ("test", config.test)) if p is not None}
+    raw = {role: load_named_arrays(p, config.label)
+           for role, p in (("train", config.train), ("test", config.test)) if p is not None}
     shape = tuple(opts["input_shape"]) if opts.get("input_shape") else next(
-        (tuple(x.shape[1:]) for x, _ in raw.values()), None)
+        (tuple(x.shape[1:]) for x, _, _ in raw.values()), None)
     if classifier is not None and shape is None:
         shape = tuple(classifier.input_shape)
     domain = infer_domain(shape)
     bounds = _bounds(opts.get("bounds"), domain, raw, classifier)
     num_classes = opts.get("num_classes") or (
-        max(int(y.max()) + 1 for _, y in raw.values() if y.size) if raw else None)
-    datasets = {role: load_dataset(p, bounds, num_classes)
-                for role, p in (("train", config.train), ("test", config.test)) if p is not None}
-    data = {role: data_info(p, datasets[role]) for role, p in (("train", config.train),
-                                                              ("test", config.test))
-            if p is not None}
+        max(int(y.max()) + 1 for _, y, _ in raw.values() if y.size) if raw else None)
     threat = config.threat
     if classifier is not None:
         model = _object_model(classifier, config, domain, bounds)
@@ -142,6 +143,27 @@ def prepare(
             bounds=bounds, domain=domain, access=threat.access.value,
             query_budget=threat.query_budget, api_key_env=config.api_key_env,
             workdir=None, transport=transport)
+    try:
+        raw, names = align_columns(raw, getattr(model.classifier, "feature_names", None))
+        contract = schema = None
+        if config.contract is not None:
+            contract = load_audit_contract(config.contract)
+            width = int(np.prod(shape)) if shape else 0
+            if model.classifier is not None:
+                width = int(np.prod(model.classifier.input_shape))
+            schema = schema_for(contract, names, width, config.label)
+    except BaseException:
+        model.close()
+        raise
+    paths = {role: p for role, p in (("train", config.train), ("test", config.test))
+             if p is not None}
+    datasets = {role: load_dataset(paths[role], bounds, num_classes, arrays=(x, y))
+                for role, (x, y, _) in raw.items()}
+    data = {role: data_info(paths[role], datasets[role], names) for role in raw}
+    if config.contract is not None and contract is not None and schema is not None:
+        data["contract"] = {"source": str(config.contract),
+                            "sha256": file_digest(config.contract),
+                            "n": int(contract.reference.n), "features": list(schema.names)}
     if model.classifier is not None:
         k = int(model.classifier.num_classes)
         datasets = {role: replace(ds, num_classes=k) for role, ds in datasets.items()}
@@ -161,10 +183,13 @@ def prepare(
         settings=settings, signature_key=config.signature_key,
         output_policy=threat.output_policy,
         device=str(getattr(model.classifier, "device", "cpu")),
+        feature_names=names, contract=contract, schema=schema,
     )
     from bastion.audit.plan import effective_access
 
     access = effective_access(replace(ctx, threat=threat))
+    if threat.access is Access.WHITE_BOX and getattr(ctx.model, "ensemble", None) is not None:
+        access = "white-box"  # a tree model's structure is its white box (tree attacks use it)
     ctx.threat = ThreatModel(norm=threat.norm, eps=eps, bounds=bounds, targeted=threat.targeted,
                              access=threat.access if access == "none" else Access(access))
     threat_model = {**threat.to_dict(), "eps": eps, "eps_source": eps_source,
@@ -187,8 +212,8 @@ def _bounds(given: Any, domain: str, raw: Mapping[str, Any], classifier: Any
         return float(lo), float(hi)
     if domain == "image" or not raw:
         return 0.0, 1.0
-    lo = min(float(x.min()) for x, _ in raw.values())
-    hi = max(float(x.max()) for x, _ in raw.values())
+    lo = min(float(x.min()) for x, *_ in raw.values())
+    hi = max(float(x.max()) for x, *_ in raw.values())
     return (lo, hi) if lo < hi else (lo, lo + 1.0)
 
 
@@ -302,6 +327,15 @@ def _check_formats(formats: Sequence[str]) -> None:
                                  f"{', '.join(sorted(RENDERERS))}")
 
 
+def config_record(config: AuditConfig, catalogue: Mapping[str, type[Check]]) -> dict[str, Any]:
+    """The document's ``config``: the checks, their selection and configured settings, and the
+    model's loading options, so that the same audit can be rerun on another model."""
+    return {"checks": list(catalogue), "only": list(config.only), "skip": list(config.skip),
+            "settings": {name: dict(v) for name, v in config.settings.items()},
+            "model_options": dict(config.model_options), "label": config.label,
+            "contract": None if config.contract is None else str(config.contract)}
+
+
 def run_audit(
     config: AuditConfig,
     *,
@@ -354,7 +388,7 @@ def run_audit(
         command=command, seed=config.seed, model=prepared.model.info, data=prepared.data,
         threat_model=prepared.threat_model, plan=[e.to_dict() for e in prepared.plan],
         checks=entries, environment=environment(prepared.ctx.device, executor.name),
-        catalogue=catalogue)
+        catalogue=catalogue, config=config_record(config, catalogue))
     if finalize is not None:
         finalize(doc)
         validate_document(doc)

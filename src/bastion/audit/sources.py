@@ -28,6 +28,7 @@ __all__ = [
     "infer_domain",
     "load_arrays",
     "load_dataset",
+    "load_named_arrays",
     "model_files",
     "resolve_model",
 ]
@@ -60,13 +61,22 @@ def model_files(path: Path) -> tuple[list[dict[str, Any]], str]:
 
 
 # -- data -----------------------------------------------------------------------------------
-def load_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_arrays(path: Path, label: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``x`` and ``y`` of an ``.npz`` (or a ``.csv``/``.parquet`` table, see
     :func:`bastion.data.load_labelled`), checked: numeric ``x`` of shape (n, ...), integer
     labels."""
-    from bastion.data import load_labelled
+    x, y, _ = load_named_arrays(path, label)
+    return x, y
 
-    x, y = load_labelled(path)
+
+def load_named_arrays(
+    path: Path, label: str | None = None
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
+    """:func:`load_arrays` plus the feature column names of a table (``None`` for an
+    ``.npz``); ``label`` names a table's label column."""
+    from bastion.data.loaders import load_labelled_table
+
+    x, y, names = load_labelled_table(path, label)
     if x.dtype.kind not in "fiu" or x.ndim < 2:
         raise InputError(
             f"x in {path} must be a numeric array of shape (n, ...), got {x.dtype} {x.shape}"
@@ -83,19 +93,21 @@ def load_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"y in {path} must hold integer class labels, got dtype {y.dtype}")
     if y.size and y.min() < 0:
         raise InputError(f"y in {path} holds negative labels; classes are numbered from 0")
-    return x, y
+    return x, y, names
 
 
 def load_dataset(
-    path: Path, bounds: tuple[float, float], num_classes: int | None = None
+    path: Path, bounds: tuple[float, float], num_classes: int | None = None, *,
+    arrays: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Any:
     """A :class:`bastion.data.loaders.Dataset` from an ``.npz`` (refuses uint8 pixels in [0, 1]
-    bounds: divide by 255 or pass bounds 0,255)."""
+    bounds: divide by 255 or pass bounds 0,255); ``arrays`` are ``path``'s ``(x, y)`` when
+    already read."""
     import torch
 
     from bastion.data.loaders import Dataset
 
-    x_np, y_np = load_arrays(path)
+    x_np, y_np = arrays if arrays is not None else load_arrays(path)
     if x_np.dtype == np.uint8 and bounds == (0.0, 1.0) and x_np.max(initial=0) > 1:
         raise InputError(
             f"x in {path} holds uint8 pixels in [0, 255] but the model's bounds are [0, 1]; "
@@ -107,10 +119,11 @@ def load_dataset(
     return Dataset(x, y, k, bounds)
 
 
-def data_info(path: Path, dataset: Any) -> dict[str, Any]:
-    """The report's ``data`` entry of one data set."""
+def data_info(path: Path, dataset: Any, features: Sequence[str] | None = None
+              ) -> dict[str, Any]:
+    """The report's ``data`` entry of one data set (``features``: a table's column names)."""
     return {"source": str(path), "sha256": file_digest(path), "n": len(dataset),
-            "features": None}
+            "features": None if features is None else list(features)}
 
 
 def infer_domain(shape: Sequence[int] | None) -> str:

@@ -36,7 +36,16 @@ def audit_cmd(
     train: Path | None = typer.Option(
         None, "--train", help=".npz (x, y) training set: the member set; enables membership, "
         "data and poisoning checks."),
-    test: Path | None = typer.Option(None, "--test", help=".npz (x, y) test set."),
+    test: Path | None = typer.Option(
+        None, "--test", help=".npz (x, y) test set, or a .csv/.parquet table with named "
+        "columns (as --train)."),
+    contract: Path | None = typer.Option(
+        None, "--contract", help="Data contract of the table (bastion data infer-contract): "
+        "its rules (ranges, integer, categories, one-hot, immutable, costs) bound every "
+        "attack, and the data check validates the data against it."),
+    label: str | None = typer.Option(
+        None, "--label", help="The tables' label column (default y, label, target or class, "
+        "else the last column)."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Report folder (default bastion-audit/); finished checks are "
         "kept in OUT/checks/ and a rerun resumes."),
@@ -125,7 +134,7 @@ def _audit(**o: Any) -> None:
         norm=o["norm"], eps=o["eps"], sensitive=tuple(o["sensitive"]) if o["sensitive"] else None,
         time_budget_s=o["time_budget"], only=split(o["checks"]), skip=split(o["skip"]),
         api_key_env=o["api_key_env"], signature_key=o["signature_key"],
-        model_options=model_options)
+        contract=o["contract"], label=o["label"], model_options=model_options)
     from bastion.audit.share import SharingOptions
 
     share = SharingOptions.from_cli(o["baseline"], o["suppressions"], o["sign_key"])

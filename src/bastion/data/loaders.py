@@ -22,6 +22,7 @@ __all__ = [
     "Dataset",
     "load_digits",
     "load_labelled",
+    "load_labelled_table",
     "load_mnist",
     "load_npz",
     "shared_mnist_dir",
@@ -130,10 +131,22 @@ def load_labelled(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     every column but the label (``y``, ``label``, ``target`` or ``class``, else the last) is
     a numeric feature. Anything else is refused with a message naming the supported formats.
     """
+    x, y, _ = load_labelled_table(path)
+    return x, y
+
+
+def load_labelled_table(
+    path: str | Path, label: str | None = None
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
+    """``(x, y, feature names)`` as :func:`load_labelled` reads them; the names (in the
+    table's column order) are ``None`` for an ``.npz``. ``label`` names the label column of a
+    table (default: ``y``, ``label``, ``target`` or ``class``, else the last column).
+    """
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".npz":
-        return load_npz(p)
+        x, y = load_npz(p)
+        return x, y, None
     if suffix not in (".csv", ".parquet"):
         raise InputError(f"cannot read {p}: the data must be an {SUPPORTED}")
     if not p.is_file():
@@ -146,9 +159,15 @@ def load_labelled(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"{p} is not a readable {suffix[1:]} table: {exc}") from exc
     if df.shape[1] < 2 or df.shape[0] < 1:
         raise InputError(f"{p} needs at least one feature column, a label column and a row")
-    lowered = {str(c).lower(): c for c in df.columns}
-    label = next((lowered[n] for n in _LABEL_COLUMNS if n in lowered), df.columns[-1])
-    features = df.drop(columns=[label])
+    if label is not None:
+        if label not in df.columns:
+            raise InputError(f"{p} has no label column {label!r}; its columns are "
+                             f"{', '.join(map(str, df.columns[:20]))}")
+        column = label
+    else:
+        lowered = {str(c).lower(): c for c in df.columns}
+        column = next((lowered[n] for n in _LABEL_COLUMNS if n in lowered), df.columns[-1])
+    features = df.drop(columns=[column])
     bad = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if bad:
         raise InputError(
@@ -157,10 +176,11 @@ def load_labelled(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         )
     if features.isna().to_numpy().any():
         raise InputError(f"{p} has missing feature values; fill or drop those rows")
-    y = df[label]
+    y = df[column]
     if not pd.api.types.is_numeric_dtype(y):
-        raise InputError(f"{p}: the label column {label!r} must hold integer class ids")
-    return features.to_numpy(dtype=np.float32), y.to_numpy()
+        raise InputError(f"{p}: the label column {column!r} must hold integer class ids")
+    names = tuple(str(c) for c in features.columns)
+    return features.to_numpy(dtype=np.float32), y.to_numpy(), names
 
 
 def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -123,12 +123,19 @@ def apgd_run(
     loss: LossFn,
     targeted_goal: bool,
     generator: torch.Generator,
+    rules: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    relax: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> APGDOutcome:
     """Run APGD once on a batch (see the module docstring).
 
     ``loss(logits, y, target)`` is maximised. A sample counts as fooled when its prediction equals
     ``target`` (``targeted_goal``) or differs from ``y`` (otherwise); ``target`` is only passed
     through to ``loss`` when the goal is untargeted.
+
+    ``rules(x_iter, x0)`` (tabular data) projects every iterate onto the data's rules before
+    the model sees it: losses, gradients, successes and the kept best points are all those of
+    rule-abiding inputs, while the steps move the unrounded iterate, kept inside the convex
+    part of the rules by ``relax`` (straight through the rounding).
     """
     n = x.shape[0]
     bounds = classifier.bounds
@@ -154,24 +161,27 @@ def apgd_run(
     ws = checkpoints(steps)
     j, last_w = 0, 0
 
+    if relax is not None:
+        xk = relax(xk, x)
     for k in range(steps + 1):
+        xe = xk if rules is None else rules(xk, x0)  # what the model sees: inside the rules
         if k < steps:
-            f, g, logits = input_gradient(classifier, xk, _bind(loss, yy, tt))
+            f, g, logits = input_gradient(classifier, xe, _bind(loss, yy, tt))
         else:  # the last iterate needs its loss and prediction only
             with torch.no_grad():
-                logits = classifier.logits(xk)
+                logits = classifier.logits(xe)
                 f = loss(logits, yy, tt)
             g = g_max
         with torch.no_grad():
             pred = logits.argmax(dim=1)
             hit = pred == tt if targeted_goal else pred != yy
             if bool(hit.any()):
-                x_out[idx[hit]] = xk[hit]
+                x_out[idx[hit]] = xe[hit]
                 fooled[idx[hit]] = True
                 loss_out[idx[hit]] = f[hit]
             better = f > f_max
             f_max = torch.where(better, f, f_max)
-            x_max = torch.where(_col(better, xk), xk, x_max)
+            x_max = torch.where(_col(better, xk), xe, x_max)
             g_max = torch.where(_col(better, xk), g, g_max)
             if k > 0:
                 n_up += (f > f_prev).long()
@@ -208,6 +218,8 @@ def apgd_run(
             z = _step(x0, xk + e * normalize(g, norm), norm, eps, bounds)
             a = MOMENTUM if k > 0 else 1.0
             x_next = _step(x0, xk + a * (z - xk) + (1 - a) * (xk - x_prev), norm, eps, bounds)
+            if relax is not None:
+                x_next = relax(x_next, x0)
             x_prev, xk = xk, x_next
 
     with torch.no_grad():

@@ -9,6 +9,7 @@ sample it belongs to and never lets a sample go past its budget.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -49,11 +50,17 @@ class Oracle:
         *,
         targeted: bool,
         budget: int | None,
+        rules: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        origin: torch.Tensor | None = None,
     ) -> None:
+        if rules is not None and origin is None:
+            raise ValueError("an oracle with rules needs the original rows (origin)")
         self.classifier = classifier
         self.labels = labels
         self.targeted = targeted
         self.budget = budget
+        self.rules = rules
+        self.origin = origin
         self.spent = torch.zeros(labels.shape[0], dtype=torch.long, device=labels.device)
         self._layout: torch.memory_format | None = None  # decided at the first query
 
@@ -68,6 +75,12 @@ class Oracle:
             self._layout = _preferred_layout(self.classifier, x[:1])
         return _channels_last(x) if self._layout is torch.channels_last else x
 
+    def constrain(self, x: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        """Rows ``x`` projected onto the rules (unchanged without rules)."""
+        if self.rules is None or self.origin is None or x.shape[0] == 0:
+            return x
+        return self.rules(x, self.origin[owner])
+
     def remaining(self, idx: torch.Tensor) -> torch.Tensor:
         """Queries left to samples ``idx`` (a large number when there is no budget)."""
         if self.budget is None:
@@ -79,9 +92,14 @@ class Oracle:
         return self.remaining(idx) >= rows
 
     def __call__(self, x: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
-        """``phi`` for rows ``x``, each charged to sample ``owner[row]``; bool ``(rows,)``."""
+        """``phi`` for rows ``x``, each charged to sample ``owner[row]``; bool ``(rows,)``.
+
+        With ``rules`` the model sees each row projected onto them (towards its sample's
+        original row): ``phi(x)`` says whether ``constrain(x)`` is adversarial.
+        """
         if x.shape[0] == 0:
             return torch.zeros(0, dtype=torch.bool, device=owner.device)
+        x = self.constrain(x, owner)
         rows = max(1, min(_PREDICT_ROWS, _PREDICT_ELEMENTS // max(1, x[0].numel())))
         pred = torch.cat(
             [

@@ -75,6 +75,18 @@ def _dlr_targeted(z: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Te
     return dlr_targeted_loss(z, y, t)
 
 
+def _in_loop(attack: EvasionAttack) -> dict[str, Any]:
+    """The run's tabular rules for :func:`apgd_run`, projected in the loop (none: no schema)."""
+    rules = attack._rules()
+    if rules is None:
+        return {}
+
+    def relax(x_adv: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        return attack._constrain(x_adv, x0, relaxed=True)
+
+    return {"rules": rules, "relax": relax}
+
+
 class APGD(EvasionAttack):
     """Auto-PGD with cross-entropy or DLR loss, L∞ or L2 (see the module docstring).
 
@@ -156,6 +168,7 @@ class APGD(EvasionAttack):
                 loss=loss,
                 targeted_goal=target is not None,
                 generator=generator,
+                **_in_loop(self),
             )
             take = out.fooled | (out.loss > best_loss[todo])
             best[todo[take]] = out.x[take]
@@ -277,6 +290,7 @@ class APGDT(EvasionAttack):
                 loss=_dlr_targeted,
                 targeted_goal=False,
                 generator=generator,
+                **_in_loop(self),
             )
             take = out.fooled | (out.loss > best_loss[todo])
             best[todo[take]] = out.x[take]

@@ -198,6 +198,12 @@ class AutoAttack(EvasionAttack):
         self.last_n_ += int(x.shape[0])
         self.last_clean_correct_ += int(robust.sum())
         for i, (name, attack) in enumerate(self._components):
+            if name == "square":
+                shape = tuple(classifier.input_shape)
+                if len(shape) not in (2, 3) or min(shape[-2:]) < 2:
+                    # square windows of pixels: no move on feature vectors (tabular models)
+                    self.last_skipped_[name] = f"needs image inputs, the model takes {shape}"
+                    continue
             if attack is None and name == "square":
                 attack = self._square()
                 if attack is None:
@@ -216,10 +222,12 @@ class AutoAttack(EvasionAttack):
             if todo.numel() == 0:
                 continue
             xs, ys = x[todo], y[todo]
+            attack._constraints = getattr(self, "_constraints", None)  # rules in its loop too
             cand = attack._run(classifier, xs, ys, None, generator).detach().to(x.dtype)
             with torch.no_grad():
                 cand = torch.where(torch.isfinite(cand), cand, xs)
                 cand = (xs + project(cand - xs, self.norm, eps)).clamp(lo, hi)
+                cand = self._constrain(cand, xs)  # a break counts only inside the rules
                 broke = classifier.predict(cand) != ys
             x_adv[todo[broke]] = cand[broke]
             robust[todo[broke]] = False

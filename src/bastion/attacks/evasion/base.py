@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, final
 
@@ -381,6 +382,21 @@ class EvasionAttack(ABC):
             eps=self.eps,
         )
         return torch.as_tensor(out, dtype=x_adv.dtype, device=x_adv.device)
+
+    def _rules(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """The full projection onto the run's tabular rules (``None`` without a schema).
+
+        Attacks that project *in the loop* evaluate the model only on ``rules(x_iter, x0)``:
+        every iterate the model sees, and every point kept or returned, obeys the schema,
+        so a success is never one that the final projection would undo.
+        """
+        if getattr(self, "_constraints", None) is None:
+            return None
+
+        def rules(x_adv: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+            return self._constrain(x_adv, x0)
+
+        return rules
 
     def _sample_queries(self) -> torch.Tensor | None:
         """Per-sample query counts of the run, for attacks that meter them (else ``None``)."""

@@ -177,7 +177,14 @@ class HopSkipJump(QueryRecorder, EvasionAttack):
         generator: torch.Generator,
     ) -> torch.Tensor:
         labels = y if target is None else target
-        oracle = Oracle(classifier, labels, targeted=self.targeted, budget=self.max_queries)
+        oracle = Oracle(
+            classifier,
+            labels,
+            targeted=self.targeted,
+            budget=self.max_queries,
+            rules=self._rules(),
+            origin=x,
+        )
         bounds = classifier.bounds
         n, d = x.shape[0], x[0].numel()
         theta = thresholds(d, self.gamma, self.norm)
@@ -188,7 +195,10 @@ class HopSkipJump(QueryRecorder, EvasionAttack):
             dist = torch.full((n,), math.inf, device=x.device, dtype=x.dtype)
             idx = found.nonzero().squeeze(1)
             if idx.numel():
-                cur[idx] = binary_search(oracle, idx, x[idx], start[idx], self.norm, theta)
+                # With rules, every iterate is the projection the oracle judged adversarial.
+                cur[idx] = oracle.constrain(
+                    binary_search(oracle, idx, x[idx], start[idx], self.norm, theta), idx
+                )
                 dist[idx] = flat_norm(cur[idx] - x[idx], self.norm)
             best, best_dist = cur.clone(), dist.clone()
             everyone = torch.arange(n, device=x.device)
@@ -219,7 +229,9 @@ class HopSkipJump(QueryRecorder, EvasionAttack):
                 g = idx[moved]
                 if g.numel() == 0:
                     continue
-                cur[g] = binary_search(oracle, g, x[g], stepped[moved], self.norm, theta)
+                cur[g] = oracle.constrain(
+                    binary_search(oracle, g, x[g], stepped[moved], self.norm, theta), g
+                )
                 dist[g] = flat_norm(cur[g] - x[g], self.norm)
                 better = g[dist[g] < best_dist[g]]
                 best[better] = cur[better]
@@ -264,7 +276,7 @@ class HopSkipJump(QueryRecorder, EvasionAttack):
                 u = torch.rand(x[i].shape, generator=generator, device=x.device, dtype=x.dtype)
                 cand = lo + (hi - lo) * u
             adv = oracle(cand, i)
-            start[i[adv]] = cand[adv]
+            start[i[adv]] = oracle.constrain(cand[adv], i[adv])
             found[i[adv]] = True
         return found, start
 

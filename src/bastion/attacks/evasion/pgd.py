@@ -126,25 +126,33 @@ class PGD(EvasionAttack):
             x_adv = (x + random_in_ball(x, self.norm, eps, generator)).clamp(lo, hi)
         else:
             x_adv = x.clone()
+        rules = self._rules()
+        if rules is not None:
+            x_adv = rules(x_adv, x)
         active = torch.arange(x.shape[0], device=x.device)  # positions still being stepped
         for _ in range(self.steps):
             xa = x_adv if active.numel() == x.shape[0] else x_adv[active]
+            x0 = x if active.numel() == x.shape[0] else x[active]
+            # Tabular rules in the loop: the model sees (and a success keeps) the projection of
+            # the iterate; the step itself moves the unrounded iterate (straight through).
+            xe = xa if rules is None else rules(xa, x0)
             with torch.enable_grad():
-                xa.requires_grad_(True)
-                logits = classifier.logits(xa)
+                xe.requires_grad_(True)
+                logits = classifier.logits(xe)
                 loss = F.cross_entropy(logits, labels[active], reduction="sum")
-                (grad,) = torch.autograd.grad(loss, xa)
+                (grad,) = torch.autograd.grad(loss, xe)
             with torch.no_grad():
-                xa = xa.detach()
+                xa, xe = xa.detach(), xe.detach()
                 if self.early_stop:
                     pred = logits.detach().argmax(1)
                     hit = pred != y[active] if goal is None else pred == goal[active]
                     if bool(hit.any()):  # freeze rows already fooled: a success stays one
+                        x_adv[active[hit]] = xe[hit]
                         keep = ~hit
                         active, xa, grad = active[keep], xa[keep], grad[keep]
                         if active.numel() == 0:
                             break
-                x0 = x if active.numel() == x.shape[0] else x[active]
+                        x0 = x0[keep]
                 xa = ascent_step(
                     xa,
                     grad,
@@ -159,6 +167,9 @@ class PGD(EvasionAttack):
                     x_adv = xa
                 else:
                     x_adv[active] = xa
+        if rules is not None and active.numel():
+            with torch.no_grad():
+                x_adv[active] = rules(x_adv[active], x[active])
         if self.restarts == 1:  # nobody needs to know which fooled: generate() measures that
             return x_adv, torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         with torch.no_grad():

@@ -54,6 +54,16 @@ def _rows(ensemble: TreeEnsemble, x: Any, y: Any) -> tuple[np.ndarray, np.ndarra
     return X, labels
 
 
+def _check_rules(schema: FeatureSchema | None, X: np.ndarray) -> None:
+    if schema is not None:
+        bad = schema.check(X)
+        if bad.any():
+            raise InputError(
+                f"{int((bad > 0).sum())} row(s) already break the schema's rules; exact "
+                "distances are measured from rows the contract accepts"
+            )
+
+
 def minimal_perturbation(
     ensemble: TreeEnsemble,
     x: Any,
@@ -71,13 +81,7 @@ def minimal_perturbation(
     farther than it from the MILP, which stays exact (see :meth:`TreeMILP.solve`).
     """
     X, labels = _rows(ensemble, x, y)
-    if schema is not None:
-        bad = schema.check(X)
-        if bad.any():
-            raise InputError(
-                f"{int((bad > 0).sum())} row(s) already break the schema's rules; exact "
-                "distances are measured from rows the contract accepts"
-            )
+    _check_rules(schema, X)
     solver = TreeMILP(ensemble, schema=schema, norm=norm, time_limit=time_limit)
     hints: list[float | None] = [None] * X.shape[0]
     if warm_start and norm == "linf":
@@ -135,6 +139,8 @@ def certify(
     norm: str = "linf",
     schema: FeatureSchema | None = None,
     time_limit: float | None = None,
+    budget_s: float | None = None,
+    known: Any = None,
 ) -> Certification:
     """Certified robust accuracy at ``eps``: the fraction of rows proven robust.
 
@@ -142,31 +148,50 @@ def certify(
     (a bounded MILP): none found means certified, so a report can say "at least X% are robust".
     Rows whose exact distance lies within ``1e-5 * max(1, eps)`` above ``eps`` (the solver's
     tolerance) are conservatively left uncertified.
+
+    ``known`` (per row, optional): the distance of an adversarial example an attack already
+    found (``inf`` or ``None``: none); rows with one within ``eps`` need no solve. ``budget_s``
+    bounds the whole run: rows not reached in time are ``undecided`` and not certified, so the
+    figure stays a lower bound. ``time_limit`` bounds each solve.
     """
+    import time
+
     from bastion.attacks.inference.metrics import clopper_pearson
 
     if not (math.isfinite(eps) and eps >= 0):
         raise ConfigurationError(f"eps must be a finite number >= 0, got {eps!r}")
+    if budget_s is not None and not budget_s > 0:
+        raise ConfigurationError(f"budget_s must be > 0 seconds, got {budget_s!r}")
+    X, labels = _rows(ensemble, x, y)
+    _check_rules(schema, X)
+    n = X.shape[0]
+    known_d = np.full(n, np.inf)
+    if known is not None:
+        given = np.array([np.inf if v is None else float(v) for v in known], dtype=np.float64)
+        if given.shape != (n,):
+            raise InputError(f"known must hold one distance per row ({n}), got {given.shape}")
+        known_d = np.where(np.isnan(given), np.inf, given)
     # The solver's feasibility tolerance is ~1e-6: search slightly past eps, and certify only
     # rows whose exact distance (recomputed from the chosen cells) clears eps by that margin.
     tol = _CERT_TOL * max(1.0, float(eps))
-    sols = minimal_perturbation(
-        ensemble, x, y, norm=norm, schema=schema, upper=eps + 2 * tol, time_limit=time_limit
-    )
-    X, labels = _rows(ensemble, x, y)
     correct = ensemble.predict(X) == labels
-    certified = (
-        np.array(
-            [
-                s.status == "robust" or (s.status != "timeout" and s.distance > eps + tol)
-                for s in sols
-            ]
+    certified = np.zeros(n, dtype=bool)
+    undecided = np.zeros(n, dtype=bool)
+    distances = np.where(correct, known_d, 0.0)
+    deadline = None if budget_s is None else time.perf_counter() + budget_s
+    solver: TreeMILP | None = None
+    for i in np.flatnonzero(correct & (known_d > eps + tol)):
+        if deadline is not None and time.perf_counter() > deadline:
+            undecided[i] = True
+            continue
+        solver = solver or TreeMILP(ensemble, schema=schema, norm=norm, time_limit=time_limit)
+        sol = solver.solve(X[i], int(labels[i]), upper=eps + 2 * tol)
+        undecided[i] = sol.status == "timeout"
+        certified[i] = sol.status == "robust" or (
+            sol.status != "timeout" and sol.distance > eps + tol
         )
-        & correct
-    )
-    undecided = np.array([s.status == "timeout" for s in sols])
-    distances = np.array([s.distance for s in sols])
-    lo, hi = clopper_pearson(int(certified.sum()), int(certified.size))
+        distances[i] = min(distances[i], sol.distance)
+    lo, hi = clopper_pearson(int(certified.sum()), int(n))
     return Certification(
         eps=float(eps),
         norm=norm,

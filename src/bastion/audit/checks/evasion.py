@@ -10,6 +10,15 @@ What runs follows the attacker's access (the threat model's, limited by the mode
 - ``scores``: Square (score-based), within the query budget;
 - ``labels``: HopSkipJump (decision-based), within the query budget.
 
+Tree ensembles (XGBoost, LightGBM, scikit-learn forests, whose structure the audit reads) get
+the fast leaf-tuple attack (:class:`~bastion.attacks.trees.FastTreeAttack`) when the threat
+model grants white-box access, and, whatever the access, an exact MILP certificate per sample
+within a time budget (:func:`~bastion.attacks.trees.certify`): the report puts the certified
+robust accuracy ("at least X% are provably robust at eps") next to the empirical one ("the
+attacks failed on Y%"). With a data contract (``ctx.schema``) every attack and certificate
+stays within the table's rules (ranges, integers, categories, one-hot groups, immutable
+columns), and eps is in the columns' own units.
+
 Robust accuracy carries its Clopper–Pearson 95% interval, so 0.42 on 100 images reads
 differently from 0.42 on 10,000. The report gets the robustness curve over eps, per-class
 robust accuracy (a bar plot) and, for images, a few adversarial examples beside their originals
@@ -32,6 +41,27 @@ __all__ = ["EvasionCheck", "default_attacks"]
 _WHITE_BOX = ("apgd-ce", "apgd-dlr", "square")
 _ITERATIVE = {"pgd", "apgd-ce", "apgd-dlr", "apgd-t", "cw", "deepfool", "autoattack"}
 _QUERY = {"square", "hopskipjump", "hsj"}
+
+
+def _tree_ensemble(ctx: AuditContext) -> Any:
+    """The model's tree ensemble (its structure), or ``None`` for other models."""
+    from bastion.models.trees import TreeEnsemble
+
+    ensemble = getattr(ctx.model, "ensemble", None)
+    return ensemble if isinstance(ensemble, TreeEnsemble) else None
+
+
+def _unit_schema(ctx: AuditContext) -> Any:
+    """The contract's rules with unit costs: eps in the columns' own units, as the attacks'
+    eps-ball is, so a certificate and an attack measure the same distance."""
+    schema = ctx.schema
+    if schema is None:
+        return None
+    import dataclasses
+
+    import numpy as np
+
+    return dataclasses.replace(schema, cost=np.ones(schema.n_features))
 
 
 def default_attacks(access: str) -> tuple[str, ...]:
@@ -67,6 +97,12 @@ class EvasionCheck(Check):
         "batch_size": 256,
         "curve_points": 5,
         "examples": 4,
+        # tree ensembles: exact certificates within this budget (rows not reached stay
+        # uncertified), each solve within certify_time_limit_s
+        "certify": True,
+        "certify_budget_s": 120.0,
+        "certify_time_limit_s": 10.0,
+        "tree_max_steps": 100,
     }
 
     def requires(self, ctx: AuditContext) -> Requirement | None:
@@ -77,6 +113,16 @@ class EvasionCheck(Check):
 
         s = ctx.check_settings(self.name)
         access = effective_access(ctx)
+        if not s["attacks"] and _tree_ensemble(ctx) is not None and self._knows_trees(ctx):
+            from bastion.attacks.trees import ExactTreeAttack, FastTreeAttack
+
+            seed = ctx.unit_seed(self.name, 0)
+            eps = ctx.threat.eps
+            if ctx.threat.norm.value == "linf":
+                steps = int(s["tree_max_steps"])
+                return [FastTreeAttack(eps=eps, max_steps=steps, seed=seed)]
+            limit = float(s["certify_time_limit_s"])
+            return [ExactTreeAttack(norm=ctx.threat.norm, eps=eps, time_limit=limit, seed=seed)]
         names = tuple(s["attacks"] or _runnable(default_attacks(access), ctx))
         per_sample = None if s["max_queries"] is None else int(s["max_queries"])
         if access != "white-box" and ctx.query_budget is not None:
@@ -93,6 +139,12 @@ class EvasionCheck(Check):
                 extra["max_queries"] = per_sample
             attacks.append(build_attack(name, norm=ctx.threat.norm, eps=ctx.threat.eps, **extra))
         return attacks
+
+    @staticmethod
+    def _knows_trees(ctx: AuditContext) -> bool:
+        """Whether the attacker may use the trees' structure: the threat model's white box."""
+        wanted = str(getattr(getattr(ctx.threat, "access", None), "value", "white-box"))
+        return wanted == "white-box"
 
     def run(self, ctx: AuditContext) -> CheckResult:
         from bastion.audit.evasion import evaluate_evasion
@@ -118,6 +170,7 @@ class EvasionCheck(Check):
             progress=False,
             model_name=str(ctx.model_info.get("source", "")),
             on_progress=None if ctx.progress is None else (lambda f: ctx.progress(self.name, f)),  # type: ignore[misc]
+            constraints=_unit_schema(ctx),
         )
         results = list(ev.results.values())
         clean = results[0].clean_correct.cpu()
@@ -143,6 +196,34 @@ class EvasionCheck(Check):
                 label=f"robust accuracy under {r.attack}",
             )
         findings = list(ev.findings)
+        tables: list[dict[str, Any]] = []
+        certified_note = ""
+        ensemble = _tree_ensemble(ctx)
+        if ensemble is not None and ev.eps is not None and s["certify"]:
+            known = self._known(results)
+            cert = self._certify(ctx, ensemble, x, y, known, float(ev.eps), s)
+            if not ev.curve:  # minimum-norm tree attacks: the curve from their distances
+                ev = type(ev)(**{**ev.__dict__, **self._tree_curve(ev, known, clean)})
+            k = int(cert.certified.sum())
+            metrics["certified_robust_accuracy"] = Metric.proportion(
+                k,
+                n,
+                higher_is_better=True,
+                label=f"certified robust accuracy (exact, {ev.norm.value} eps {ev.eps:g}; "
+                "a lower bound)",
+            )
+            contradicted = int((cert.certified & ~robust.numpy()).sum())
+            undecided = int(cert.undecided.sum())
+            tables.append(self._certified_table(metrics, n, undecided, contradicted))
+            findings = [self._tree_finding(f, metrics, undecided) for f in findings]
+            late = f", {undecided} sample(s) undecided in the time budget" if undecided else ""
+            certified_note = (
+                f"; certified robust accuracy {k / n:.1%} (at least this share is provably "
+                f"robust{late})"
+            )
+            if contradicted:  # a certificate an attack broke: a bug, never hidden
+                ev_warnings = [*ev.warnings, f"{contradicted} certified sample(s) were evaded"]
+                ev = type(ev)(**{**ev.__dict__, "warnings": tuple(ev_warnings)})
         failed = any(f.severity.rank >= Severity.MEDIUM.rank for f in findings)
         plots = [self._curve_plot(ev, n), self._per_class_plot(y.cpu(), robust)]
         if ctx.domain == "image" and int(s["examples"]) > 0:
@@ -172,17 +253,20 @@ class EvasionCheck(Check):
             ],
         }
         access = effective_access(ctx)
+        if any(a.name.startswith("tree-") for a in attacks):
+            access = "white-box"  # the trees' structure is the white box of a tree model
         return CheckResult(
             "failed" if failed else "passed",
             metrics=metrics,
             findings=findings,
             plots=plots,
-            tables=[table],
+            tables=[table, *tables],
             summary=(
                 f"Robust accuracy {metrics['robust_accuracy'].value:.1%} (clean "
                 f"{metrics['clean_accuracy'].value:.1%}) on {n} samples under "
                 f"{', '.join(a.name for a in attacks)} ({access} access, "
                 f"{ev.norm.value} eps {ev.eps:g})"
+                + certified_note
                 + (f"; {len(ev.warnings)} reliability warning(s)" if ev.warnings else "")
                 + "."
             ),
@@ -193,6 +277,108 @@ class EvasionCheck(Check):
                 "warnings": list(ev.warnings),
             },
         )
+
+    def _certify(
+        self,
+        ctx: AuditContext,
+        ensemble: Any,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        known: Any,
+        eps: float,
+        s: dict[str, Any],
+    ) -> Any:
+        """Exact certificates at eps; samples an attack already evaded need no solve."""
+        from bastion.attacks.trees import certify
+
+        return certify(
+            ensemble,
+            x.detach().double().cpu().numpy(),
+            y.cpu().numpy(),
+            eps=eps,
+            norm=ctx.threat.norm.value,
+            schema=_unit_schema(ctx),
+            time_limit=float(s["certify_time_limit_s"]),
+            budget_s=float(s["certify_budget_s"]),
+            known=known,
+        )
+
+    @staticmethod
+    def _known(results: list[Any]) -> Any:
+        """Per sample, the smallest distance at which an attack changed its prediction."""
+        import math
+
+        import numpy as np
+
+        known = np.full(results[0].y.shape[0], np.inf)
+        for r in results:
+            hit = (r.adv_pred != r.y).numpy()
+            known = np.minimum(known, np.where(hit, r.distances.double().numpy(), np.inf))
+            tree = r.extra.get("tree_distances") or r.extra.get("exact_distances")
+            if tree is not None:  # minimum-norm tree attacks: the distance before the eps clip
+                known = np.minimum(known, [math.inf if d is None else d for d in tree])
+        return known
+
+    @staticmethod
+    def _tree_curve(ev: Any, known: Any, clean: torch.Tensor) -> dict[str, Any]:
+        from bastion.audit.evasion import CurvePoint
+
+        radii = [float(ev.eps) * i / 4 for i in range(5)]
+        ok = clean.numpy()
+        points = tuple(
+            CurvePoint(r, float((ok & ~(known <= r + 1e-7)).mean())) for r in radii
+        )
+        return {"curve": points, "curve_attack": next(iter(ev.results))}
+
+    @staticmethod
+    def _certified_table(
+        metrics: dict[str, Metric], n: int, undecided: int, contradicted: int
+    ) -> dict[str, Any]:
+        def row(what: str, m: Metric, how: str) -> list[Any]:
+            ci = None if m.ci is None else f"[{m.ci[0]:.3f}, {m.ci[1]:.3f}]"
+            return [what, m.value, ci, how]
+
+        return {
+            "title": "Certified vs empirical robust accuracy",
+            "columns": ["measure", "value", "95% CI (Clopper–Pearson)", "meaning"],
+            "rows": [
+                row(
+                    "empirical (attacks)",
+                    metrics["robust_accuracy"],
+                    "the attacks failed on this share: an upper bound on the true robustness",
+                ),
+                row(
+                    "certified (exact MILP)",
+                    metrics["certified_robust_accuracy"],
+                    f"provably robust within the rules: a lower bound; {undecided} of {n} "
+                    f"undecided in the time budget; {contradicted} certificates contradicted",
+                ),
+            ],
+        }
+
+    @staticmethod
+    def _tree_finding(f: Any, metrics: dict[str, Metric], undecided: int) -> Any:
+        """The robust-accuracy finding of a tree model: the certificate in its evidence and a
+        remedy for trees (adversarial training of a network does not apply)."""
+        import dataclasses
+
+        if f.id != "evasion.low-robust-accuracy":
+            return f
+        cert = metrics["certified_robust_accuracy"]
+        evidence = {
+            **f.evidence,
+            "certified_robust_accuracy": cert.value,
+            "certified_ci": list(cert.ci) if cert.ci else None,
+            "undecided": undecided,
+        }
+        remedy = (
+            "Make the trees robust where a small change flips the score: train with robust "
+            "splitting (e.g. Chen et al. 2019's robust trees, or adversarial boosting with "
+            "the tree attack's examples), drop or coarsen the features the attacks change "
+            "most, add monotone constraints where the domain has them, and mark features an "
+            "applicant cannot change as immutable in the contract; then re-run this audit."
+        )
+        return dataclasses.replace(f, evidence=evidence, remediation=remedy)
 
     @staticmethod
     def _curve_plot(ev: Any, n: int) -> dict[str, Any]:
