@@ -9,10 +9,15 @@ of following gradients the model does not have. This implementation:
    each (:func:`~bastion.attacks.trees._milp.feature_cells`: ranges, integers, category
    codes, immutable features), with its cost-weighted distance from the original value;
 2. searches a box of radius ``r`` by steepest ascent on the adversarial margin
-   (``max_{c != y} score_c - score_y``) over single-feature cell changes that stay in the box,
+   (``max_{c != y} score_c - score_y``) over single-feature cell changes that stay in the box
+   (per feature, the farthest allowed cell on either side; ``thorough`` adds the nearest),
    from the original row and from the last adversarial point;
 3. shrinks ``r`` by bisection over the distinct cell distances (the only radii where the
    reachable cells change) and keeps the closest adversarial row found.
+
+Every row of a batch is searched in lock-step: one step scores the candidate moves of all
+rows at once, and a candidate re-walks only the trees that split on the feature it changes
+(the others keep their leaf), so the cost of a step grows with the moves, not the ensemble.
 
 It never proves anything: its distances are upper bounds on the exact minimum
 (:mod:`bastion.attacks.trees.exact`), which the benchmark compares.
