@@ -228,9 +228,10 @@ def build_document(
     *, command: str, seed: int, model: Mapping[str, Any], data: Mapping[str, Any],
     threat_model: Mapping[str, Any], plan: Sequence[Mapping[str, Any]],
     checks: Sequence[Mapping[str, Any]], environment: Mapping[str, Any],
-    catalogue: Mapping[str, type[Check]],
+    catalogue: Mapping[str, type[Check]], config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole document, validated."""
+    """The whole document, validated (``config``: what the audit was asked to run, recorded so
+    that it can be rerun exactly)."""
     from bastion import __version__
 
     doc = {
@@ -249,5 +250,7 @@ def build_document(
         "scorecard": scorecard(checks, catalogue),
         "verdict": verdict(checks),
     }
+    if config is not None:
+        doc["config"] = _json_value(dict(config))
     validate_document(doc)
     return doc

@@ -49,7 +49,9 @@ from bastion.audit.sources import (
 from bastion.audit.tabular import align_columns, load_audit_contract, schema_for
 from bastion.errors import ConfigurationError
 
-__all__ = ["AuditOutcome", "input_fingerprint", "prepare", "run_audit", "write_reports"]
+__all__ = [
+    "AuditOutcome", "config_record", "input_fingerprint", "prepare", "run_audit", "write_reports",
+]
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +327,15 @@ def _check_formats(formats: Sequence[str]) -> None:
                                  f"{', '.join(sorted(RENDERERS))}")
 
 
+def config_record(config: AuditConfig, catalogue: Mapping[str, type[Check]]) -> dict[str, Any]:
+    """The document's ``config``: the checks, their selection and configured settings, and the
+    model's loading options, so that the same audit can be rerun on another model."""
+    return {"checks": list(catalogue), "only": list(config.only), "skip": list(config.skip),
+            "settings": {name: dict(v) for name, v in config.settings.items()},
+            "model_options": dict(config.model_options), "label": config.label,
+            "contract": None if config.contract is None else str(config.contract)}
+
+
 def run_audit(
     config: AuditConfig,
     *,
@@ -377,7 +388,7 @@ def run_audit(
         command=command, seed=config.seed, model=prepared.model.info, data=prepared.data,
         threat_model=prepared.threat_model, plan=[e.to_dict() for e in prepared.plan],
         checks=entries, environment=environment(prepared.ctx.device, executor.name),
-        catalogue=catalogue)
+        catalogue=catalogue, config=config_record(config, catalogue))
     if finalize is not None:
         finalize(doc)
         validate_document(doc)

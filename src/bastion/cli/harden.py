@@ -20,7 +20,6 @@ which the first ``--max-samples`` are attacked.
 
 from __future__ import annotations
 
-import copy
 import io
 import logging
 import math
@@ -33,6 +32,9 @@ import typer
 
 from bastion.cli._common import console, err_console, handle_errors, parse_floats
 from bastion.cli.evaluate import load_xy, pick_device
+from bastion.defences.training.modules import fresh_weights as _fresh_weights
+from bastion.defences.training.modules import jit_save as _jit_save
+from bastion.defences.training.modules import trainable_copy as _copy
 from bastion.errors import ConfigurationError, InputError, ModelError
 
 if TYPE_CHECKING:
@@ -51,13 +53,17 @@ def register(app: typer.Typer) -> typer.Typer:
     harden_app = typer.Typer(
         help=(
             "Harden a model (adversarial training, DP-SGD, randomized smoothing) and write a "
-            "before/after report."
+            "before/after report; `fix --audit DIR` hardens against an audit's findings and "
+            "reruns the audit."
         ),
         no_args_is_help=True,
     )
     harden_app.command("adversarial")(adversarial_cmd)
     harden_app.command("dp")(dp_cmd)
     harden_app.command("smooth")(smooth_cmd)
+    from bastion.cli._harden_fix import fix_cmd
+
+    harden_app.command("fix")(fix_cmd)
     app.add_typer(harden_app, name="harden")
     return harden_app
 
@@ -114,7 +120,19 @@ def adversarial_cmd(
     factory: str | None = _FACTORY,
     trust_pickle: bool = _TRUST,
     bounds: str = _BOUNDS,
-    method: str = typer.Option("pgd", "--method", help="pgd (Madry PGD-AT) or trades."),
+    method: str = typer.Option(
+        "pgd",
+        "--method",
+        help="pgd (Madry PGD-AT), trades, fast (FGSM from a random start, with a "
+        "catastrophic-overfitting guard) or free (minibatch replay; --epochs is the budget).",
+    ),
+    alpha: float | None = typer.Option(
+        None, "--alpha", help="fast: the FGSM step (default 1.25 x eps)."
+    ),
+    replays: int = typer.Option(4, "--replays", help="free: replays of each mini-batch."),
+    no_guard: bool = typer.Option(
+        False, "--no-guard", help="fast: no catastrophic-overfitting guard."
+    ),
     norm: str = typer.Option("linf", "--norm", help="Threat model norm: linf or l2."),
     eps: float = typer.Option(0.1, "--eps", help="Budget trained against and evaluated at."),
     train_steps: int = typer.Option(10, "--train-steps", help="PGD steps of the inner attack."),
@@ -136,7 +154,7 @@ def adversarial_cmd(
     quiet: bool = _QUIET,
     fail_under: float | None = _FAIL_UNDER,
 ) -> None:
-    """Adversarial training (PGD-AT or TRADES) of a copy of the baseline."""
+    """Adversarial training (PGD-AT, TRADES, fast or free AT) of a copy of the baseline."""
     _harden("adversarial", dict(locals()))
 
 
@@ -301,7 +319,7 @@ def _harden(defence: str, opts: dict[str, Any]) -> None:
         "seed": opts["seed"],
         "seconds": time.perf_counter() - start,
     }
-    doc["warnings"] = _no_gain_warnings(defence, doc, data, opts)
+    doc["warnings"] = _no_gain_warnings(defence, doc, data, opts) + training.get("notes", [])
     json_path, html_path, model_path = write_report(doc, opts["out"], buffer.getvalue())
     print_summary(doc)
     console.print(f"wrote {json_path}, {html_path} and {model_path}")
@@ -489,14 +507,17 @@ def _trainer(
 ) -> Any:
     """The configured trainer (its constructor checks the parameters before any training)."""
     if defence == "adversarial":
-        from bastion.defences.training.adversarial import AdversarialTrainer
+        from bastion.defences.training.cheap import make_adversarial_trainer
 
-        return AdversarialTrainer(
-            method=opts["method"],
+        return make_adversarial_trainer(
+            opts["method"],
             eps=opts["eps"],
             norm=opts["norm"],
             steps=opts["train_steps"],
             beta=opts["beta"],
+            alpha=opts["alpha"],
+            replays=opts["replays"],
+            guard=not opts["no_guard"],
             epochs=opts["epochs"],
             lr=opts["lr"],
             batch_size=opts["batch_size"],
@@ -534,6 +555,8 @@ def _train(
     defence: str, trainer: Any, baseline: nn.Module, data: _Data, opts: dict[str, Any]
 ) -> tuple[nn.Module, dict[str, Any]]:
     if defence == "adversarial":
+        from bastion.defences.training.cheap import describe_method
+
         net = _copy(baseline)
         n_val = min(500, max(1, len(data.x_train) // 10))
         report = trainer.fit(
@@ -541,11 +564,14 @@ def _train(
             (data.x_train[n_val:], data.y_train[n_val:]),
             val=(data.x_train[:n_val], data.y_train[:n_val]),
         )
+        guard = getattr(report, "guard", None)
         return net, {
             "trainer": repr(trainer),
+            "method": describe_method(trainer),
             "initialisation": "the baseline's weights",
             "n_val": n_val,
             "report": report.to_dict(),
+            "notes": [guard["summary"]] if guard and guard["fired"] else [],
         }
     if defence == "dp":
         net = _fresh_weights(baseline, opts["seed"])
@@ -570,57 +596,6 @@ def _train(
         progress=not opts["quiet"],
     )
     return net, {"initialisation": "the baseline's weights", "report": report_ga.to_dict()}
-
-
-def _jit_save(net: nn.Module, buffer: io.BytesIO) -> None:
-    """``torch.jit.save``, which torch marks deprecated; users' TorchScript files stay supported."""
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(net, buffer)
-
-
-def _copy(net: nn.Module) -> nn.Module:
-    """A trainable copy of ``net``. ``copy.deepcopy`` of a TorchScript module gives parameters
-    that are not leaves (an optimiser refuses them), so those are copied by saving and loading."""
-    import warnings
-
-    import torch
-
-    if isinstance(net, torch.jit.ScriptModule):
-        buffer = io.BytesIO()
-        _jit_save(net, buffer)
-        buffer.seek(0)
-        device = next((p.device for p in net.parameters()), torch.device("cpu"))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            loaded: nn.Module = torch.jit.load(buffer, map_location=device)
-        return loaded
-    return copy.deepcopy(net)
-
-
-def _fresh_weights(baseline: nn.Module, seed: int) -> nn.Module:
-    """A copy of ``baseline`` with every layer re-initialised (seeded)."""
-    import torch
-
-    net = copy.deepcopy(baseline)
-    torch.manual_seed(seed)
-    for name, sub in net.named_modules():
-        own = list(sub.parameters(recurse=False))
-        if not own:
-            continue
-        reset = getattr(sub, "reset_parameters", None)
-        if not callable(reset):
-            raise ModelError(
-                f"layer {name or 'module'} ({type(sub).__name__}) cannot be re-initialised; "
-                "DP-SGD must train from fresh weights: use --arch, or a model whose layers "
-                "have reset_parameters()"
-            )
-        reset()
-    return net
 
 
 def _attacks(opts: dict[str, Any]) -> list[Any]:

@@ -112,6 +112,10 @@ def _curve_plot(title: str, x_label: str, y_label: str,
 def _training_rows(doc: dict[str, Any]) -> list[list[Any]]:
     training = doc["training"]
     rows: list[list[Any]] = [["baseline", doc["model"].get("arch") or doc["model"].get("file")]]
+    method = training.get("method")
+    if method:  # adversarial training: which method, with its settings
+        rows.append(["method", method["title"]])
+        rows.extend([f"setting {k}", v] for k, v in method["settings"].items())
     for key in ("trainer", "initialisation"):
         if key in training:
             rows.append([key, training[key]])
@@ -119,7 +123,9 @@ def _training_rows(doc: dict[str, Any]) -> list[list[Any]]:
         rows.append([f"privacy {key}", value])
     report = training.get("report", {})
     for key, value in report.items():
-        if key not in {"history", "losses"}:
+        if key == "guard" and value:
+            rows.append(["overfitting guard", value["summary"]])
+        elif key not in {"history", "losses", "settings", "guard"}:
             rows.append([key, value])
     if report.get("losses"):
         rows.append(["final loss", report["losses"][-1]])
@@ -168,7 +174,8 @@ def render_harden_html(doc: dict[str, Any]) -> str:
     data = doc["data"]
     return render_template(
         "harden.html.j2",
-        title=f"Hardening report: {TITLES.get(doc['defence'], doc['defence'])}",
+        title=f"Hardening report: {TITLES.get(doc['defence'], doc['defence'])}"
+        + (f" ({doc['training']['method']['name']})" if doc["training"].get("method") else ""),
         subtitle=(f"data {data['source']} ({data['n_train']} train, {data['n_evaluated']} "
                   f"evaluated) · seed {doc.get('seed', 0)} · "
                   f"bastion {doc.get('bastion_version', '')}"),

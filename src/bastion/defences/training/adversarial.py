@@ -328,9 +328,7 @@ class AdversarialTrainer:
         module.eval()
         if self.method == "pgd":
             x_adv = self.perturb(module, x, y, eps=eps, steps=self.steps, generator=gen)
-            module.train()
-            logits = module(x_adv)
-            loss = F.cross_entropy(logits, y)
+            return self._outer_step(module, opt, x_adv, y)
         else:
             with torch.no_grad():
                 p_clean = F.softmax(module(x), dim=1)
@@ -346,6 +344,20 @@ class AdversarialTrainer:
                 F.log_softmax(adv_logits, dim=1), F.softmax(logits, dim=1), reduction="batchmean"
             )
             loss = F.cross_entropy(logits, y) + self.beta * robust_kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+    @staticmethod
+    def _outer_step(
+        module: nn.Module, opt: torch.optim.Optimizer, x_adv: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A train-mode cross-entropy step on the adversarial batch ``x_adv`` (PGD-AT's outer
+        step); returns the detached loss and the number of correct predictions."""
+        module.train()
+        logits = module(x_adv)
+        loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
