@@ -32,9 +32,6 @@ import typer
 
 from bastion.cli._common import console, err_console, handle_errors, parse_floats
 from bastion.cli.evaluate import load_xy, pick_device
-from bastion.defences.training.modules import fresh_weights as _fresh_weights
-from bastion.defences.training.modules import jit_save as _jit_save
-from bastion.defences.training.modules import trainable_copy as _copy
 from bastion.errors import ConfigurationError, InputError, ModelError
 
 if TYPE_CHECKING:
@@ -596,6 +593,25 @@ def _train(
         progress=not opts["quiet"],
     )
     return net, {"initialisation": "the baseline's weights", "report": report_ga.to_dict()}
+
+
+# torch is imported only when a command runs (--help stays fast): the shared helpers lazily
+def _jit_save(net: nn.Module, buffer: io.BytesIO) -> None:
+    from bastion.defences.training.modules import jit_save
+
+    jit_save(net, buffer)
+
+
+def _copy(net: nn.Module) -> nn.Module:
+    from bastion.defences.training.modules import trainable_copy
+
+    return trainable_copy(net)
+
+
+def _fresh_weights(baseline: nn.Module, seed: int) -> nn.Module:
+    from bastion.defences.training.modules import fresh_weights
+
+    return fresh_weights(baseline, seed)
 
 
 def _attacks(opts: dict[str, Any]) -> list[Any]:
