@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bastion.audit.config import AuditConfig, AuditThreat
+from bastion.audit.executor import Executor
 from bastion.audit.runner import AuditOutcome, run_audit
 
 __all__ = ["DEMO_TRAIN", "run_demo"]
@@ -23,8 +24,9 @@ DEMO_TRAIN = 1400
 
 
 def run_demo(out: str | Path, *, eps: float = 0.1, seed: int = 0, device: str = "cpu",
-             progress: bool = False) -> AuditOutcome:
-    """Train the demo CNN and audit it into ``out`` (report.json, .html, .md)."""
+             progress: bool = False, executor: Executor | None = None) -> AuditOutcome:
+    """Train the demo CNN and audit it into ``out`` (report.json, .html, .md), its checks run
+    by ``executor`` (default in this process)."""
     import torch
 
     from bastion.data import load_digits
@@ -49,4 +51,5 @@ def run_demo(out: str | Path, *, eps: float = 0.1, seed: int = 0, device: str = 
         model=str(out / "model.pt"), train=out / "train.npz", test=out / "test.npz", out=out,
         seed=seed, threat=AuditThreat(eps=eps),
     )
-    return run_audit(config, classifier=clf, command="demo", fresh=True, progress=progress)
+    return run_audit(config, classifier=clf, command="demo", fresh=True, progress=progress,
+                     executor=executor)

@@ -12,7 +12,17 @@ from typing import Any
 
 import typer
 
-from bastion.cli._common import console, err_console, fail, handle_errors, parse_floats, parse_shape
+from bastion.cli._common import (
+    EXECUTOR_HELP,
+    GPUS_HELP,
+    console,
+    err_console,
+    fail,
+    handle_errors,
+    parse_executor,
+    parse_floats,
+    parse_shape,
+)
 
 __all__ = ["print_audit", "register"]
 
@@ -46,6 +56,9 @@ def audit_cmd(
     label: str | None = typer.Option(
         None, "--label", help="The tables' label column (default y, label, target or class, "
         "else the last column)."),
+    sensitive_column: str | None = typer.Option(
+        None, "--sensitive-column", help="A table's sensitive column (name or index): the "
+        "inversion check infers it from the model's answers (attribute inference)."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Report folder (default bastion-audit/); finished checks are "
         "kept in OUT/checks/ and a rerun resumes."),
@@ -99,6 +112,8 @@ def audit_cmd(
     sign_key: Path | None = typer.Option(
         None, "--sign-key", help="Private key (Ed25519 or ECDSA P-256): also write a signed "
         "in-toto attestation binding the report to the model's files."),
+    executor: str = typer.Option("in-process", "--executor", help=EXECUTOR_HELP),
+    gpus_per_task: float = typer.Option(0.0, "--gpus-per-task", help=GPUS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Audit a model against every threat and write one report (json, html, md)."""
@@ -135,13 +150,21 @@ def _audit(**o: Any) -> None:
         time_budget_s=o["time_budget"], only=split(o["checks"]), skip=split(o["skip"]),
         api_key_env=o["api_key_env"], signature_key=o["signature_key"],
         contract=o["contract"], label=o["label"], model_options=model_options)
+    if o["sensitive_column"] is not None:
+        from dataclasses import replace
+
+        inversion = {**config.settings.get("inversion", {}),
+                     "sensitive_column": o["sensitive_column"]}
+        config = replace(config, settings={**config.settings, "inversion": inversion})
     from bastion.audit.share import SharingOptions
 
     share = SharingOptions.from_cli(o["baseline"], o["suppressions"], o["sign_key"])
     if config.fail_on and config.fail_on.lower().startswith("new:") and share.baseline is None:
         raise fail(f"--fail-on {config.fail_on} needs --baseline OLD.json to know what is new")
+    executor = parse_executor(o["executor"], o["gpus_per_task"])
     outcome = run_audit(config, fresh=o["fresh"], progress=not o["quiet"],
-                        formats=formats_of(o["formats"]), finalize=share.finalize)
+                        formats=formats_of(o["formats"]), finalize=share.finalize,
+                        executor=executor, gpus_per_task=o["gpus_per_task"])
     print_audit(outcome.document)
     if outcome.reused:
         console.print(f"reused saved results of {', '.join(outcome.reused)} "
