@@ -87,11 +87,13 @@ import torch.nn.functional as F
 from rich.progress import Progress
 from torch import nn
 from torch.utils.data import DataLoader
+from torch.utils.hooks import RemovableHandle
 
 from bastion._io import atomic_write_bytes
 from bastion._progress import progress_bar
 from bastion.attacks.evasion._common import maximise_loss, random_in_ball
 from bastion.audit.findings import Finding, Severity
+from bastion.defences.training._layout import channels_last_gradients
 from bastion.errors import ConfigurationError, InputError, ModelError
 from bastion.threat import Norm, parse_norm
 
@@ -293,6 +295,7 @@ class AdversarialTrainer:
         self.progress = bool(progress)
         self.channels_last = channels_last
         self._cl = False  # channels_last in use during the current fit
+        self._cl_hooks: list[RemovableHandle] = []
 
     def __repr__(self) -> str:
         return (
@@ -322,6 +325,8 @@ class AdversarialTrainer:
         if val is not None:
             val = _check_xy(val[0], val[1], "val")
         self._cl = self._use_channels_last(module, batches, device)
+        # channels-last gradients through Flatten: the backward passes stay in one layout
+        self._cl_hooks = channels_last_gradients(module) if self._cl else []
         torch.manual_seed(self.seed)
         gen = torch.Generator(device=device).manual_seed(self.seed + 1)
         opt = self._optimizer(params)
@@ -385,6 +390,9 @@ class AdversarialTrainer:
                 if self._cl:
                     _set_format(module, torch.contiguous_format)
                     self._cl = False
+                for handle in self._cl_hooks:
+                    handle.remove()
+                self._cl_hooks = []
                 module.eval()
         report = AdversarialTrainingReport(
             method=self.method,
