@@ -15,14 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray  # the dev extra installs it: pip install -e '.[dev]'
 
-ray = pytest.importorskip("ray", reason="the Ray tests need Ray: pip install 'bastion-ml[ray]'")
-
-from bastion.audit.config import AuditConfig, AuditThreat  # noqa: E402
-from bastion.audit.contract import CATALOGUE  # noqa: E402
-from bastion.audit.document import validate_document  # noqa: E402
-from bastion.audit.executor import InProcessExecutor, RayExecutor, UnitFailed  # noqa: E402
-from bastion.audit.runner import run_audit  # noqa: E402
+from bastion.audit.config import AuditConfig, AuditThreat
+from bastion.audit.contract import CATALOGUE
+from bastion.audit.document import validate_document
+from bastion.audit.executor import InProcessExecutor, RayExecutor, UnitFailed
+from bastion.audit.runner import run_audit
 
 HERE = Path(__file__).parent
 FAST = {"evasion": {"max_samples": 48, "steps": 5, "max_queries": 30, "curve_points": 3}}
