@@ -157,7 +157,8 @@ class AuditContext:
     came as named tables), ``contract`` the audit's
     :class:`~bastion.data.contracts.TableContract` and ``schema`` its
     :class:`~bastion.data.tabular.FeatureSchema` over those columns (both ``None`` without a
-    contract): the rules every attack on the table respects.
+    contract): the rules every attack on the table respects. ``data_paths`` are the files of
+    the data roles (``train``, ``test``), for checks that read a table as it is.
     """
 
     seed: int = 0
@@ -181,6 +182,7 @@ class AuditContext:
     feature_names: tuple[str, ...] | None = None
     contract: Any = None
     schema: Any = None
+    data_paths: dict[str, Path] = field(default_factory=dict)
 
     def check_settings(self, name: str) -> Mapping[str, Any]:
         return self.settings.get(name, {})

@@ -182,7 +182,7 @@ def prepare(
         settings=settings, signature_key=config.signature_key,
         output_policy=threat.output_policy,
         device=str(getattr(model.classifier, "device", "cpu")),
-        feature_names=names, contract=contract, schema=schema,
+        feature_names=names, contract=contract, schema=schema, data_paths=dict(paths),
     )
     from bastion.audit.plan import effective_access
 
