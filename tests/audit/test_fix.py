@@ -270,3 +270,36 @@ def test_membership_gets_dp_sgd_and_its_accuracy_cost_is_a_regression(
     assert acc.before - acc.after > 0.05
     clean = next(m for m in result.diff.metrics if m.metric == "clean_accuracy")
     assert clean.after < clean.before
+
+
+def test_smoothing_fits_an_l2_threat_and_reports_its_certificate(
+    audit_dir: Path, tmp_path: Path
+) -> None:
+    linf = harden_from_audit(audit_dir, out=tmp_path / "no", evasion_method="smooth",
+                             address=["evasion"])
+    assert "certifies L2 radii" in {n.id: n.reason for n in linf.not_addressed}[
+        "evasion.low-robust-accuracy"] and not linf.remedies
+
+    def l2(doc: dict[str, Any]) -> None:
+        doc["threat_model"].update(norm="l2", eps=0.5)
+
+    path = _broken(audit_dir, tmp_path, l2)
+    result = harden_from_audit(path, out=tmp_path / "s", evasion_method="smooth", epochs=1,
+                               address=["evasion"])
+    (remedy,) = result.remedies
+    assert remedy.method.startswith("randomized-smoothing") and remedy.settings["sigma"] == 0.5
+    cert = result.training["certified"]
+    assert cert["radius"] == 0.5 and 0.0 <= cert["certified_accuracy"] <= cert[
+        "smoothed_accuracy"] <= 1.0
+    assert result.after["threat_model"]["norm"] == "l2"
+    assert "certified accuracy" in (tmp_path / "s" / "report.md").read_text()
+
+
+def test_fast_adversarial_training_is_a_choice_and_the_report_names_it(
+    audit_dir: Path, tmp_path: Path
+) -> None:
+    result = harden_from_audit(audit_dir, out=tmp_path / "fast", address=["evasion"],
+                               evasion_method="fast", epochs=2, lr=1e-2)
+    (remedy,) = result.remedies
+    assert remedy.method.startswith("fast AT") and result.training["method"]["name"] == "fast"
+    assert "fast AT" in (tmp_path / "fast" / "report.md").read_text()

@@ -34,6 +34,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
         ("evaluate", "evasion", "--help"),
         ("evaluate", "membership", "--help"),
         ("harden", "adversarial", "--help"),
+        ("harden", "fix", "--help"),
         ("data", "scan-poison", "--help"),
         ("scan", "--help"),
     ],

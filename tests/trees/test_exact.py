@@ -12,6 +12,7 @@ from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 
 from bastion.attacks.trees import ExactTreeAttack, certify, minimal_perturbation
 from bastion.data.tabular import FeatureSchema
+from bastion.errors import ConfigurationError
 from bastion.models.trees import from_trees, to_ensemble
 
 
@@ -189,3 +190,38 @@ def test_no_attack_beats_the_exact_minimum():
     )
     ok = (hsj.success & hsj.clean_correct).numpy()
     assert np.all(hsj.distances.numpy()[ok] >= exact[ok] - 1e-9)
+
+
+def test_proof_and_reduced_box_equal_the_full_milp():
+    """The warm-started path (a box bound or a feasibility MILP proving the fast hint optimal,
+    MILPs reduced to the box) gives the distances of the full formulation."""
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = X[:, :8]
+    model = xgb.XGBClassifier(n_estimators=20, max_depth=3, n_jobs=1, random_state=0).fit(X, y)
+    ens = to_ensemble(model)
+    rows, labels = X[:10], ens.predict(X[:10])
+    warm = minimal_perturbation(ens, rows, labels)
+    full = minimal_perturbation(ens, rows, labels, warm_start=False)
+    np.testing.assert_allclose(
+        [s.distance for s in warm], [s.distance for s in full], rtol=1e-6, atol=1e-9
+    )
+    assert all(s.status == "adversarial" for s in warm)
+    assert np.all(ens.predict(np.stack([s.x_adv for s in warm])) != labels)
+
+
+def test_certify_uses_known_attacks_and_a_time_budget():
+    X, y = _tiny_data(6)
+    model = xgb.XGBClassifier(n_estimators=10, max_depth=3, n_jobs=1, random_state=0).fit(X, y)
+    ens = to_ensemble(model)
+    rows, labels = X[:20], y[:20]
+    exact = np.array([s.distance for s in minimal_perturbation(ens, rows, labels)])
+    plain = certify(ens, rows, labels, eps=0.6)
+    informed = certify(ens, rows, labels, eps=0.6, known=exact)
+    np.testing.assert_array_equal(plain.certified, informed.certified)
+    late = certify(ens, rows, labels, eps=0.6, budget_s=1e-9)
+    assert not late.certified.any()  # nothing reached in time is certified
+    assert late.undecided.sum() == plain.correct.sum()
+    with pytest.raises(ConfigurationError, match="budget_s"):
+        certify(ens, rows, labels, eps=0.6, budget_s=0)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from bastion.audit.executor import Executor, InProcessExecutor
 from bastion.errors import ConfigurationError
 
 __all__ = [
@@ -148,12 +149,16 @@ class AuditContext:
     :class:`bastion.data.loaders.Dataset` (``train`` is the member set of the membership checks).
     ``threat`` is the audit's :class:`bastion.threat.ThreatModel` plus ``query_budget``,
     ``sensitive`` and ``time_budget_s``. ``settings`` holds per-check settings by check name.
+    ``executor`` is the audit's :class:`~bastion.audit.executor.Executor`: a check may split its
+    own work over it (``executor.map(fn, units, shared=...)``, each unit seeded by
+    :meth:`unit_seed`); on a worker it is the same Ray cluster, or in-process.
 
     Tabular audits: ``feature_names`` are the model's input columns (``None`` unless the data
     came as named tables), ``contract`` the audit's
     :class:`~bastion.data.contracts.TableContract` and ``schema`` its
     :class:`~bastion.data.tabular.FeatureSchema` over those columns (both ``None`` without a
-    contract): the rules every attack on the table respects.
+    contract): the rules every attack on the table respects. ``data_paths`` are the files of
+    the data roles (``train``, ``test``), for checks that read a table as it is.
     """
 
     seed: int = 0
@@ -172,9 +177,12 @@ class AuditContext:
     output_policy: Any = None
     device: str = "cpu"
     progress: Callable[[str, float], None] | None = None
+    #: runs a check's own units (evasion shards, reference models) where the audit runs
+    executor: Executor = field(default_factory=InProcessExecutor)
     feature_names: tuple[str, ...] | None = None
     contract: Any = None
     schema: Any = None
+    data_paths: dict[str, Path] = field(default_factory=dict)
 
     def check_settings(self, name: str) -> Mapping[str, Any]:
         return self.settings.get(name, {})

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,7 +34,7 @@ from bastion.audit.document import (
     validate_document,
     write_json,
 )
-from bastion.audit.executor import Executor, InProcessExecutor
+from bastion.audit.executor import Executor, InProcessExecutor, UnitFailed
 from bastion.audit.plan import PlanEntry, check_selection, make_plan
 from bastion.audit.sources import (
     ModelSource,
@@ -183,7 +182,7 @@ def prepare(
         settings=settings, signature_key=config.signature_key,
         output_policy=threat.output_policy,
         device=str(getattr(model.classifier, "device", "cpu")),
-        feature_names=names, contract=contract, schema=schema,
+        feature_names=names, contract=contract, schema=schema, data_paths=dict(paths),
     )
     from bastion.audit.plan import effective_access
 
@@ -234,69 +233,89 @@ def _object_model(clf: Any, config: AuditConfig, domain: str, bounds: tuple[floa
 
 
 class _Runner:
-    """Runs the planned checks through an executor, saving and reusing finished ones."""
+    """Runs the planned checks through an executor, saving and reusing finished ones.
+
+    Each check is a unit of work (:func:`bastion.audit.workers.run_check_unit`) given the
+    prepared context once (:class:`bastion.audit.workers.CheckPayload`). Results are saved here,
+    in the driver, as they arrive, so an interrupted audit resumes whatever ran where. A check
+    whose task keeps failing (its worker died on every attempt) is an ``error`` with the cause.
+    """
 
     def __init__(self, prepared: Prepared, out: Path, *, fresh: bool, executor: Executor,
-                 progress: Callable[[str, float], None] | None) -> None:
+                 progress: Callable[[str, float], None] | None,
+                 gpus_per_task: float = 0.0) -> None:
         self.p = prepared
         self.store = out / "checks"
         self.fresh = fresh
         self.executor = executor
         self.progress = progress
+        self.gpus_per_task = gpus_per_task
         self.reused: list[str] = []
-        self.started = time.perf_counter()
 
     def run(self) -> list[dict[str, Any]]:
-        by_name = {c.name: c for c in self.p.checks}
+        from bastion.audit import workers
+
+        ctx = self.p.ctx
         entries = {e.check: e for e in self.p.plan}
-        todo = [by_name[e.check] for e in self.p.plan if e.will_run]
-        done = dict(zip((c.name for c in todo), self.executor.map(self._one, todo), strict=True))
+        done: dict[str, dict[str, Any]] = {}
+        todo: list[tuple[Check, str]] = []
+        for check in self.p.checks:
+            if not entries[check.name].will_run:
+                continue
+            fp = input_fingerprint(check, ctx, self.p.threat_model, self.p.data)
+            saved = None if self.fresh else self._saved(check, fp)
+            if saved is not None:
+                done[check.name] = saved
+            else:
+                todo.append((check, fp))
+        budget = ctx.time_budget_s
+        deadline = None if budget is None else workers.wall_clock() + budget
+        payload = workers.CheckPayload(ctx, deadline=deadline,
+                                       load_options=self.p.model.load_options)
+
+        def arrived(i: int, result: dict[str, Any] | UnitFailed) -> None:
+            check, fp = todo[i]
+            entry = self._entry(check, fp, result)
+            if entry["status"] in ("passed", "failed"):
+                write_json(self._path(check, fp), entry)
+            done[check.name] = entry
+            if self.progress is not None:
+                self.progress(check.name, 1.0)
+
+        self.executor.map(workers.run_check_unit, todo, shared=payload, errors="return",
+                          gpus_per_task=self.gpus_per_task, on_result=arrived)
         out = []
         for check in self.p.checks:
-            e = entries[check.name]
             if check.name in done:
                 out.append(done[check.name])
             else:
+                e = entries[check.name]
                 out.append(check_entry(check, CheckResult("not_run", reason=e.reason,
                                                           enable=e.enable),
                                        seconds=0.0, input_fingerprint=None))
         return out
 
-    def _one(self, check: Check) -> dict[str, Any]:
-        ctx = self.p.ctx
-        fp = input_fingerprint(check, ctx, self.p.threat_model, self.p.data)
-        path = self.store / f"{check.name}-{fp}.json"
-        if not self.fresh and path.is_file():
-            saved = _read_saved(path)
-            if saved is not None and saved.get("input_fingerprint") == fp:
-                log.info("%s: reusing the result saved in %s", check.name, path)
-                self.reused.append(check.name)
-                return saved
-        budget = ctx.time_budget_s
-        if budget is not None and time.perf_counter() - self.started > budget:
-            result = CheckResult("not_run", reason=f"the time budget ({budget:g} s) was spent "
-                                 "before this check started",
-                                 enable="raise the time budget (--time-budget)")
-            return check_entry(check, result, seconds=0.0, input_fingerprint=fp)
-        if self.progress is not None:
-            self.progress(check.name, 0.0)
-        start = time.perf_counter()
-        try:
-            result = check.run(ctx)
-        except Exception as exc:  # the audit goes on; the report says what broke
-            log.warning("check %s raised %s: %s", check.name, type(exc).__name__, exc)
-            log.debug("check %s failed", check.name, exc_info=True)
-            result = CheckResult("error", reason=f"{type(exc).__name__}: {exc}",
-                                 settings=dict(ctx.check_settings(check.name)))
-        seconds = time.perf_counter() - start
-        if not result.settings:
-            result.settings = dict(ctx.check_settings(check.name))
-        entry = check_entry(check, result, seconds=seconds, input_fingerprint=fp)
-        if result.status in ("passed", "failed"):
-            write_json(path, entry)
-        if self.progress is not None:
-            self.progress(check.name, 1.0)
-        return entry
+    def _path(self, check: Check, fp: str) -> Path:
+        return self.store / f"{check.name}-{fp}.json"
+
+    def _saved(self, check: Check, fp: str) -> dict[str, Any] | None:
+        path = self._path(check, fp)
+        saved = _read_saved(path) if path.is_file() else None
+        if saved is None or saved.get("input_fingerprint") != fp:
+            return None
+        log.info("%s: reusing the result saved in %s", check.name, path)
+        self.reused.append(check.name)
+        return saved
+
+    def _entry(self, check: Check, fp: str, result: dict[str, Any] | UnitFailed
+               ) -> dict[str, Any]:
+        if not isinstance(result, UnitFailed):
+            return result
+        log.warning("check %s: its task failed: %s", check.name, result.cause)
+        failed = CheckResult("error", reason=f"its task failed after {result.attempts} "
+                             f"attempt(s): {result.cause}",
+                             settings=dict(self.p.ctx.check_settings(check.name)))
+        return check_entry(check, failed, seconds=0.0, input_fingerprint=fp)
 
 
 def _read_saved(path: Path) -> dict[str, Any] | None:
@@ -345,6 +364,7 @@ def run_audit(
     fresh: bool = False,
     progress: bool = False,
     executor: Executor | None = None,
+    gpus_per_task: float = 0.0,
     transport: Any = None,
     formats: Sequence[str] = REPORT_FORMATS,
     write: bool = True,
@@ -356,7 +376,9 @@ def run_audit(
     out that way are not in the report at all, while ``config.only``/``skip`` keep them in the
     plan as ``not_run``. ``classifier`` audits an in-process model (``config.model`` may then
     name its file, which is digested and scanned). ``progress`` shows a transient bar.
-    ``finalize`` may amend the document (suppressions, the baseline's diff) before it is
+    ``executor`` runs the checks (default in this process; see :mod:`bastion.audit.executor`)
+    and ``gpus_per_task`` is what each of its tasks asks for. ``finalize`` may amend the
+    document (suppressions, the baseline's diff) before it is
     validated again and written.
     """
     from bastion._progress import progress_bar
@@ -379,8 +401,9 @@ def run_audit(
                            completed=len(names) - 1 + min(max(fraction, 0.0), 1.0))
 
             prepared.ctx.progress = report
+            prepared.ctx.executor = executor
             runner = _Runner(prepared, config.out, fresh=fresh, executor=executor,
-                             progress=report)
+                             progress=report, gpus_per_task=gpus_per_task)
             entries = runner.run()
     finally:
         prepared.model.close()

@@ -143,6 +143,9 @@ class ModelSource:
     path: Path | None = None
     unavailable: str | None = None
     signature_status: str | None = None
+    #: what :func:`bastion.models.loading.load_model` was given: a worker reloads the file
+    #: with it when the classifier itself cannot be pickled
+    load_options: dict[str, Any] | None = None
     _cleanup: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -218,19 +221,15 @@ def _load_scanned(
             None, info, path,
             unavailable=f"the model file {what}, so nothing was loaded (see the artifact check)",
         )
-    clf = load_model(
-        path,
-        input_shape=options.get("input_shape") or input_shape,
-        num_classes=num_classes,
-        bounds=bounds,
-        factory=options.get("factory"),
-        trust_pickle=trust,
-        device=_device(options.get("device", "auto")),
-    )
+    load_options: dict[str, Any] = {"input_shape": options.get("input_shape") or input_shape,
+                                    "num_classes": num_classes, "bounds": bounds,
+                                    "factory": options.get("factory"), "trust_pickle": trust,
+                                    "device": _device(options.get("device", "auto"))}
+    clf = load_model(path, **load_options)
     info.update(adapter=f"{type(clf).__name__} ({detect_format(path)})",
                 capabilities=_capabilities(clf), input_shape=list(clf.input_shape),
                 num_classes=clf.num_classes)
-    return ModelSource(clf, info, path)
+    return ModelSource(clf, info, path, load_options=load_options)
 
 
 def _device(name: str) -> str:

@@ -15,12 +15,15 @@ from rich.markup import escape
 from bastion.errors import BastionError, ConfigurationError
 
 __all__ = [
+    "EXECUTOR_HELP",
     "EXIT_ERROR",
+    "GPUS_HELP",
     "console",
     "err_console",
     "fail",
     "fmt_value",
     "handle_errors",
+    "parse_executor",
     "parse_floats",
     "parse_kv",
     "parse_shape",
@@ -149,3 +152,32 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     if not shape or any(s <= 0 for s in shape):
         raise ConfigurationError(f"--input-shape must be positive sizes, got {text!r}")
     return shape
+
+
+#: ``--executor`` and ``--gpus-per-task`` help, shared by every command that distributes work
+EXECUTOR_HELP = ("Where the work runs: in-process (default), processes[:N] (N local processes, "
+                 "default every core), ray (the Ray cluster this machine is attached to, else "
+                 "a local one) or ray://HOST:10001 (a remote cluster through Ray Client; needs "
+                 "pip install 'bastion-ml[ray]').")
+GPUS_HELP = "GPUs each Ray task asks for (1, or 0.5 to share one); 0 (default) runs on CPUs."
+
+
+def parse_executor(spec: str | None, gpus_per_task: float = 0.0) -> Any:
+    """The :class:`~bastion.audit.executor.Executor` of ``--executor`` (and a checked
+    ``--gpus-per-task``, which only Ray can honour).
+
+    >>> parse_executor("processes:3").name
+    'process-pool[3]'
+    >>> parse_executor(None, 1.0)
+    Traceback (most recent call last):
+    ...
+    bastion.errors.ConfigurationError: --gpus-per-task needs --executor ray or ray://host:port
+    """
+    from bastion.audit.executor import make_executor
+
+    if not gpus_per_task >= 0:
+        raise ConfigurationError(f"--gpus-per-task must be >= 0, got {gpus_per_task}")
+    text = (spec or "in-process").strip()
+    if gpus_per_task > 0 and not text.startswith("ray"):
+        raise ConfigurationError("--gpus-per-task needs --executor ray or ray://host:port")
+    return make_executor(text)

@@ -32,9 +32,6 @@ import typer
 
 from bastion.cli._common import console, err_console, handle_errors, parse_floats
 from bastion.cli.evaluate import load_xy, pick_device
-from bastion.defences.training.modules import fresh_weights as _fresh_weights
-from bastion.defences.training.modules import jit_save as _jit_save
-from bastion.defences.training.modules import trainable_copy as _copy
 from bastion.errors import ConfigurationError, InputError, ModelError
 
 if TYPE_CHECKING:
@@ -141,6 +138,15 @@ def adversarial_cmd(
     epochs: int = _EPOCHS,
     baseline_epochs: int = _BASE_EPOCHS,
     lr: float = typer.Option(1e-3, "--lr", help="Learning rate (Adam)."),
+    schedule: str = typer.Option(
+        "auto", "--schedule",
+        help="Learning-rate schedule: auto (constant for short runs, cosine for long ones), "
+        "constant, cosine, linear, step or onecycle.",
+    ),
+    warmup_eps_epochs: float | None = typer.Option(
+        None, "--warmup-eps-epochs",
+        help="Epochs over which eps ramps up from 0 (0: none; default: 15% of the run).",
+    ),
     batch_size: int = _BATCH,
     attack: list[str] = _ATTACK,
     steps: int | None = _STEPS,
@@ -319,7 +325,11 @@ def _harden(defence: str, opts: dict[str, Any]) -> None:
         "seed": opts["seed"],
         "seconds": time.perf_counter() - start,
     }
-    doc["warnings"] = _no_gain_warnings(defence, doc, data, opts) + training.get("notes", [])
+    doc["warnings"] = (
+        _training_warnings(training)
+        + _no_gain_warnings(defence, doc, data, opts)
+        + training.get("notes", [])
+    )
     json_path, html_path, model_path = write_report(doc, opts["out"], buffer.getvalue())
     print_summary(doc)
     console.print(f"wrote {json_path}, {html_path} and {model_path}")
@@ -332,6 +342,15 @@ def _harden(defence: str, opts: dict[str, Any]) -> None:
             f"--fail-under {fail_under}", highlight=False,
         )
         raise typer.Exit(1)
+
+
+def _training_warnings(training: dict[str, Any]) -> list[str]:
+    """One line per training diagnostic (training accuracy near chance, robust accuracy not
+    rising, eps too large for the data): what was seen, the likely cause, the change to try."""
+    return [
+        f"adversarial training: {d['message']}. Likely cause: {d['cause']}. Try: {d['fix']}"
+        for d in training.get("report", {}).get("diagnostics", [])
+    ]
 
 
 def _no_gain_warnings(
@@ -520,6 +539,8 @@ def _trainer(
             guard=not opts["no_guard"],
             epochs=opts["epochs"],
             lr=opts["lr"],
+            schedule=opts["schedule"],
+            warmup_eps_epochs=opts["warmup_eps_epochs"],
             batch_size=opts["batch_size"],
             patience=opts["patience"],
             bounds=bounds,
@@ -555,6 +576,7 @@ def _train(
     defence: str, trainer: Any, baseline: nn.Module, data: _Data, opts: dict[str, Any]
 ) -> tuple[nn.Module, dict[str, Any]]:
     if defence == "adversarial":
+        from bastion.defences.training.adversarial import diagnostic_finding
         from bastion.defences.training.cheap import describe_method
 
         net = _copy(baseline)
@@ -572,6 +594,9 @@ def _train(
             "n_val": n_val,
             "report": report.to_dict(),
             "notes": [guard["summary"]] if guard and guard["fired"] else [],
+            "findings": [
+                diagnostic_finding(d).to_dict() for d in getattr(report, "diagnostics", ())
+            ],
         }
     if defence == "dp":
         net = _fresh_weights(baseline, opts["seed"])
@@ -596,6 +621,25 @@ def _train(
         progress=not opts["quiet"],
     )
     return net, {"initialisation": "the baseline's weights", "report": report_ga.to_dict()}
+
+
+# torch is imported only when a command runs (--help stays fast): the shared helpers lazily
+def _jit_save(net: nn.Module, buffer: io.BytesIO) -> None:
+    from bastion.defences.training.modules import jit_save
+
+    jit_save(net, buffer)
+
+
+def _copy(net: nn.Module) -> nn.Module:
+    from bastion.defences.training.modules import trainable_copy
+
+    return trainable_copy(net)
+
+
+def _fresh_weights(baseline: nn.Module, seed: int) -> nn.Module:
+    from bastion.defences.training.modules import fresh_weights
+
+    return fresh_weights(baseline, seed)
 
 
 def _attacks(opts: dict[str, Any]) -> list[Any]:

@@ -9,7 +9,8 @@ the hardened model, and compare the two.
 What each finding of the audit gets (:data:`NOT_ADDRESSED` gives the reason for the others):
 
 - ``evasion.*`` (and ``extraction.transferable-adversarial-examples``): adversarial training of
-  a copy of the model at the audit's eps and norm (PGD-AT; ``evasion_method="trades"``), or,
+  a copy of the model at the audit's eps and norm (PGD-AT; ``evasion_method`` ``"trades"``,
+  ``"fast"`` or ``"free"`` for the others of :mod:`bastion.defences.training.cheap`), or,
   for an L2 threat with ``evasion_method="smooth"``, Gaussian-augmentation training with
   ``sigma`` = eps for randomized smoothing (the rerun attacks the base model).
 - ``membership.*``: DP-SGD at ``target_epsilon`` (default :data:`DEFAULT_TARGET_EPSILON`) from
@@ -95,7 +96,7 @@ NOT_ADDRESSED = {
                  "label-only outputs reduce what it recovers; rerun the audit to measure",
 }
 _POLICIES = ("label-only", "topk", "rounding")
-_EVASION_METHODS = ("pgd", "trades", "smooth")
+_EVASION_METHODS = ("pgd", "trades", "fast", "free", "smooth")
 Action = Literal["evasion", "membership", "extraction"]
 
 
@@ -484,10 +485,14 @@ def _train(target: Action, clf: Any, x: torch.Tensor, y: torch.Tensor, *, opts: 
                     "batch_size": opts["batch_size"]}
         return net, "randomized-smoothing (Gaussian augmentation)", settings, {
             "initialisation": "the audited model's weights", "report": report.to_dict()}
-    from bastion.defences.training.adversarial import AdversarialTrainer
+    from bastion.defences.training.cheap import (
+        METHOD_TITLES,
+        describe_method,
+        make_adversarial_trainer,
+    )
 
-    at = AdversarialTrainer(
-        method=opts["evasion_method"], eps=eps, norm=norm, steps=opts["train_steps"],
+    at = make_adversarial_trainer(
+        opts["evasion_method"], eps=eps, norm=norm, steps=opts["train_steps"],
         epochs=opts["epochs"], lr=opts["lr"], batch_size=opts["batch_size"], bounds=bounds,
         device=device, seed=seed, progress=opts["progress"])
     n_val = min(500, max(1, len(x) // 10)) if len(x) >= 20 else 0
@@ -495,10 +500,25 @@ def _train(target: Action, clf: Any, x: torch.Tensor, y: torch.Tensor, *, opts: 
     report_at = at.fit(net, (x[n_val:], y[n_val:]), val=val)
     settings = {"eps": eps, "norm": norm, "steps": opts["train_steps"],
                 "epochs": opts["epochs"], "lr": opts["lr"], "batch_size": opts["batch_size"]}
-    method = "PGD-AT" if opts["evasion_method"] == "pgd" else "TRADES"
-    return net, method, settings, {"trainer": repr(at),
+    method = METHOD_TITLES[opts["evasion_method"]]
+    return net, method, settings, {"trainer": repr(at), "method": describe_method(at),
                                    "initialisation": "the audited model's weights",
                                    "n_val": n_val, "report": report_at.to_dict()}
+
+
+def _certify(clf: Any, x: torch.Tensor, y: torch.Tensor, *, sigma: float, radius: float,
+             seed: int, samples: int = 100, n0: int = 100, n: int = 1000,
+             alpha: float = 0.001) -> dict[str, Any]:
+    """Certified accuracy of the smoothed classifier at the audit's L2 radius (the rerun's
+    evasion check attacks the base model; this is the smoothed model's guarantee)."""
+    from bastion.defences.certify import SmoothedClassifier, certified_accuracy
+
+    smoothed = SmoothedClassifier(clf, sigma=sigma, seed=seed)
+    res = smoothed.certify(x[:samples], n0=n0, n=n, alpha=alpha)
+    curve = dict(certified_accuracy(res, y[:samples], [0.0, radius]))
+    return {"sigma": sigma, "radius": radius, "samples": len(res), "n0": n0, "n": n,
+            "alpha": alpha, "certified_accuracy": curve[radius], "smoothed_accuracy": curve[0.0],
+            "abstention_rate": float(res.abstained.double().mean())}
 
 
 def _accuracy(clf: Any, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -618,8 +638,8 @@ def harden_from_audit(
     start = time.perf_counter()
     note = say or (lambda _msg: None)
     if evasion_method not in _EVASION_METHODS:
-        raise ConfigurationError(f"evasion method must be pgd, trades or smooth, got "
-                                 f"{evasion_method!r}")
+        raise ConfigurationError(f"evasion method must be one of {', '.join(_EVASION_METHODS)}, "
+                                 f"got {evasion_method!r}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size),
                         ("train_steps", train_steps), ("dp_batch_size", dp_batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -705,6 +725,12 @@ def harden_from_audit(
                 eps=float(eps or 0.0), norm=norm, bounds=bounds, seed=int(before["seed"]))
             hardened = copy.copy(clf)
             hardened.module = net
+            if method.startswith("randomized-smoothing"):
+                note("certifying the smoothed classifier ...")
+                training["certified"] = _certify(hardened, test_ds.x, test_ds.y,
+                                                 sigma=float(settings["sigma"]),
+                                                 radius=float(eps or 0.0),
+                                                 seed=int(before["seed"]))
             remedies.append(Remedy(retrain, method, tuple(
                 str(f.get("id")) for f in wanted[retrain]), settings))
         if isinstance(hardened, TorchClassifier):

@@ -134,6 +134,12 @@ def render_fix_markdown(doc: Mapping[str, Any]) -> str:
         lines.append("")
     lines += [f"Test accuracy: {_pct(acc.get('before'))} → {_pct(acc.get('after'))} "
               f"({acc.get('n')} samples).", ""]
+    cert = (doc.get("training") or {}).get("certified")
+    if cert:
+        lines += [f"Smoothed classifier (σ {cert['sigma']:g}): certified accuracy "
+                  f"{_pct(cert['certified_accuracy'])} at L2 radius {cert['radius']:g}, "
+                  f"{_pct(cert['smoothed_accuracy'])} at radius 0 ({cert['samples']} samples; "
+                  "the rerun's evasion check attacks the base model).", ""]
     for w in doc.get("warnings", []):
         lines.append(f"> warning: {md_escape(w)}")
     return "\n".join(lines).rstrip() + "\n"

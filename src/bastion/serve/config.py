@@ -185,6 +185,9 @@ class ModelSettings(_Frozen):
     factory_kwargs: dict[str, Any] = Field(default_factory=dict)
     device: str = "cpu"
     contract: str | None = None
+    #: a tabular model's input columns, in its order (default: the names its file records,
+    #: else the table contract's columns); requests may then send ``records`` by name
+    features: tuple[str, ...] | None = None
     output: OutputSettings = OutputSettings()
     screening: ScreeningSettings = ScreeningSettings()
 

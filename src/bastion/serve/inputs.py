@@ -8,6 +8,15 @@ or as little-endian float32 bytes in base64 with their shape::
 
     {"inputs_b64": "AAAAAAAAAD8=", "shape": [1, 2]}
 
+or, for a tabular model served with a table contract, as records keyed by feature name::
+
+    {"records": [{"age": 41, "income": 3200.0, "region": 2}, ...]}
+
+Each record must name every feature of the model and nothing else (an unknown or missing
+feature is refused naming it); its values must be numbers (category codes, 0/1 for one-hot
+columns). The gateway then validates the rows against the contract (range, integer,
+category: each violation names its column).
+
 :func:`parse_inputs` turns the raw body into a float32 array or raises
 :class:`~bastion.errors.InputError` naming what is wrong (the gateway answers 422).
 
@@ -19,6 +28,12 @@ or as little-endian float32 bytes in base64 with their shape::
 Traceback (most recent call last):
 ...
 bastion.errors.InputError: inputs must be numbers (nested lists of numbers), got str values
+>>> parse_inputs(b'{"records": [{"b": 2, "a": 1}]}', features=("a", "b")).tolist()
+[[1.0, 2.0]]
+>>> parse_inputs(b'{"records": [{"a": 1, "c": 3}]}', features=("a", "b"))
+Traceback (most recent call last):
+...
+bastion.errors.InputError: record 0: unknown feature 'c'; the model takes a, b
 """
 
 from __future__ import annotations
@@ -60,6 +75,9 @@ class PredictRequest(BaseModel):
     inputs_b64: str | None = Field(
         None, description="the batch as base64 of little-endian float32 bytes (C order)")
     shape: list[int] | None = Field(None, description="the shape of inputs_b64, batch axis first")
+    records: list[dict[str, Any]] | None = Field(
+        None, description="tabular models with a table contract: one object per sample, "
+        "keyed by feature name, e.g. [{\"age\": 41, \"income\": 3200.0}]")
 
 
 class PredictResponse(BaseModel):
@@ -185,20 +203,62 @@ def _from_b64(data: dict[str, Any], max_batch: int | None, sample_ndim: int | No
     return arr
 
 
+def _from_records(records: Any, features: tuple[str, ...] | None,
+                  max_batch: int | None) -> np.ndarray:
+    """The ``(n, len(features))`` float32 rows of ``records`` (see the module docstring)."""
+    if features is None:
+        raise InputError("this model takes no named records (it is served without a table "
+                         "contract); send 'inputs' as lists of numbers")
+    if not isinstance(records, list) or not records:
+        raise InputError("records must be a non-empty list of objects keyed by feature name")
+    _check_batch(len(records), max_batch)
+    known = set(features)
+    out = np.empty((len(records), len(features)), dtype=np.float64)
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise InputError(f"record {i} must be an object keyed by feature name")
+        unknown = [k for k in rec if k not in known]
+        if unknown:
+            raise InputError(f"record {i}: unknown feature {short(unknown[0])!r}; the model "
+                             f"takes {short(', '.join(features), 300)}")
+        missing = [f for f in features if f not in rec]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise InputError(f"record {i} lacks feature {missing[0]!r}{more}")
+        for j, f in enumerate(features):
+            v = rec[f]
+            if isinstance(v, bool):
+                v = int(v)
+            if not isinstance(v, int | float):
+                raise InputError(
+                    f"record {i}, feature {f!r}: expected a number, got "
+                    f"{short(json.dumps(v), 40)} (send category codes and 0/1 one-hot values)")
+            if not math.isfinite(v) or abs(v) > 3.0e38:
+                raise InputError(f"record {i}, feature {f!r}: {v} is not a finite float32")
+            out[i, j] = v
+    return out.astype(np.float32)
+
+
 def parse_inputs(body: bytes, *, max_batch: int | None = None,
-                 sample_ndim: int | None = None) -> np.ndarray:
+                 sample_ndim: int | None = None,
+                 features: tuple[str, ...] | None = None) -> np.ndarray:
     """The float32 batch in a prediction request body (see the module docstring).
 
     With ``max_batch`` and ``sample_ndim`` (the dimensions of one sample), a batch of more
     than ``max_batch`` samples is refused right after the JSON is decoded, before any array
-    is built or validated.
+    is built or validated. ``features`` are the model's named columns, in its order: a body
+    of ``records`` is read by them.
     """
     data = load_json(body)
     if not isinstance(data, dict):
         raise InputError("the body must be a JSON object with 'inputs' or 'inputs_b64'")
-    extra = sorted(set(data) - {"inputs", "inputs_b64", "shape"})
+    extra = sorted(set(data) - {"inputs", "inputs_b64", "shape", "records"})
     if extra:
         raise InputError(f"unknown field(s) {extra}; send 'inputs' or 'inputs_b64' + 'shape'")
+    if data.get("records") is not None:
+        if any(data.get(k) is not None for k in ("inputs", "inputs_b64", "shape")):
+            raise InputError("send 'records' alone, without 'inputs', 'inputs_b64' or 'shape'")
+        return _from_records(data["records"], features, max_batch)
     has_list, has_b64 = data.get("inputs") is not None, data.get("inputs_b64") is not None
     if has_list == has_b64:
         raise InputError("send exactly one of 'inputs' (nested lists) or 'inputs_b64' + 'shape'")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bastion.data.contracts import Contract, TensorContract, load_contract
+from bastion.data.contracts import Contract, TableContract, TensorContract, load_contract
 from bastion.defences.output import OutputPolicy
 from bastion.errors import BastionError, ConfigurationError, ModelLoadError
 from bastion.models.base import Capability, Classifier
@@ -48,6 +49,8 @@ class ServedModel:
     screener: Screener | None
     screen_action: str
     generator: torch.Generator
+    #: a tabular model's named input columns (records by name are accepted), else ``None``
+    features: tuple[str, ...] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -146,6 +149,9 @@ def load_served_model(settings: ModelSettings, registry: RegistrySettings) -> Se
             raise ConfigurationError(
                 f"model {settings.name!r}: its contract expects samples of shape "
                 f"{tuple(contract.shape[1:])}, the model takes {tuple(clf.input_shape)}")
+    features = None
+    if isinstance(contract, TableContract):
+        contract, features = _model_columns(settings, contract, clf)
     policy = settings.output.build()
     if not policy.label_only and Capability.SCORES not in clf.capabilities:
         raise ConfigurationError(f"model {settings.name!r} is label-only; use output policy "
@@ -159,4 +165,29 @@ def load_served_model(settings: ModelSettings, registry: RegistrySettings) -> Se
     log.info("serving %s %s from %s", settings.name, version, settings.source)
     return ServedModel(name=settings.name, version=version, source=settings.source,
                        classifier=clf, policy=policy, contract=contract, screener=screener,
-                       screen_action=settings.screening.action, generator=gen)
+                       screen_action=settings.screening.action, generator=gen,
+                       features=features)
+
+
+def _model_columns(settings: ModelSettings, contract: TableContract, clf: Classifier
+                   ) -> tuple[TableContract, tuple[str, ...]]:
+    """The table contract cut to the model's columns, in the model's order (a label column
+    the contract also describes is no input), and those columns."""
+    import dataclasses
+
+    names = settings.features or getattr(clf, "feature_names", None) or tuple(
+        c.name for c in contract.columns)
+    known = {c.name for c in contract.columns}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise ConfigurationError(
+            f"model {settings.name!r}: its contract has no column(s) {', '.join(missing[:10])} "
+            "that the model takes; infer the contract from the model's training table")
+    width = math.prod(clf.input_shape)
+    if len(names) != width or len(clf.input_shape) != 1:
+        raise ConfigurationError(
+            f"model {settings.name!r} takes inputs of shape {tuple(clf.input_shape)} but its "
+            f"table contract gives {len(names)} columns; name the model's columns in "
+            "`features`")
+    columns = tuple(contract.column(n) for n in names)
+    return dataclasses.replace(contract, columns=columns), tuple(names)

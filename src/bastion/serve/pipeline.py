@@ -14,7 +14,8 @@
    streaming; reading stops at the cap -> 413; a body that is not ``application/json``, or
    has a ``Content-Encoding`` -> 415; a body not received within ``server.body_timeout``
    -> 408; a client that disconnects mid-body is recorded as a client event (499)
-5. parse JSON only, never unpickle (:mod:`bastion.serve.inputs`) -> 422; a large body is
+5. parse JSON only, never unpickle (:mod:`bastion.serve.inputs`; a tabular model with a table
+   contract also takes ``records`` keyed by feature name) -> 422; a large body is
    parsed in a worker thread (the event loop keeps serving), and a batch over
    ``server.max_batch`` is refused as soon as the JSON is decoded. A request refused after
    its body was read is charged to the key's budget for the samples it carried (up to
@@ -415,11 +416,13 @@ class Gateway:
 
     async def _parse(self, served: ServedModel, body: bytes) -> np.ndarray:
         """Parse a prediction body; a large one in a worker thread (stage 5)."""
-        kwargs = {"max_batch": self.policy.server.max_batch,
-                  "sample_ndim": len(served.input_shape)}
+        def parse() -> np.ndarray:
+            return parse_inputs(body, max_batch=self.policy.server.max_batch,
+                                sample_ndim=len(served.input_shape), features=served.features)
+
         if len(body) <= _THREAD_PARSE_BYTES:
-            return parse_inputs(body, **kwargs)
-        return await anyio.to_thread.run_sync(lambda: parse_inputs(body, **kwargs))
+            return parse()
+        return await anyio.to_thread.run_sync(parse)
 
     def _charge_refused(self, ctx: RequestContext, served: ServedModel, nbytes: int) -> None:
         """Charge a request refused after its body was read for the samples it carried."""

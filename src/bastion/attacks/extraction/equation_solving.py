@@ -12,7 +12,9 @@ equations, so ``d + 1`` queries in general position determine the model (far few
 recovered model is the victim exactly, up to the softmax's invariance to adding the same vector
 to every class: its probabilities, and so its labels, are the victim's.
 
-Needs scores (a score-only or white-box victim); queries are uniform in the victim's bounds.
+Needs scores (a score-only or white-box victim); queries are uniform in the victim's bounds,
+or in the per-feature box ``low``/``high`` when given (a table's columns have ranges of their
+own: querying inside them keeps the scores away from the censoring floor).
 
 Censored scores. Score APIs clamp small probabilities (bastion's sklearn, ONNX and remote
 adapters at ``1e-12``); a clamped log-probability is not an equation, only an upper bound, and
@@ -97,6 +99,8 @@ class EquationSolving(ExtractionAttack):
     queries: how many to send (default ``d + 1``, the fewest that determine the model); more
         give a least-squares fit that tolerates rounding in the victim's scores.
     seed: seeds the query points.
+    low, high: per-feature bounds of the query box (flattened input order; default the
+        victim's scalar bounds), e.g. a table's column ranges.
     """
 
     name = "equation"
@@ -108,8 +112,20 @@ class EquationSolving(ExtractionAttack):
         queries: int | None = None,
         batch_size: int = 1024,
         seed: int | None = 0,
+        low: Any = None,
+        high: Any = None,
     ) -> None:
         super().__init__(query_budget=query_budget, batch_size=batch_size, seed=seed)
+        box = [None if v is None else torch.as_tensor(v, dtype=torch.float64).reshape(-1)
+               for v in (low, high)]
+        if (box[0] is None) != (box[1] is None):
+            raise ConfigurationError("give both low and high, or neither")
+        if box[0] is not None and box[1] is not None and (
+            box[0].shape != box[1].shape or not bool(torch.isfinite(box[0]).all())
+            or not bool(torch.isfinite(box[1]).all()) or bool((box[0] > box[1]).any())
+        ):
+            raise ConfigurationError("low and high must be finite, of one length, low <= high")
+        self._low, self._high = box
         if queries is not None:
             check_int(queries, "queries", minimum=2)
             if queries > query_budget:
@@ -138,7 +154,14 @@ class EquationSolving(ExtractionAttack):
                 f"equation solving needs at least d + 1 = {d + 1} queries for {d} input features, "
                 f"but the budget allows {oracle.remaining}; raise query_budget"
             )
+        lo: Any
+        hi: Any
         lo, hi = victim.bounds
+        if self._low is not None and self._high is not None:
+            if self._low.numel() != d:
+                raise ConfigurationError(
+                    f"low/high give {self._low.numel()} features but the victim takes {d}")
+            lo, hi = self._low.reshape(shape), self._high.reshape(shape)
         xs: list[torch.Tensor] = []
         scores: list[torch.Tensor] = []
         while True:

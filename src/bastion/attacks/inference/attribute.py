@@ -198,8 +198,12 @@ class AttributeInference(ParamsRepr):
         self.imputer_ = None
         if self.baseline == "imputer" and len(np.unique(idx)) > 1:
             from sklearn.linear_model import LogisticRegression
+            from sklearn.pipeline import make_pipeline
+            from sklearn.preprocessing import StandardScaler
 
-            self.imputer_ = LogisticRegression(max_iter=1000).fit(self._rest(flat, y), idx)
+            # scaled: a table's raw columns (ages, amounts, ids) differ by orders of magnitude
+            self.imputer_ = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+            self.imputer_.fit(self._rest(flat, y), idx)
         return self
 
     def _check(self, classifier: Classifier, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

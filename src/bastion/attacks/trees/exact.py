@@ -83,14 +83,18 @@ def minimal_perturbation(
     X, labels = _rows(ensemble, x, y)
     _check_rules(schema, X)
     solver = TreeMILP(ensemble, schema=schema, norm=norm, time_limit=time_limit)
+    solver.prime(X)
     hints: list[float | None] = [None] * X.shape[0]
+    points: list[np.ndarray | None] = [None] * X.shape[0]
     if warm_start and norm == "linf":
         from bastion.attacks.trees.fast import fast_tree_attack
 
         fast = fast_tree_attack(ensemble, X, labels, schema=schema, max_steps=50)
         hints = [float(d) if f else None for f, d in zip(fast.found, fast.distance, strict=True)]
+        points = [fast.x_adv[i] if fast.found[i] else None for i in range(X.shape[0])]
     return [
-        solver.solve(X[i], int(labels[i]), upper=upper, hint=hints[i]) for i in range(X.shape[0])
+        solver.solve(X[i], int(labels[i]), upper=upper, hint=hints[i], hint_x=points[i])
+        for i in range(X.shape[0])
     ]
 
 
@@ -184,7 +188,9 @@ def certify(
         if deadline is not None and time.perf_counter() > deadline:
             undecided[i] = True
             continue
-        solver = solver or TreeMILP(ensemble, schema=schema, norm=norm, time_limit=time_limit)
+        if solver is None:
+            solver = TreeMILP(ensemble, schema=schema, norm=norm, time_limit=time_limit)
+            solver.prime(X[correct & (known_d > eps + tol)])
         sol = solver.solve(X[i], int(labels[i]), upper=eps + 2 * tol)
         undecided[i] = sol.status == "timeout"
         certified[i] = sol.status == "robust" or (

@@ -7,6 +7,13 @@ Kolmogorov–Smirnov with Benjamini–Hochberg control), ``data.label-shift`` (t
 differs, chi-square), and ``data.train-test-overlap`` (test samples that are also training
 samples, which inflates every accuracy in the report). Histograms of the most drifted
 features go into the report as plots.
+
+Tabular audits: with the audit's data contract (``--contract``, ``ctx.contract``) the contract
+is the reference instead: the training and test tables are validated against it as they are
+(a CSV or Parquet file is read again, with its own column types and its label column), every
+broken rule of either is a ``data.contract-violation`` located ``<role>:<rule>`` and naming
+its columns, and the test set's drift is measured against the contract's reference. Without a
+contract, a contract inferred from the named training columns names the columns too.
 """
 
 from __future__ import annotations
@@ -61,41 +68,36 @@ class DataCheck(Check):
         s = dict(ctx.check_settings(self.name))
         train = ctx.train.x.numpy()
         test = ctx.test.x.numpy()
-        contract = infer_contract(
-            train,
-            name="train",
-            kind="table" if train.ndim == 2 else "tensor",
-            seed=ctx.unit_seed(self.name),
-        )
-        report = validate(test, contract, fdr=float(s["fdr"]))
+        names = list(ctx.feature_names) if ctx.feature_names else None
+        findings: list[Finding] = []
+        if ctx.contract is not None:
+            contract = ctx.contract
+            train_report = validate(_table(ctx, "train", train, contract), contract,
+                                    distribution=False)
+            report = validate(_table(ctx, "test", test, contract), contract,
+                              fdr=float(s["fdr"]))
+            findings += _violations(train_report.errors, "train", prefix="train:")
+            reference = f"the data contract {contract.name!r}"
+        else:
+            import pandas as pd
+
+            named = train.ndim == 2 and names is not None
+            contract = infer_contract(
+                pd.DataFrame(train, columns=names) if named else train,
+                name="train",
+                kind="table" if train.ndim == 2 else "tensor",
+                seed=ctx.unit_seed(self.name),
+            )
+            report = validate(pd.DataFrame(test, columns=names) if named else test, contract,
+                              fdr=float(s["fdr"]))
+            reference = f"the contract inferred from {len(train)} training rows"
         n = report.n_rows
         bad_rows = {v.row for v in report.errors if v.row is not None}
-        whole = [v for v in report.errors if v.row is None]  # dtype, shape: every row
+        # dtype, shape: every row (drift is about the set, not its rows)
+        whole = [v for v in report.errors if v.row is None and v.rule != "drift"]
         invalid = n if whole else len(bad_rows)
-        findings: list[Finding] = []
-        by_rule: dict[str, list[Any]] = {}
-        for v in report.errors:
-            if v.rule != "drift":
-                by_rule.setdefault(v.rule, []).append(v)
-        for rule, items in sorted(by_rule.items()):
-            findings.append(
-                Finding(
-                    id="data.contract-violation",
-                    title=f"{len(items)} test sample(s) break the training data's {rule} rule",
-                    severity=Severity.MEDIUM,
-                    threat=_THREAT,
-                    atlas=(ATLAS["poison_training_data"],),
-                    owasp=(OWASP["data_poisoning"],),
-                    evidence={
-                        "rule": rule,
-                        "count": len(items),
-                        "examples": [i.message for i in items[:5]],
-                    },
-                    remediation="Validate inputs against the contract before they reach the model "
-                    "(bastion data validate) and find where the pipeline changed them.",
-                    location=rule,
-                )
-            )
+        findings += _violations(report.errors, "test",
+                                prefix="test:" if ctx.contract is not None else "")
         drift = list(report.drift)
         drifted = [t for t in drift if t.drifted]
         metrics = {
@@ -128,7 +130,8 @@ class DataCheck(Check):
             )
         self._label_shift(ctx, s, findings, metrics)
         self._overlap(train, test, findings, metrics)
-        plots = self._histograms(ctx, train, test, contract, drifted, int(s["histograms"]))
+        plots = self._histograms(ctx, train, test, contract, drifted, int(s["histograms"]),
+                                 names)
         status: Status = (
             "failed" if any(f.severity.rank >= Severity.MEDIUM.rank for f in findings) else "passed"
         )
@@ -147,8 +150,8 @@ class DataCheck(Check):
                     ],
                 }
             ],
-            summary=f"{n - invalid} of {n} test rows satisfy the contract inferred from "
-            f"{len(train)} training rows; {len(drifted)} of {len(drift)} features drifted.",
+            summary=f"{n - invalid} of {n} test rows satisfy {reference}; {len(drifted)} of "
+            f"{len(drift)} features drifted.",
             settings=s,
         )
 
@@ -224,11 +227,13 @@ class DataCheck(Check):
         contract: Any,
         drifted: list[Any],
         count: int,
+        columns: list[str] | None = None,
     ) -> list[dict[str, Any]]:
         if not drifted or count < 1:
             return []
         if train.ndim == 2:
-            ref, cur, names = train, test, [f"c{j}" for j in range(train.shape[1])]
+            names = columns or [f"c{j}" for j in range(train.shape[1])]
+            ref, cur = train, test
         else:
             from bastion.data.contracts._tensor import sample_features
 
@@ -266,3 +271,64 @@ class DataCheck(Check):
                 }
             )
         return plots
+
+
+def _violations(errors: Any, role: str, *, prefix: str) -> list[Finding]:
+    """One ``data.contract-violation`` per broken rule (drift aside), naming its columns."""
+    by_rule: dict[str, list[Any]] = {}
+    for v in errors:
+        if v.rule != "drift":
+            by_rule.setdefault(v.rule, []).append(v)
+    out = []
+    for rule, items in sorted(by_rule.items()):
+        columns = sorted({str(v.column) for v in items if v.column is not None})
+        where = f" in column(s) {', '.join(columns[:8])}" if columns else ""
+        out.append(
+            Finding(
+                id="data.contract-violation",
+                title=f"{len(items)} {role} sample(s) break the {rule} rule{where}",
+                severity=Severity.MEDIUM,
+                threat=_THREAT,
+                atlas=(ATLAS["poison_training_data"],),
+                owasp=(OWASP["data_poisoning"],),
+                evidence={
+                    "rule": rule,
+                    "role": role,
+                    "count": len(items),
+                    "columns": columns,
+                    "examples": [i.message for i in items[:5]],
+                },
+                remediation="Validate inputs against the contract before they reach the model "
+                "(bastion data validate) and find where the pipeline changed them.",
+                location=f"{prefix}{rule}",
+            )
+        )
+    return out
+
+
+def _table(ctx: AuditContext, role: str, x: np.ndarray, contract: Any) -> Any:
+    """The ``role`` data as the contract sees it: its CSV/Parquet file as it is (less the
+    label column when the contract has none), else the model's columns with integral
+    columns as integers."""
+    import pandas as pd
+
+    known = {c.name for c in contract.columns}
+    path = ctx.data_paths.get(role)
+    if path is not None and path.suffix.lower() in (".csv", ".parquet"):
+        from bastion.data.tabular import load_table
+
+        frame = load_table(path)
+        features = set(ctx.feature_names or ())
+        drop = [c for c in frame.columns if c not in features and c not in known]
+        return frame.drop(columns=drop)
+    names = list(ctx.feature_names) if ctx.feature_names else (
+        list(ctx.schema.names) if ctx.schema is not None else None)
+    if x.ndim != 2 or names is None or len(names) != x.shape[1]:
+        return x
+    frame = pd.DataFrame(x.astype(np.float64), columns=names)
+    for c in contract.columns:
+        col = frame.get(c.name)
+        if col is not None and c.kind in ("integer", "boolean", "categorical") and bool(
+                np.all(col.to_numpy() == np.round(col.to_numpy()))):
+            frame[c.name] = col.round().astype(np.int64)
+    return frame

@@ -10,6 +10,13 @@ the strongest strategy that access allows:
   of its over-determined fit says the model is linear);
 - labels only: **Copycat** (hard labels on the pool).
 
+A tree-ensemble model (XGBoost, LightGBM, scikit-learn forests) is stolen by **sampling**
+instead (:class:`~bastion.attacks.extraction.sampling.TreeSampling`, strategy ``tree``): a
+surrogate tree ensemble trained on the model's labels for pool rows and rows redrawn inside
+the data contract's rules (``ctx.schema``). On tables, equation solving queries inside the
+columns' own ranges (the schema's, else the pool's), so a logistic regression on raw features
+is recovered exactly too.
+
 The pool is the training set's inputs (unlabelled) when given, else the leading
 ``pool_fraction`` of the test set; fidelity (agreement with the model's labels) is measured on
 the test set (the rest of it). The budget is spent in ``points`` equal slices with a copy
@@ -62,6 +69,24 @@ def policy_from(spec: Any) -> Any:
     raise ConfigurationError(
         f"output_policy must be a policy name such as rounding:2 or a mapping, got {spec!r}"
     )
+
+
+def _is_tree_model(clf: Any) -> bool:
+    """Whether ``clf`` is a tree ensemble (its structure exposed)."""
+    return getattr(getattr(clf, "base", clf), "ensemble", None) is not None
+
+
+def _query_box(ctx: AuditContext, x_pool: torch.Tensor) -> tuple[Any, Any]:
+    """Per-column query ranges of a table: the schema's where finite, else the pool's."""
+    rows = x_pool.reshape(len(x_pool), -1).double()
+    low, high = rows.min(0).values.numpy(), rows.max(0).values.numpy()
+    schema = ctx.schema
+    if schema is not None and schema.n_features == low.shape[0]:
+        import numpy as np
+
+        low = np.where(np.isfinite(schema.low), schema.low, low)
+        high = np.where(np.isfinite(schema.high), schema.high, high)
+    return low, high
 
 
 @register
@@ -181,30 +206,45 @@ class ExtractionCheck(Check):
         strategy = str(opts["strategy"])
         if strategy == "auto":
             strategy = "knockoff" if api == "scores" else "copycat"
+            if _is_tree_model(ctx.model):
+                strategy = "tree"
         if strategy == "equation" and api == "labels":
             strategy = "copycat"  # the strongest attack on labels: equation solving needs scores
         # a pool strategy asks each pool input once; the others synthesise their queries
         spend = min(budget, len(x_pool)) if strategy in _POOL else budget
         if ctx.progress is not None:
             ctx.progress(f"{strategy} {label}", 0.1)
-        attack = build_extraction_attack(
-            strategy,
-            query_budget=spend,
-            labels="soft" if api == "scores" else "hard",
-            surrogate=surrogate,
-            rounds=int(opts["points"]),
-            epochs=int(opts["epochs"]),
-            seed=ctx.unit_seed(f"{self.name}.{label}"),
-        )
+        attack: Any
+        if strategy == "tree":
+            from bastion.attacks.extraction.sampling import TreeSampling
+
+            attack = TreeSampling(query_budget=spend, schema=ctx.schema,
+                                  rounds=int(opts["points"]),
+                                  seed=ctx.unit_seed(f"{self.name}.{label}"))
+        else:
+            attack = build_extraction_attack(
+                strategy,
+                query_budget=spend,
+                labels="soft" if api == "scores" else "hard",
+                surrogate=surrogate,
+                rounds=int(opts["points"]),
+                epochs=int(opts["epochs"]),
+                seed=ctx.unit_seed(f"{self.name}.{label}"),
+            )
         res = attack.extract(victim, x_pool=x_pool, x_eval=x_eval, y_eval=y_eval)
         best = {"strategy": strategy, "result": res}
         equation = None
-        if api == "scores" and budget >= d + 2 and opts["strategy"] == "auto":
+        # a tree ensemble is piecewise constant: no linear model to solve for
+        linear_possible = not _is_tree_model(ctx.model)
+        if api == "scores" and budget >= d + 2 and opts["strategy"] == "auto" and linear_possible:
             # more equations than unknowns, so the residual tells a linear model from others
+            low, high = _query_box(ctx, x_pool) if ctx.domain == "tabular" else (None, None)
             eq = EquationSolving(
                 query_budget=budget,
                 queries=min(budget, 2 * (d + 1)),
                 seed=ctx.unit_seed(f"{self.name}.eq"),
+                low=low,
+                high=high,
             )
             eq_res = eq.extract(victim, x_eval=x_eval, y_eval=y_eval)
             residual = eq_res.extra.get("residual")

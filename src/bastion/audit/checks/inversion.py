@@ -7,12 +7,16 @@
   interval over the classes) and their SSIM to it; ``inversion.miface`` is raised when at least
   half of them are nearer their own class mean, rated by their structure (mean SSIM: high from
   0.5 with 80% nearer, medium from 0.3, else low: noise-like reconstructions leak little).
-- **Tabular data** with a sensitive column (``settings.inversion.sensitive_column``: a column
-  index, or a name listed in ``settings.inversion.features``): attribute inference on the
+- **Tabular data** with a sensitive column (``settings.inversion.sensitive_column``, or
+  ``--sensitive-column``: a column index, or a name: a column of the audit's named tables, or
+  one listed in ``settings.inversion.features``): attribute inference on the
   training members, whose sensitive value the attacker infers from the other columns, the
   label and the model's scores, against a baseline that never queries the model (fitted on the
   test set, the attacker's auxiliary data). ``inversion.attribute-inference`` is raised when
-  the model adds at least ``min_advantage`` accuracy over the baseline.
+  the model adds at least ``min_advantage`` accuracy over the baseline. The candidate values
+  are the data contract's categories of the column when the audit has one (``ctx.schema``),
+  else the values seen in the test set. Any score-answering model takes part: a tree
+  ensemble's probabilities as much as a network's.
 
 Anything else is ``not_run`` with the reason (a score-only image model: MI-Face here needs
 gradients; a tabular model without a named sensitive column).
@@ -249,11 +253,18 @@ class InversionCheck(Check):
         from bastion.attacks.inference import AttributeInference
 
         clf, train, test = ctx.model, ctx.train, ctx.test
+        opts = {**opts, "features": opts.get("features") or (
+            list(ctx.feature_names) if ctx.feature_names else None)}
         col = _column(opts, clf.input_shape[0])
         g = torch.Generator().manual_seed(ctx.unit_seed(self.name))
         idx = torch.randperm(len(train), generator=g)[: int(opts["max_records"])]
         x, y = train.x[idx], train.y[idx]
-        attack = AttributeInference(feature=col).fit(clf, test.x, test.y)
+        values = None
+        if ctx.schema is not None and ctx.schema.n_features == clf.input_shape[0]:
+            allowed = ctx.schema.allowed_values(col)
+            if allowed is not None and 2 <= len(allowed) <= 32:
+                values = [float(v) for v in allowed]
+        attack = AttributeInference(feature=col, values=values).fit(clf, test.x, test.y)
         res = attack.infer(clf, x, y, truth=x[:, col])
         n = int(x.shape[0])
         acc = Metric.proportion(
@@ -330,9 +341,11 @@ def _column(opts: dict[str, Any], width: int) -> int:
     names = opts.get("features")
     if isinstance(spec, str) and not spec.isdigit():
         if not names or spec not in names:
+            known = f" (the columns are {', '.join(map(str, names[:30]))})" if names else ""
             raise ConfigurationError(
-                f"inversion: sensitive_column {spec!r} is not a known column; give its index "
-                "or list the column names in settings.inversion.features"
+                f"inversion: sensitive_column {spec!r} is not a known column{known}; give "
+                "its index, a column of the audit's named tables, or list the column names in "
+                "settings.inversion.features"
             )
         col = list(names).index(spec)
     else:

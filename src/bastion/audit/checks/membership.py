@@ -11,6 +11,12 @@ non-members the test set (``ctx.test``); the check draws the same number of each
 - the **loss threshold** attack (Yeom et al. 2018), finding id ``membership.loss-threshold``;
 - against a label-only model, the **label-only** attack instead of both.
 
+Against a tree ensemble (XGBoost, LightGBM, scikit-learn forests and boosting), the reference
+and shadow models are tree ensembles of the target's own family and size
+(:class:`~bastion.models.trees.refit.TreeTrainer`: the same library, number of trees and
+depth), not small networks: LiRA's per-sample distributions are only as good as the reference
+models are like the target.
+
 ``attacks`` picks others (``loss``, ``confidence``, ``label-only``, ``shadow``, ``lira``,
 ``lira-online``), and ``population`` (an ``.npz``) gives the attacker's own data for the
 reference and shadow models; then every member and non-member (up to ``max_samples`` each)
@@ -174,22 +180,34 @@ class MembershipCheck(Check):
         clf = ctx.model
         n_ref = int(opts["n_reference"])
         seed = ctx.unit_seed(f"{self.name}.{name}")
-        trainer = DefaultTrainer(
+        trainer: Any = DefaultTrainer(
             tuple(clf.input_shape), clf.num_classes, epochs=int(opts["reference_epochs"])
         )
+        tree_trainer = _tree_trainer(clf)
+        if tree_trainer is not None:
+            trainer = tree_trainer
         if name in ("loss", "confidence"):
             return ThresholdAttack(signal=name)
         if name == "label-only":
             return LabelOnlyAttack(seed=seed)
         if name == "shadow":
-            return ShadowModelAttack(n_shadows=n_ref, train_fn=trainer, seed=seed)
+            return ShadowModelAttack(
+                n_shadows=n_ref, train_fn=trainer, seed=seed, executor=ctx.executor
+            )
         if name == "lira-online":
-            return LiRA(n_reference=n_ref + n_ref % 2, online=True, train_fn=trainer, seed=seed)
+            return LiRA(
+                n_reference=n_ref + n_ref % 2,
+                online=True,
+                train_fn=trainer,
+                seed=seed,
+                executor=ctx.executor,
+            )
         return LiRA(
             n_reference=n_ref,
             online=False,
             train_fn=trainer,
             reference_seeds=[ctx.unit_seed(self.name, i) for i in range(n_ref)],
+            executor=ctx.executor,
         )
 
     @staticmethod
@@ -316,8 +334,22 @@ class MembershipCheck(Check):
                 "attacks": [name for name, _ in results],
                 "members": n_m,
                 "non_members": n_n,
+                "reference_models": _reference_kind(ctx.model),
             },
         )
+
+
+def _tree_trainer(clf: Any) -> Any:
+    from bastion.models.trees.refit import TreeTrainer
+
+    return TreeTrainer.of_classifier(clf)
+
+
+def _reference_kind(clf: Any) -> str:
+    t = _tree_trainer(clf)
+    if t is None:
+        return "small network (DefaultTrainer)"
+    return f"{t.family}, {t.n_trees} trees, depth {t.max_depth}"
 
 
 def truth_of(res: MembershipResult) -> torch.Tensor:

@@ -4,9 +4,17 @@ Runs poisoned-sample detectors on the training set (``ctx.train``) as the model 
 (``methods: auto``): **activation clustering** (Chen et al. 2018) and **spectral signatures**
 (Tran et al. 2018) on the activations of a torch model (default: its penultimate layer, or
 ``layer``), and **confident learning** (Northcutt et al. 2021, its own cross-validated models
-on the data, no model needed) for any other model. A detector splits each class in two and
+on the data, no model needed) for any other model and for every tabular model. A detector
+splits each class in two and
 flags the suspect part only when the split is far beyond what a clean class shows, so a clean
 set is normally quiet.
+
+On a table, confident learning's out-of-fold probabilities come from tree ensembles of the
+model's own family and size (:class:`~bastion.models.trees.refit.TreeTrainer`; scikit-learn's
+histogram gradient boosting for a model that is no tree ensemble): trees need no scaling of
+the raw columns, where a small network on unscaled amounts and ages is a poor judge of labels.
+``poisoning.suspected-mislabels`` (label flips, or honest label noise) is raised when the
+flagged share reaches ``min_mislabel_fraction``; its evidence gives the estimated noise rate.
 
 Evidence: the fraction of the training set each method flags (Clopper–Pearson intervals), a
 histogram of each method's per-sample scores (flagged and not), and, for images, thumbnails of
@@ -59,6 +67,7 @@ class PoisoningCheck(Check):
         "methods": "auto",
         "layer": None,
         "thumbnails": 16,
+        "min_mislabel_fraction": 0.0,
     }
 
     def requires(self, ctx: AuditContext) -> Requirement | None:
@@ -83,7 +92,7 @@ class PoisoningCheck(Check):
 
         spec = check_settings(self, ctx)["methods"]
         if spec in (None, "auto"):
-            if _torch_module(ctx.model) is not None:
+            if _torch_module(ctx.model) is not None and ctx.domain != "tabular":
                 return ["activation_clustering", "spectral_signatures"]
             return ["confident_learning"]
         return parse_methods(spec)
@@ -108,6 +117,7 @@ class PoisoningCheck(Check):
             methods=methods,
             layer=opts["layer"],
             seed=ctx.unit_seed(self.name),
+            cl_train_fn=_cl_trainer(ctx, int(y.max()) + 1 if len(y) else 2),
         )
         n = scan.n
         metrics: dict[str, Metric] = {}
@@ -150,8 +160,9 @@ class PoisoningCheck(Check):
                     ", ".join(str(c["label"]) for c in suspicious) or "none",
                 ]
             )
-            if name == "confident_learning" and rep.n_flagged:
-                findings.append(self._mislabel_finding(rep.n_flagged, n))
+            floor = float(opts["min_mislabel_fraction"])
+            if name == "confident_learning" and rep.n_flagged and rep.n_flagged >= floor * n:
+                findings.append(self._mislabel_finding(rep, n))
             for c in suspicious:
                 findings.append(self._backdoor_finding(name, c, n))
         findings = _merge_by_location(findings)
@@ -181,8 +192,9 @@ class PoisoningCheck(Check):
                 f"{int(any_flags.sum())} of {n} training samples flagged "
                 f"({', '.join(m.replace('_', ' ') for m in methods)})"
                 + (
-                    f"; suspected backdoor in {', '.join(f.location or '' for f in findings)}"
-                    if findings
+                    f"; suspected backdoor in {', '.join(f.location or '' for f in backdoors)}"
+                    if (backdoors := [f for f in findings
+                                      if f.id == "poisoning.suspected-backdoor"])
                     else ""
                 )
             ),
@@ -241,7 +253,9 @@ class PoisoningCheck(Check):
         )
 
     @staticmethod
-    def _mislabel_finding(k: int, n: int) -> Finding:
+    def _mislabel_finding(rep: Any, n: int) -> Finding:
+        k = rep.n_flagged
+        noise = rep.stats.get("estimated_noise_rate")
         return Finding(
             id="poisoning.suspected-mislabels",
             title=f"{k} training samples ({k / n:.1%}) look mislabelled (confident learning)",
@@ -249,10 +263,24 @@ class PoisoningCheck(Check):
             threat="data_poisoning",
             atlas=(ATLAS["poison_training_data"],),
             owasp=(OWASP["data_poisoning"],),
-            evidence={"n_flagged": k, "n_train": n},
+            evidence={"n_flagged": k, "n_train": n, "estimated_noise_rate": noise,
+                      "flagged_indices": torch.nonzero(rep.flags).flatten().tolist()[:100]},
             remediation="Review the flagged labels; label-flipping poison and honest label "
             "noise both show here. Fix or drop them and retrain.",
         )
+
+
+def _cl_trainer(ctx: AuditContext, k: int) -> Any:
+    """Confident learning's fold models for a table: the model's tree family, else histogram
+    gradient boosting; ``None`` (small networks) for other data."""
+    if ctx.domain != "tabular":
+        return None
+    from bastion.models.trees.refit import TreeTrainer
+
+    trainer = TreeTrainer.of_classifier(ctx.model)
+    if trainer is not None:
+        return trainer
+    return TreeTrainer(family="hist-gradient-boosting", n_trees=100, num_classes=max(k, 2))
 
 
 def _merge_by_location(findings: list[Finding]) -> list[Finding]:

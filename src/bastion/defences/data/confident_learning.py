@@ -4,7 +4,10 @@ Northcutt, Jiang & Chuang, "Confident Learning: Estimating Uncertainty in Datase
 JAIR 70, 2021. https://arxiv.org/abs/1911.00068 (written here from the paper.)
 
 1. Out-of-sample predicted probabilities ``p`` by ``n_folds``-fold cross-validation (a small
-   MLP per fold by default; or pass your own with :meth:`ConfidentLearning.fit_probs`).
+   MLP per fold by default; ``train_fn(x, y, seed) -> nn.Module`` trains another model per
+   fold, e.g. a tree ensemble of a tabular model's family with
+   :class:`~bastion.models.trees.refit.TreeTrainer`; or pass your own probabilities with
+   :meth:`ConfidentLearning.fit_probs`).
 2. Per-class thresholds ``t_j`` = mean ``p_j`` over the samples labelled ``j``.
 3. The confident joint ``C[i, j]`` counts samples labelled ``i`` whose most probable class among
    those with ``p_k >= t_k`` is ``j``; it is calibrated so each row sums to the count of label
@@ -14,7 +17,8 @@ JAIR 70, 2021. https://arxiv.org/abs/1911.00068 (written here from the paper.)
    ``"off_diagonal"`` flags the samples counted off the diagonal of ``C``; ``"both"`` their
    intersection.
 
-Scores are the margin ``max_{j != y} p_j - p_y`` (higher is more suspicious).
+Scores are the margin ``max_{j != y} p_j - p_y`` (higher is more suspicious);
+``noise_rate_`` is the estimated share of wrong labels (the off-diagonal mass of ``Q``).
 
 Example
 -------
@@ -78,6 +82,8 @@ class ConfidentLearning(PoisonDetector):
     epochs, lr: training of each fold's model (:func:`bastion.models.zoo.train_classifier`).
     method: "prune_by_noise_rate", "off_diagonal" or "both".
     num_classes: default ``max(y) + 1``.
+    train_fn: ``(x, y, seed) -> nn.Module`` training each fold's model (then ``factory``,
+        ``epochs`` and ``lr`` are unused).
     """
 
     name = "confident_learning"
@@ -92,7 +98,10 @@ class ConfidentLearning(PoisonDetector):
         method: str = "prune_by_noise_rate",
         num_classes: int | None = None,
         seed: int = 0,
+        train_fn: Callable[[torch.Tensor, torch.Tensor, int], nn.Module] | None = None,
     ) -> None:
+        if train_fn is not None and not callable(train_fn):
+            raise ConfigurationError("train_fn must be a callable train_fn(x, y, seed)")
         if not isinstance(n_folds, int) or isinstance(n_folds, bool) or n_folds < 2:
             raise ConfigurationError(f"n_folds must be an int >= 2, got {n_folds!r}")
         if method not in _METHODS:
@@ -110,6 +119,7 @@ class ConfidentLearning(PoisonDetector):
         self.method = method
         self.num_classes = num_classes
         self.seed = int(seed)
+        self._train_fn = train_fn
         self._models: list[nn.Module] = []
 
     def fit_probs(self, probs: torch.Tensor, y: torch.Tensor) -> ConfidentLearning:
@@ -138,6 +148,7 @@ class ConfidentLearning(PoisonDetector):
         joint = calibrated / calibrated.sum().clamp_min(1e-12)
         self.confident_joint_ = c
         self.joint_ = joint
+        self.noise_rate_ = float(1.0 - joint.diagonal().sum())
         off = (assigned >= 0) & (assigned != y)
         pbnr = torch.zeros(n, dtype=torch.bool)
         for i in range(k):
@@ -167,12 +178,15 @@ class ConfidentLearning(PoisonDetector):
             test = order[f :: self.n_folds]
             train = torch.ones(n, dtype=torch.bool)
             train[test] = False
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed + f)
-                model = self._factory(tuple(x.shape[1:]), k)
-            train_classifier(
-                model, x[train], y[train], epochs=self.epochs, lr=self.lr, seed=self.seed + f
-            )
+            if self._train_fn is not None:
+                model = self._train_fn(x[train], y[train], self.seed + f)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.seed + f)
+                    model = self._factory(tuple(x.shape[1:]), k)
+                train_classifier(
+                    model, x[train], y[train], epochs=self.epochs, lr=self.lr, seed=self.seed + f
+                )
             self._models.append(model)
             probs[test] = _softmax(model, x[test])
         return self._analyse(probs, y)
@@ -189,7 +203,8 @@ class ConfidentLearning(PoisonDetector):
 @torch.no_grad()
 def _softmax(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     model.eval()
-    device = next(model.parameters()).device
+    first = next(model.parameters(), None)  # a tree module has none: it runs on the CPU
+    device = first.device if first is not None else torch.device("cpu")
     out = [
         torch.softmax(model(x[i : i + 1024].to(device)), 1).double().cpu()
         for i in range(0, x.shape[0], 1024)

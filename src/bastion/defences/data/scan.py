@@ -59,6 +59,8 @@ class MethodReport:
     seconds: float
     classes: list[dict[str, Any]] = field(default_factory=list)
     projections: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    #: method-specific figures (confident learning: ``estimated_noise_rate``)
+    stats: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_flagged(self) -> int:
@@ -71,6 +73,7 @@ class MethodReport:
             "flagged_indices": torch.nonzero(self.flags).flatten().tolist(),
             "seconds": self.seconds,
             "classes": self.classes,
+            "stats": self.stats,
         }
 
 
@@ -115,11 +118,13 @@ def scan_poison(
     methods: Sequence[str] = ("activation_clustering", "spectral_signatures"),
     layer: str | None = None,
     seed: int = 0,
+    cl_train_fn: Any = None,
 ) -> PoisonScan:
     """Run ``methods`` on the training set ``(x, y)`` of ``model``.
 
     Activation clustering and spectral signatures need a torch model (``model``); confident
-    learning trains its own cross-validated models on ``(x, y)``.
+    learning trains its own cross-validated models on ``(x, y)``: small networks, or
+    ``cl_train_fn(x, y, seed) -> nn.Module`` (tree ensembles for a table).
     """
     names = parse_methods(list(methods))
     y = y.long()
@@ -127,8 +132,10 @@ def scan_poison(
     for name in names:
         start = time.perf_counter()
         if name == "confident_learning":
-            cl = ConfidentLearning(seed=seed).fit(x, y)
-            reports[name] = MethodReport(name, cl.flags_, cl.scores_, time.perf_counter() - start)
+            cl = ConfidentLearning(seed=seed, train_fn=cl_train_fn)
+            cl.fit(x, y)
+            reports[name] = MethodReport(name, cl.flags_, cl.scores_, time.perf_counter() - start,
+                                         stats={"estimated_noise_rate": cl.noise_rate_})
             continue
         if model is None:
             raise ConfigurationError(f"{name} needs the torch model trained on the data")
