@@ -120,6 +120,9 @@ def evaluate_evasion(
     on_progress: Callable[[float], None] | None = None,
     hardening: str | None = None,
     constraints: Any = None,
+    block_size: int | None = None,
+    shards: int | None = None,
+    executor: Any = None,
 ) -> EvasionEvaluation:
     """Run ``attacks`` on ``(x, y)`` and summarise robustness (see :class:`EvasionEvaluation`).
 
@@ -131,6 +134,11 @@ def evaluate_evasion(
     (``"adversarial"``, ``"dp"``, ``"smooth"``), so that the findings' remedies do not advise
     it again. ``constraints`` (a :class:`~bastion.data.tabular.FeatureSchema`) holds every
     attack, and the curve's, to the table's rules.
+
+    ``block_size`` splits the samples into seeded blocks and ``shards`` groups them into units
+    of work run by ``executor`` (an :class:`~bastion.audit.executor.Executor`, default
+    in-process), with per-sample results that do not depend on ``shards`` or the executor
+    (:mod:`bastion.audit.evasion_shards`). Without ``block_size`` the attacks run in one piece.
     """
     if not attacks:
         raise ConfigurationError("give at least one attack")
@@ -157,9 +165,33 @@ def evaluate_evasion(
         if on_progress is not None:
             on_progress(min(done[0] / steps_total, 1.0))
 
-    with _progress(progress) as bar:
+    chosen = curve_attack or _default_curve_attack(attacks)
+    with_curve = chosen is not None and bool(eps) and curve_points >= 2
+    radii = [(eps or 0.0) * i / (curve_points - 1) for i in range(1, curve_points)]
+    radii = radii if with_curve else []
+    precomputed: dict[float, float] = {}
+    with _progress(progress and block_size is None) as bar:
+        if block_size is not None:
+            from bastion.audit.evasion_shards import run_sharded
+
+            reused = chosen.eps if chosen is not None and chosen.name in names else None
+            sharded = run_sharded(
+                classifier,
+                x,
+                y,
+                attacks,
+                block_size=block_size,
+                shards=shards,
+                curve_attack=chosen if with_curve else None,
+                radii=[e for e in radii if not math.isclose(e, reused or -1.0)],
+                executor=executor,
+                constraints=constraints,
+            )
+            results, precomputed = sharded.results, sharded.curve
+            done[0] = steps_total - 1
+            tick()
         task = bar.add_task("attacks", total=len(attacks))
-        for attack in attacks:
+        for attack in attacks if block_size is None else ():
             bar.update(task, description=f"{attack.name}")
             results[attack.name] = attack.generate(classifier, x, y, constraints=constraints)
             bar.advance(task)
@@ -173,14 +205,15 @@ def evaluate_evasion(
         robust_accuracy = float(robust.float().mean())
 
         curve: list[CurvePoint] = []
-        chosen = curve_attack or _default_curve_attack(attacks)
-        if chosen is not None and eps and curve_points >= 2:
+        if with_curve and chosen is not None and eps:
             task = bar.add_task(f"curve ({chosen.name})", total=curve_points - 1)
             curve.append(CurvePoint(0.0, first.clean_accuracy))
             for i in range(1, curve_points):
                 e = eps * i / (curve_points - 1)
                 if math.isclose(e, chosen.eps or -1.0) and chosen.name in results:
                     acc = results[chosen.name].robust_accuracy
+                elif e in precomputed:
+                    acc = precomputed[e]
                 else:
                     acc = (
                         with_eps(chosen, e)
@@ -331,9 +364,7 @@ def evasion_remedy(ev: EvasionEvaluation, hardening: str | None = None) -> str:
     """The remedy for an evasion finding, from the numbers and from what was already done
     (``hardening``: ``"adversarial"``, ``"dp"``, ``"smooth"`` or ``None``)."""
     ratio = ev.robust_accuracy / ev.clean_accuracy if ev.clean_accuracy else 0.0
-    mitigations = (
-        f"({ATLAS['mitigation_model_hardening']}, {ATLAS['mitigation_input_detection']})"
-    )
+    mitigations = f"({ATLAS['mitigation_model_hardening']}, {ATLAS['mitigation_input_detection']})"
     numbers = f"robust accuracy {ev.robust_accuracy:.1%} of clean {ev.clean_accuracy:.1%}"
     if hardening == "adversarial":
         if ratio < 0.1:

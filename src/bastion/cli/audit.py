@@ -7,13 +7,16 @@ Exit codes: 0 the audit ran (whatever it found), 1 a finding at or above ``--fai
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from bastion.cli._common import (
     EXECUTOR_HELP,
+    EXIT_ERROR,
     GPUS_HELP,
     console,
     err_console,
@@ -39,12 +42,20 @@ def register(app: typer.Typer, report_app: typer.Typer) -> None:
 
 
 def audit_cmd(
-    model: str | None = typer.Option(
+    model: list[str] | None = typer.Option(
         None, "--model", "-m",
         help="Model file (any format load_model takes; scanned before loading), "
-        "registry://name@alias-or-version, or an http(s) endpoint (black box)."),
+        "registry://name@alias-or-version, or an http(s) endpoint (black box). Repeat it for "
+        "a campaign: each model audited into OUT/<name>/, plus OUT/campaign.json and .md."),
+    registry_due: bool = typer.Option(
+        False, "--registry-due", help="A re-audit campaign: audit every version `bastion "
+        "registry audit-due` lists (the registry of $BASTION_REGISTRY_URL, or "
+        "$BASTION_REGISTRY_METADATA_URL and ..._STORAGE_URL); a rerun skips finished audits."),
+    max_age: str = typer.Option(
+        "30d", "--max-age", help="With --registry-due: an older audit is due again."),
     train: Path | None = typer.Option(
-        None, "--train", help=".npz (x, y) training set: the member set; enables membership, "
+        None, "--train", help=".npz (x, y) training set, or a .csv/.parquet table with named "
+        "columns (--label names its label column): the member set; enables membership, "
         "data and poisoning checks."),
     test: Path | None = typer.Option(
         None, "--test", help=".npz (x, y) test set, or a .csv/.parquet table with named "
@@ -143,8 +154,11 @@ def _audit(**o: Any) -> None:
     def split(v: str | None) -> tuple[str, ...] | None:
         return tuple(s.strip() for s in v.split(",") if s.strip()) if v else None
 
+    models = list(o["model"] or [])
+    campaign = o["registry_due"] or len(models) > 1
     config = base.with_overrides(
-        model=o["model"], train=o["train"], test=o["test"], out=o["out"], seed=o["seed"],
+        model=None if campaign else (models[0] if models else None), train=o["train"],
+        test=o["test"], out=o["out"], seed=o["seed"],
         fail_on=o["fail_on"], access=o["access"], query_budget=o["query_budget"],
         norm=o["norm"], eps=o["eps"], sensitive=tuple(o["sensitive"]) if o["sensitive"] else None,
         time_budget_s=o["time_budget"], only=split(o["checks"]), skip=split(o["skip"]),
@@ -162,6 +176,9 @@ def _audit(**o: Any) -> None:
     if config.fail_on and config.fail_on.lower().startswith("new:") and share.baseline is None:
         raise fail(f"--fail-on {config.fail_on} needs --baseline OLD.json to know what is new")
     executor = parse_executor(o["executor"], o["gpus_per_task"])
+    if campaign:
+        _campaign(config, models, o, executor)
+        return
     outcome = run_audit(config, fresh=o["fresh"], progress=not o["quiet"],
                         formats=formats_of(o["formats"]), finalize=share.finalize,
                         executor=executor, gpus_per_task=o["gpus_per_task"])
@@ -174,6 +191,39 @@ def _audit(**o: Any) -> None:
     console.print("wrote " + ", ".join(str(p) for p in outcome.written.values()))
     _report_sharing(share, outcome.document, config.out)
     exit_on_findings(outcome.document, config.fail_on, baseline=share.baseline)
+
+
+def _campaign(config: Any, models: list[str], o: dict[str, Any], executor: Any) -> None:
+    """``--registry-due`` or several ``--model``: every model audited as a unit of work."""
+    from rich.table import Table
+
+    from bastion.audit.campaign import given_models, registry_due, run_campaign
+
+    if o["registry_due"] and models:
+        raise fail("give either --registry-due or models (--model), not both")
+    items = registry_due(o["max_age"]) if o["registry_due"] else given_models(models)
+    if not items:
+        console.print("nothing to re-audit")
+        return
+    out = o["out"] or Path("bastion-campaign")
+    result = run_campaign(config, items, out=out, fresh=o["fresh"],
+                          formats=formats_of(o["formats"]),
+                          executor=executor, gpus_per_task=o["gpus_per_task"])
+    table = Table(title="Re-audit campaign")
+    for col in ("model", "version", "status", "verdict", "findings", "report"):
+        table.add_column(col, overflow="fold")
+    for r in result.rows:
+        table.add_row(escape(r.name), "-" if r.version is None else str(r.version), r.status,
+                      _styled(r.verdict or "error"), str(r.findings),
+                      escape(r.report or r.error or ""))
+    console.print(table)
+    console.print("wrote " + ", ".join(str(p) for p in result.written), highlight=False)
+    if any(r.status == "error" for r in result.rows):
+        raise typer.Exit(EXIT_ERROR)
+    for r in result.rows:
+        if r.report:
+            exit_on_findings(json.loads(Path(r.report).read_text(encoding="utf-8")),
+                             config.fail_on)
 
 
 def formats_of(values: list[str] | str) -> tuple[str, ...]:

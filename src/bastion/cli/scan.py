@@ -1,5 +1,8 @@
 """``bastion scan PATH...``: scan model files statically and exit with what was found.
 
+A PATH may be ``s3://BUCKET/PREFIX`` (every object under it; ``?endpoint_url=...`` for an
+S3-compatible service); ``--executor`` spreads batches of files over processes or a Ray cluster.
+
 Exit codes: 0 every file clean, 1 something unsafe, 2 a file could not be scanned (or a bad
 path or option; with --strict, a file was skipped), 3 nothing scanned.
 """
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from bastion.cli._common import console, fail, handle_errors
+from bastion.cli._common import EXECUTOR_HELP, console, fail, handle_errors, parse_executor
 
 __all__ = ["register"]
 
@@ -42,7 +45,9 @@ def register(app: typer.Typer) -> None:
     @app.command("scan")
     @handle_errors
     def scan(
-        paths: list[Path] = typer.Argument(..., help="Model files or folders to scan."),
+        paths: list[str] = typer.Argument(
+            ..., help="Model files or folders, or s3://BUCKET/PREFIX[?endpoint_url=URL]."
+        ),
         output_format: OutputFormat = typer.Option(
             OutputFormat.table, "--format", "-f", help="table, json, sarif or html (a page)."
         ),
@@ -53,14 +58,16 @@ def register(app: typer.Typer) -> None:
                                       help="Bytes that may be decompressed per file."),
         strict: bool = typer.Option(False, "--strict",
                                     help="Exit 2 when a file was skipped (not a model format)."),
+        executor: str | None = typer.Option(None, "--executor", help=EXECUTOR_HELP),
     ) -> None:
         """Scan model files without loading them; report code that would run on load."""
-        from bastion.artifacts.scan import render_json, render_sarif, render_table, scan_paths
+        from bastion.artifacts.scan import render_json, render_sarif, render_table, scan_targets
 
-        missing = [str(p) for p in paths if not p.exists()]
+        missing = [p for p in paths if not p.startswith("s3://") and not Path(p).exists()]
         if missing:
             raise fail(f"no such file or folder: {', '.join(missing)}")
-        report = scan_paths(paths, max_depth=max_depth, max_bytes=max_bytes, strict=strict)
+        report = scan_targets(paths, executor=parse_executor(executor), max_depth=max_depth,
+                              max_bytes=max_bytes, strict=strict)
         if output_format is OutputFormat.table:
             if out is not None:
                 from rich.console import Console

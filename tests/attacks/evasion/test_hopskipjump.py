@@ -273,3 +273,70 @@ def test_params_rebuild_the_attack() -> None:
     params.pop("n_starting_points")
     assert repr(HopSkipJump(**params)) == repr(attack)
     assert params["norm"] == "linf" and params["max_queries"] == 77
+
+
+class _ViewNet(nn.Module):
+    """A convolutional net that flattens with ``.view`` (fails on channels-last input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def _conv_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 10),
+    ).eval()
+
+
+def test_oracle_feeds_conv_nets_channels_last_with_the_same_decisions() -> None:
+    """A CPU conv net gets its queries channels-last (one channel included: the channel stride
+    is 1, so the first convolution's output is channels-last too) and answers exactly as in
+    the caller's layout; a net that cannot take it (``.view``) keeps the caller's layout."""
+    net = _conv_net()
+    seen: list[torch.Tensor] = []
+    net[0].register_forward_hook(lambda m, a, out: seen.append(out))
+    clf = TorchClassifier(net, input_shape=(1, 8, 8), num_classes=10)
+    x = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 10, (300,), generator=torch.Generator().manual_seed(2))
+    oracle = Oracle(clf, labels, targeted=False, budget=None)
+    got = oracle(x, torch.arange(300))
+    assert seen[-1].is_contiguous(memory_format=torch.channels_last)
+    assert not seen[-1].is_contiguous()
+    with torch.no_grad():
+        expected = net(x).argmax(1) != labels
+    assert torch.equal(got, expected)
+    assert int(oracle.spent.sum()) == 300
+
+    view_clf = TorchClassifier(_ViewNet().eval(), input_shape=(1, 8, 8), num_classes=10)
+    view_oracle = Oracle(view_clf, labels, targeted=False, budget=None)
+    with torch.no_grad():
+        expected = view_clf.module(x).argmax(1) != labels
+    assert torch.equal(view_oracle(x, torch.arange(300)), expected)
+
+
+def test_hopskipjump_on_a_conv_net_matches_the_caller_layout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The layout changes speed only: the same seed gives the same adversarial examples with
+    the channels-last queries as with the caller's layout."""
+    import bastion.attacks.evasion._hsj as hsj
+
+    clf = TorchClassifier(_conv_net(), input_shape=(1, 8, 8), num_classes=10)
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    y = clf.predict(x)
+    attack = HopSkipJump(max_queries=300, seed=0)
+    fast = attack.generate(clf, x, y).x_adv
+    monkeypatch.setattr(hsj, "_preferred_layout", lambda c, p: torch.contiguous_format)
+    plain = attack.generate(clf, x, y).x_adv
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)

@@ -27,6 +27,7 @@ from bastion.artifacts.scan._scanner import (
     scan_paths,
 )
 from bastion.artifacts.scan._types import FileScan, Finding, ScanReport, Severity, Verdict
+from bastion.artifacts.scan._units import scan_targets
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -41,4 +42,5 @@ __all__ = [
     "render_table",
     "scan_path",
     "scan_paths",
+    "scan_targets",
 ]

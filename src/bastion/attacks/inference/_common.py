@@ -3,7 +3,8 @@
 Reference (shadow) models are the attacker's own: they are trained by a ``train_fn(x, y, seed)
 -> nn.Module`` and queried freely; only the target classifier is metered. A ``train_fn`` that
 also has a ``train_many(x, y, subsets, seeds)`` method (as :class:`DefaultTrainer` has) trains
-all of an attack's reference models in one batched loop (:mod:`._ensemble`).
+each block of reference models in one batched loop (:mod:`._ensemble`); the blocks are units of
+work that an executor may spread over processes or a Ray cluster (:func:`train_references`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +21,7 @@ from bastion.errors import ConfigurationError, InputError
 from bastion.models.base import Classifier, check_bounds, check_labels
 
 __all__ = [
+    "REFERENCE_BLOCK",
     "DefaultTrainer",
     "TrainFn",
     "check_population",
@@ -198,27 +201,60 @@ class DefaultTrainer:
         )
 
 
+#: Reference models trained together in one unit of work by a trainer with ``train_many``
+#: (one batched loop per block). The blocks depend only on the models' indices, so any executor
+#: trains the same blocks and the same models; 4 models batched train at about the speed of 8
+#: (digits MLP, one thread) while 64 models still make 16 units to spread over workers.
+REFERENCE_BLOCK = 4
+
+
 def train_references(
     train_fn: TrainFn,
     x: torch.Tensor,
     y: torch.Tensor,
     subsets: Sequence[torch.Tensor],
     seeds: Sequence[int],
+    *,
+    executor: Any = None,
 ) -> list[nn.Module]:
     """Reference model k trained on ``x[subsets[k]]`` under ``seeds[k]``.
 
-    Uses ``train_fn.train_many`` when the trainer has one (all models in one batched loop),
-    else calls ``train_fn`` once per model.
+    Each block of :data:`REFERENCE_BLOCK` consecutive models (one model when the trainer has
+    no ``train_many``) is one unit of work for ``executor`` (an
+    :class:`~bastion.audit.executor.Executor`, default in-process), trained in one batched
+    ``train_fn.train_many`` call when the trainer has one. ``x`` and ``y`` travel once to each
+    worker; a unit carries only its index subsets and seeds, so the models are the same on
+    any executor (a trainer that cannot be pickled trains here).
     """
+    from bastion.audit.units import map_units
+
+    if len(subsets) != len(seeds):
+        raise ConfigurationError(f"{len(subsets)} subsets but {len(seeds)} seeds")
+    block = REFERENCE_BLOCK if callable(getattr(train_fn, "train_many", None)) else 1
+    units = [
+        (list(subsets[i : i + block]), [int(s) for s in seeds[i : i + block]])
+        for i in range(0, len(seeds), block)
+    ]
+    parts = map_units(executor, _train_unit, units, (train_fn, x, y))
+    return [model for part in parts for model in part]
+
+
+def _train_unit(
+    shared: tuple[TrainFn, torch.Tensor, torch.Tensor],
+    unit: tuple[list[torch.Tensor], list[int]],
+) -> list[nn.Module]:
+    """One unit of :func:`train_references`: a block of models, batched when possible."""
+    train_fn, x, y = shared
+    subsets, seeds = unit
     many = getattr(train_fn, "train_many", None)
     if callable(many):
-        models = many(x, y, list(subsets), [int(s) for s in seeds])
+        models = many(x, y, subsets, seeds)
         if len(models) != len(subsets):
             raise ConfigurationError(
                 f"train_fn.train_many returned {len(models)} models for {len(subsets)} subsets"
             )
         return list(models)
-    return [train_fn(x[s], y[s], int(seed)) for s, seed in zip(subsets, seeds, strict=True)]
+    return [train_fn(x[s], y[s], seed) for s, seed in zip(subsets, seeds, strict=True)]
 
 
 def check_population(

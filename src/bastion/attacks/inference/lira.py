@@ -77,6 +77,10 @@ class LiRA(MembershipAttack):
         ``reference_seeds[k]`` alone, so each model is one independent unit of work (the same
         models whichever order, process or machine trains them). Default: derived from
         ``seed`` (``seed * 1000 + k``, the halves from one shared generator).
+    executor:
+        Where the reference models train: an :class:`~bastion.audit.executor.Executor`
+        (default in-process). Blocks of models are its units of work; the scores are the
+        same on any executor.
     """
 
     name: ClassVar[str] = "lira"
@@ -93,6 +97,7 @@ class LiRA(MembershipAttack):
         batch_size: int = 512,
         seed: int | None = 0,
         reference_seeds: Sequence[int] | None = None,
+        executor: Any = None,
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed)
         check_positive(n_reference, "n_reference", integer=True)
@@ -116,6 +121,7 @@ class LiRA(MembershipAttack):
         self.train_fn = train_fn
         self.fixed_variance = bool(fixed_variance)
         self._reference_seeds = None if reference_seeds is None else list(reference_seeds)
+        self._executor = executor
         self.reference_models_: list[nn.Module] = []
 
     def get_params(self) -> dict[str, Any]:
@@ -159,7 +165,9 @@ class LiRA(MembershipAttack):
         n = x.shape[0]
         subsets = [self._half(n, k, generator) for k in range(self.n_reference)]
         seeds = [self._seed(k) for k in range(self.n_reference)]
-        self.reference_models_ = train_references(self._trainer(classifier), x, y, subsets, seeds)
+        self.reference_models_ = train_references(
+            self._trainer(classifier), x, y, subsets, seeds, executor=self._executor
+        )
         log.info("LiRA offline: trained %d reference models", self.n_reference)
 
     def _score(
@@ -204,7 +212,12 @@ class LiRA(MembershipAttack):
             pop_idx = torch.randperm(xp.shape[0], generator=generator)[: xp.shape[0] // 2]
             subsets.append(torch.cat([pop_idx, xp.shape[0] + torch.nonzero(inside[j]).flatten()]))
         models = train_references(
-            self._trainer(classifier), pool_x, pool_y, subsets, [self._seed(j) for j in range(k)]
+            self._trainer(classifier),
+            pool_x,
+            pool_y,
+            subsets,
+            [self._seed(j) for j in range(k)],
+            executor=self._executor,
         )
         phis = [scaled_logit(module_logits(model, x), y) for model in models]
         log.info("LiRA online: trained %d reference models", k)

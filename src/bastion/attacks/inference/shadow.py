@@ -76,6 +76,9 @@ class ShadowModelAttack(MembershipAttack):
         :class:`~bastion.attacks.inference._common.DefaultTrainer`.
     batch_size, seed:
         Query batch size; seed for the splits, the shadows and the attack classifier.
+    executor:
+        Where the shadow models train: an :class:`~bastion.audit.executor.Executor` (default
+        in-process); the shadows and the scores are the same on any executor.
     """
 
     name: ClassVar[str] = "shadow"
@@ -89,6 +92,7 @@ class ShadowModelAttack(MembershipAttack):
         train_fn: TrainFn | None = None,
         batch_size: int = 512,
         seed: int | None = 0,
+        executor: Any = None,
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed)
         check_positive(n_shadows, "n_shadows", integer=True)
@@ -99,6 +103,7 @@ class ShadowModelAttack(MembershipAttack):
         self.n_shadows = int(n_shadows)
         self.train_fn = train_fn
         self.attack_model_: Any = None
+        self._executor = executor
 
     def get_params(self) -> dict[str, Any]:
         out = super().get_params()
@@ -129,7 +134,9 @@ class ShadowModelAttack(MembershipAttack):
         base = 0 if self.seed is None else self.seed
         perms = [torch.randperm(n, generator=generator) for _ in range(self.n_shadows)]
         seeds = [base * 1000 + 500 + k for k in range(self.n_shadows)]
-        models = train_references(train, x, y, [p[: n // 2] for p in perms], seeds)
+        models = train_references(
+            train, x, y, [p[: n // 2] for p in perms], seeds, executor=self._executor
+        )
         for model, perm in zip(models, perms, strict=True):
             inside, outside = perm[: n // 2], perm[n // 2 :]
             for idx, member in ((inside, 1), (outside, 0)):

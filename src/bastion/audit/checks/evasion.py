@@ -97,6 +97,10 @@ class EvasionCheck(Check):
         "batch_size": 256,
         "curve_points": 5,
         "examples": 4,
+        # samples per seeded block, and blocks grouped into this many units of work for the
+        # audit's executor (None: one unit per block); results do not depend on ``shards``
+        "block": 64,
+        "shards": None,
         # tree ensembles: exact certificates within this budget (rows not reached stay
         # uncertified), each solve within certify_time_limit_s
         "certify": True,
@@ -107,6 +111,10 @@ class EvasionCheck(Check):
 
     def requires(self, ctx: AuditContext) -> Requirement | None:
         return need_data(ctx, "test", "the labelled samples to attack")
+
+    def inputs(self, ctx: AuditContext) -> dict[str, Any]:
+        # how the blocks are grouped into units changes no result: not part of the resume key
+        return {k: v for k, v in ctx.check_settings(self.name).items() if k != "shards"}
 
     def _attacks(self, ctx: AuditContext, n: int) -> list[Any]:
         from bastion.attacks.evasion.catalog import build_attack
@@ -171,6 +179,9 @@ class EvasionCheck(Check):
             model_name=str(ctx.model_info.get("source", "")),
             on_progress=None if ctx.progress is None else (lambda f: ctx.progress(self.name, f)),  # type: ignore[misc]
             constraints=_unit_schema(ctx),
+            block_size=int(s["block"]),
+            shards=None if s["shards"] is None else int(s["shards"]),
+            executor=ctx.executor,
         )
         results = list(ev.results.values())
         clean = results[0].clean_correct.cpu()

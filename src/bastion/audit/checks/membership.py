@@ -191,14 +191,23 @@ class MembershipCheck(Check):
         if name == "label-only":
             return LabelOnlyAttack(seed=seed)
         if name == "shadow":
-            return ShadowModelAttack(n_shadows=n_ref, train_fn=trainer, seed=seed)
+            return ShadowModelAttack(
+                n_shadows=n_ref, train_fn=trainer, seed=seed, executor=ctx.executor
+            )
         if name == "lira-online":
-            return LiRA(n_reference=n_ref + n_ref % 2, online=True, train_fn=trainer, seed=seed)
+            return LiRA(
+                n_reference=n_ref + n_ref % 2,
+                online=True,
+                train_fn=trainer,
+                seed=seed,
+                executor=ctx.executor,
+            )
         return LiRA(
             n_reference=n_ref,
             online=False,
             train_fn=trainer,
             reference_seeds=[ctx.unit_seed(self.name, i) for i in range(n_ref)],
+            executor=ctx.executor,
         )
 
     @staticmethod
