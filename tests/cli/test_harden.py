@@ -205,3 +205,28 @@ def test_same_seed_same_report_and_weights(app: typer.Typer, tmp_path: Path) -> 
     assert docs[0]["before"] == docs[1]["before"] and docs[0]["after"] == docs[1]["after"]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+def test_adversarial_training_diagnostics_reach_the_report(
+    app: typer.Typer, tmp_path: Path
+) -> None:
+    # eps 0.45 is beyond the median half-distance between digits of different classes (~0.34)
+    out = tmp_path / "diag"
+    res = _invoke(
+        app, "adversarial", *FAST, "--train-steps", "1", "--eps", "0.45", "--epochs", "1",
+        "--schedule", "constant", "--warmup-eps-epochs", "0", "--out", out,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = _report(out)
+    diags = doc["training"]["report"]["diagnostics"]
+    assert diags and diags[0]["code"] == "eps-too-large"
+    assert doc["training"]["report"]["schedule"] == "constant"
+    assert doc["training"]["report"]["warmup_steps"] == 0
+    finding = doc["training"]["findings"][0]
+    assert finding["id"] == "adversarial-training.eps-too-large"
+    assert finding["remediation"].startswith("lower eps")
+    assert any(w.startswith("adversarial training: eps 0.45") for w in doc["warnings"])
+    assert "Likely cause" in res.output and "adversarial training: eps 0.45" in res.output
+    html = (out / "report.html").read_text()
+    assert "eps too large for the data&#39;s scale" in html or "eps too large" in html
+

@@ -54,7 +54,8 @@ def audit_cmd(
     max_age: str = typer.Option(
         "30d", "--max-age", help="With --registry-due: an older audit is due again."),
     train: Path | None = typer.Option(
-        None, "--train", help=".npz (x, y) training set: the member set; enables membership, "
+        None, "--train", help=".npz (x, y) training set, or a .csv/.parquet table with named "
+        "columns (--label names its label column): the member set; enables membership, "
         "data and poisoning checks."),
     test: Path | None = typer.Option(
         None, "--test", help=".npz (x, y) test set, or a .csv/.parquet table with named "

@@ -138,6 +138,15 @@ def adversarial_cmd(
     epochs: int = _EPOCHS,
     baseline_epochs: int = _BASE_EPOCHS,
     lr: float = typer.Option(1e-3, "--lr", help="Learning rate (Adam)."),
+    schedule: str = typer.Option(
+        "auto", "--schedule",
+        help="Learning-rate schedule: auto (constant for short runs, cosine for long ones), "
+        "constant, cosine, linear, step or onecycle.",
+    ),
+    warmup_eps_epochs: float | None = typer.Option(
+        None, "--warmup-eps-epochs",
+        help="Epochs over which eps ramps up from 0 (0: none; default: 15% of the run).",
+    ),
     batch_size: int = _BATCH,
     attack: list[str] = _ATTACK,
     steps: int | None = _STEPS,
@@ -316,7 +325,11 @@ def _harden(defence: str, opts: dict[str, Any]) -> None:
         "seed": opts["seed"],
         "seconds": time.perf_counter() - start,
     }
-    doc["warnings"] = _no_gain_warnings(defence, doc, data, opts) + training.get("notes", [])
+    doc["warnings"] = (
+        _training_warnings(training)
+        + _no_gain_warnings(defence, doc, data, opts)
+        + training.get("notes", [])
+    )
     json_path, html_path, model_path = write_report(doc, opts["out"], buffer.getvalue())
     print_summary(doc)
     console.print(f"wrote {json_path}, {html_path} and {model_path}")
@@ -329,6 +342,15 @@ def _harden(defence: str, opts: dict[str, Any]) -> None:
             f"--fail-under {fail_under}", highlight=False,
         )
         raise typer.Exit(1)
+
+
+def _training_warnings(training: dict[str, Any]) -> list[str]:
+    """One line per training diagnostic (training accuracy near chance, robust accuracy not
+    rising, eps too large for the data): what was seen, the likely cause, the change to try."""
+    return [
+        f"adversarial training: {d['message']}. Likely cause: {d['cause']}. Try: {d['fix']}"
+        for d in training.get("report", {}).get("diagnostics", [])
+    ]
 
 
 def _no_gain_warnings(
@@ -517,6 +539,8 @@ def _trainer(
             guard=not opts["no_guard"],
             epochs=opts["epochs"],
             lr=opts["lr"],
+            schedule=opts["schedule"],
+            warmup_eps_epochs=opts["warmup_eps_epochs"],
             batch_size=opts["batch_size"],
             patience=opts["patience"],
             bounds=bounds,
@@ -552,6 +576,7 @@ def _train(
     defence: str, trainer: Any, baseline: nn.Module, data: _Data, opts: dict[str, Any]
 ) -> tuple[nn.Module, dict[str, Any]]:
     if defence == "adversarial":
+        from bastion.defences.training.adversarial import diagnostic_finding
         from bastion.defences.training.cheap import describe_method
 
         net = _copy(baseline)
@@ -569,6 +594,9 @@ def _train(
             "n_val": n_val,
             "report": report.to_dict(),
             "notes": [guard["summary"]] if guard and guard["fired"] else [],
+            "findings": [
+                diagnostic_finding(d).to_dict() for d in getattr(report, "diagnostics", ())
+            ],
         }
     if defence == "dp":
         net = _fresh_weights(baseline, opts["seed"])

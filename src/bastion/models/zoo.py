@@ -14,16 +14,26 @@ __all__ = ["accuracy", "small_cnn", "small_mlp", "train_classifier"]
 log = logging.getLogger(__name__)
 
 
-def small_cnn(input_shape: tuple[int, int, int], num_classes: int, *, width: int = 16) -> nn.Module:
-    """Two 3×3 convolutions, a max-pool and two dense layers; any (C, H, W) with H, W ≥ 4."""
+def small_cnn(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    width: int = 16,
+    batch_norm: bool = False,
+) -> nn.Module:
+    """Two 3×3 convolutions, a max-pool and two dense layers; any (C, H, W) with H, W ≥ 4.
+    ``batch_norm``: a ``BatchNorm2d`` after each convolution (before its ReLU)."""
     c, h, w = input_shape
     if h < 4 or w < 4:
         raise ConfigurationError(f"small_cnn needs images of at least 4×4, got {input_shape}")
+
+    def conv(c_in: int, c_out: int) -> list[nn.Module]:
+        bn: list[nn.Module] = [nn.BatchNorm2d(c_out)] if batch_norm else []
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), *bn, nn.ReLU()]
+
     return nn.Sequential(
-        nn.Conv2d(c, width, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(width, 2 * width, 3, padding=1),
-        nn.ReLU(),
+        *conv(c, width),
+        *conv(width, 2 * width),
         nn.MaxPool2d(2),
         nn.Flatten(),
         nn.Linear(2 * width * (h // 2) * (w // 2), 64),

@@ -197,4 +197,5 @@ def render_harden_html(doc: dict[str, Any]) -> str:
                                                     ("hardened model", after))
                   for w in d["warnings"]],
         findings=after["findings"],
+        training_findings=doc["training"].get("findings", []),
     )

@@ -117,6 +117,29 @@ def test_mnist_eps_03_pgd_at_well_above_half() -> None:
     assert _robust_accuracy(model, xte, yte, 0.3) > 0.5
 
 
+def test_defaults_deliver_on_a_small_unseen_setup() -> None:
+    """The defaults (learning-rate schedule and eps warm-up chosen from the planned steps),
+    nothing tuned: a width-8 batch-norm CNN on 1,000 MNIST images downsampled to 14×14, eps
+    0.2, 3 PGD steps, 3 epochs of batch 64 (48 optimiser steps). Measured over seeds 0–2: clean
+    64–70%, robust 13.8–16.4% under PGD-20; the previous defaults (cosine to zero, no warm-up)
+    reached clean 37–40%, robust 4.0–4.8% and fail both bounds."""
+    import torch.nn.functional as F
+
+    from bastion.data import load_mnist
+
+    data = load_mnist()
+    x, y = F.avg_pool2d(data.x, 2), data.y
+    xtr, ytr, xte, yte = x[:1000], y[:1000], x[9500:], y[9500:]
+    torch.manual_seed(0)
+    model = small_cnn((1, 14, 14), 10, width=8, batch_norm=True)
+    report = AdversarialTrainer(eps=0.2, steps=3, epochs=3, batch_size=64).fit(model, (xtr, ytr))
+    assert report.schedule == "constant" and report.warmup_steps == 7
+    clf = TorchClassifier(model, input_shape=(1, 14, 14), num_classes=10)
+    robust = PGD(eps=0.2, steps=20, step_size=0.025, seed=1234).generate(clf, xte, yte)
+    assert accuracy(model, xte, yte) > 0.55
+    assert robust.robust_accuracy > 0.10
+
+
 # ---------------------------------------------------------------- training loop mechanics
 
 
@@ -223,17 +246,43 @@ def test_dataloader_training_and_report_serialises() -> None:
 def test_eps_warmup_ramps_linearly() -> None:
     trainer = AdversarialTrainer(eps=0.3, epochs=4, warmup_eps_epochs=2)
     per_epoch = 10
-    values = [trainer._eps_at(s, per_epoch) for s in (0, 9, 19, 25)]
+    ramp = trainer.warmup_steps(4 * per_epoch, per_epoch)
+    assert ramp == 20
+    values = [trainer._eps_at(s, ramp) for s in (0, 9, 19, 25)]
     assert values == pytest.approx([0.015, 0.15, 0.3, 0.3])
-    assert AdversarialTrainer(eps=0.3)._eps_at(0, 10) == 0.3
+    off = AdversarialTrainer(eps=0.3, warmup_eps_epochs=0)
+    assert off.warmup_steps(100, 10) == 0 and off._eps_at(0, 0) == 0.3
+    half = AdversarialTrainer(eps=0.3, epochs=4, warmup_eps_epochs=0.5)
+    assert half.warmup_steps(40, 10) == 5
+
+
+def test_automatic_warmup_is_a_share_of_the_planned_steps() -> None:
+    from bastion.defences.training.adversarial import AUTO_WARMUP_FRACTION
+
+    trainer = AdversarialTrainer(eps=0.3)  # warmup_eps_epochs=None: automatic
+    for total in (24, 96, 480, 12000):
+        assert trainer.warmup_steps(total, 24) == round(AUTO_WARMUP_FRACTION * total)
 
 
 def test_learning_rate_schedules() -> None:
-    cos = AdversarialTrainer(eps=0.1)._lr_factor(100)
+    cos = AdversarialTrainer(eps=0.1, schedule="cosine")._lr_factor(100)
     assert cos(0) == 1.0 and cos(50) == pytest.approx(0.5) and cos(100) == pytest.approx(0.0)
     step = AdversarialTrainer(eps=0.1, schedule="step")._lr_factor(100)
     assert (step(10), step(60), step(90)) == (1.0, 0.1, 0.01)
     assert AdversarialTrainer(eps=0.1, schedule="constant")._lr_factor(100)(77) == 1.0
+    lin = AdversarialTrainer(eps=0.1, schedule="linear")._lr_factor(100)
+    assert (lin(50), lin(75), lin(100)) == (1.0, 1.0, 0.0) and lin(90) == pytest.approx(0.4)
+
+
+def test_automatic_schedule_follows_the_planned_steps() -> None:
+    from bastion.defences.training.adversarial import AUTO_LONG_STEPS
+
+    auto = AdversarialTrainer(eps=0.1)
+    assert auto.resolved_schedule(AUTO_LONG_STEPS - 1) == "constant"
+    assert auto.resolved_schedule(AUTO_LONG_STEPS) == "cosine"
+    assert auto._lr_factor(100)(90) == 1.0  # a short run keeps its learning rate
+    assert auto._lr_factor(4 * AUTO_LONG_STEPS)(2 * AUTO_LONG_STEPS) == pytest.approx(0.5)
+    assert AdversarialTrainer(eps=0.1, schedule="step").resolved_schedule(10) == "step"
 
 
 def test_perturb_stays_in_ball_and_bounds_l2() -> None:
@@ -306,8 +355,10 @@ def test_ascent_step_negative_step_descends() -> None:
         {"eps": 0.1, "momentum": 1.0},
         {"eps": 0.1, "weight_decay": -1e-4},
         {"eps": 0.1, "batch_size": 0},
-        {"eps": 0.1, "schedule": "linear"},
+        {"eps": 0.1, "schedule": "exponential"},
         {"eps": 0.1, "warmup_eps_epochs": -1},
+        {"eps": 0.1, "warmup_eps_epochs": math.inf},
+        {"eps": 0.1, "warmup_eps_epochs": True},
         {"eps": 0.1, "epochs": 2, "warmup_eps_epochs": 3},
         {"eps": 0.1, "val_steps": 0},
         {"eps": 0.1, "patience": 0},
