@@ -10,8 +10,6 @@ with the cause while the rest finish; results are saved on the driver, so a reru
 from __future__ import annotations
 
 import operator
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,32 +26,18 @@ FAST = {"evasion": {"max_samples": 48, "steps": 5, "max_queries": 30, "curve_poi
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    sys.path.insert(0, str(HERE))
+def cluster(ray_cluster):
+    """The session's two-node cluster (``ray_cluster``, tests/audit/conftest.py), with the
+    fault checks in the catalogue while this module runs."""
     import _faults
-    from _ray_cluster import LocalCluster
 
-    pythonpath = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
-    local = LocalCluster(head_cpus=1, env={"PYTHONPATH": pythonpath})
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
-    os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    for cls in _faults.FAULT_CHECKS:
+        CATALOGUE[cls.name] = cls
     try:
-        local.add_node(1, {"node2": 1})
-        ray.init(address=local.address, log_to_driver=False)
-        for cls in _faults.FAULT_CHECKS:
-            CATALOGUE[cls.name] = cls
-        yield local
+        yield ray_cluster
     finally:
         for cls in _faults.FAULT_CHECKS:
             CATALOGUE.pop(cls.name, None)
-        ray.shutdown()
-        local.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        sys.path.remove(str(HERE))
 
 
 def _stable(doc) -> list[dict]:
