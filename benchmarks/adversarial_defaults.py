@@ -42,6 +42,9 @@ from bastion.defences.training import AdversarialTrainer
 from bastion.models import TorchClassifier
 from bastion.models.zoo import accuracy, small_cnn
 
+Args = argparse.Namespace
+XY = tuple[torch.Tensor, torch.Tensor]
+
 
 def _data(a: argparse.Namespace) -> tuple[torch.Tensor, ...]:
     if a.data == "digits":
@@ -77,14 +80,7 @@ def _robust(module: nn.Module, x: torch.Tensor, y: torch.Tensor, a: argparse.Nam
     return attack.generate(clf, x, y).robust_accuracy
 
 
-def _bastion(
-    a: argparse.Namespace,
-    module: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    epochs: int,
-    extra: str,
-) -> dict[str, Any]:
+def _bastion(a: Args, module: nn.Module, xy: XY, epochs: int, extra: str) -> dict[str, Any]:
     kw: dict[str, Any] = dict(
         eps=a.eps,
         steps=a.steps,
@@ -97,7 +93,7 @@ def _bastion(
     )
     kw.update(json.loads(extra))
     trainer = AdversarialTrainer(**kw)
-    report = trainer.fit(module, (x, y))
+    report = trainer.fit(module, xy)
     return {
         "train_accuracy": [round(h.train_accuracy, 4) for h in report.history],
         "schedule": report.schedule,
@@ -106,14 +102,8 @@ def _bastion(
     }
 
 
-def _art(
-    a: argparse.Namespace,
-    module: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    epochs: int,
-    extra: str,
-) -> dict[str, Any]:
+def _art(a: Args, module: nn.Module, xy: XY, epochs: int, extra: str) -> dict[str, Any]:
+    x, y = xy
     from art.defences.trainer import AdversarialTrainerMadryPGD
     from art.estimators.classification import PyTorchClassifier
 
@@ -177,7 +167,7 @@ def main() -> None:
                 module = _model(kind, shape, a.seed)
                 t0 = time.perf_counter()
                 fit = _art if label == "art" else _bastion
-                extra = fit(a, module, x, y, epochs, extra_kw)
+                extra = fit(a, module, (x, y), epochs, extra_kw)
                 seconds = time.perf_counter() - t0
                 row = {
                     "data": a.data,

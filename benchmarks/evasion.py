@@ -319,7 +319,7 @@ def run_attack(attack: str, libs: list[str], net: nn.Module, x: torch.Tensor, y:
             seed_all()
             model.rows = 0
             sync(args.device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -331,12 +331,14 @@ def run_attack(attack: str, libs: list[str], net: nn.Module, x: torch.Tensor, y:
                 continue
             sync(args.device)
             res["times"].append(time.perf_counter() - start)
+            res.setdefault("cpu_times", []).append(time.process_time() - cpu_start)
             res["queries_per_sample"] = model.rows / x.shape[0]
             outputs[lib] = x_adv.detach().cpu()
             log(f"{attack:7s} {lib:12s} repeat {r + 1}/{repeats}: {res['times'][-1]:.2f}s")
     for lib, x_adv in outputs.items():
         res = entry["libs"][lib]
         res["seconds"] = statistics.median(res["times"])
+        res["cpu_seconds"] = statistics.median(res["cpu_times"])
         res.update(attack_metrics(
             net, x, y, x_adv,
             eps_linf=p.get("eps") if p["norm"] == "linf" else None,
@@ -365,6 +367,13 @@ def ratios(attack: str, entry: dict[str, Any]) -> dict[str, float]:
         r = _ok(entry, peer)
         if r is not None and r["seconds"] > 0:
             out[f"bastion/{peer}"] = b["seconds"] / r["seconds"]
+        if r is not None and r.get("cpu_seconds", 0) > 0 and "cpu_seconds" in b:
+            # process CPU time: fairer than wall time on a shared, loaded machine
+            out[f"bastion/{peer} (cpu)"] = b["cpu_seconds"] / r["cpu_seconds"]
+            if attack == "hsj":  # at equal queries: CPU seconds per query
+                out[f"bastion/{peer} (cpu per query)"] = (
+                    b["cpu_seconds"] / b["queries_per_sample"]
+                ) / (r["cpu_seconds"] / r["queries_per_sample"])
     if "compute_bound" in entry:
         out["bastion/compute_bound"] = b["seconds"] / entry["compute_bound"]["seconds"]
     if attack == "pgd":  # fastest repeat: less sensitive to load from other processes

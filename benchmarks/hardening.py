@@ -17,9 +17,10 @@ batch size, the same seeded weights and the same batch of MNIST images go to thr
   ``DPOptimizerFastGradientClipping`` + ``DPLossFastGradientClipping``: per-sample norms
   without per-sample gradients, then a second backward of the re-weighted loss);
 * ``plain``: forward, ``backward`` of the mean loss, ``SGD.step`` (non-private);
-* ``noise``: drawing the step's Gaussian noise alone (one ``normal_`` call filling a flat buffer
-  of all parameters, as bastion does), the part of a DP step no engine can avoid; reported as
-  ms per step and as a fraction of the plain step, not as a trainer.
+* ``noise``: drawing the step's Gaussian noise alone (one ``gaussian_fill`` call filling a flat
+  buffer of all parameters, as bastion does), the part of a DP step no engine can avoid;
+  reported as ms per step and as a fraction of the plain step, not as a trainer;
+  ``noise-torch`` the same with torch's ``normal_`` (what Opacus draws), for comparison.
 
 Each timing is ``--steps`` training steps on a fixed batch (the Poisson draw is identical
 work for both DP libraries and left out); samples/s = steps × batch / seconds, median of
@@ -44,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bastion.defences.training.dp import private_gradient
+from bastion.defences.training.dp import gaussian_fill, private_gradient
 from bastion.models.zoo import small_cnn, small_mlp
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
@@ -158,13 +159,18 @@ def make_plain(name: str, x: torch.Tensor, y: torch.Tensor, sigma: float) -> Cal
     return step
 
 
-def make_noise(name: str, x: torch.Tensor, y: torch.Tensor, sigma: float) -> Callable[[], None]:
+def make_noise(
+    name: str, x: torch.Tensor, y: torch.Tensor, sigma: float, torch_normal: bool = False
+) -> Callable[[], None]:
     n = sum(p.numel() for p in _fresh(name, str(x.device)).parameters())
     buf = torch.empty(n, device=x.device)
     gen = torch.Generator(device=x.device).manual_seed(0)
 
     def step() -> None:
-        buf.normal_(0.0, sigma, generator=gen)
+        if torch_normal:
+            buf.normal_(0.0, sigma, generator=gen)
+        else:
+            gaussian_fill(buf, sigma, gen)
 
     return step
 
@@ -193,13 +199,16 @@ def check_same_gradient(name: str, x: torch.Tensor, y: torch.Tensor) -> float:
     return max(diffs)
 
 
+CLOCK: Callable[[], float] = time.perf_counter  # --clock cpu: time.process_time
+
+
 def time_steps(step: Callable[[], None], steps: int, device: str) -> float:
     _sync(device)
-    start = time.perf_counter()
+    start = CLOCK()
     for _ in range(steps):
         step()
     _sync(device)
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 def run(
@@ -213,6 +222,7 @@ def run(
         "opacus-ghost": make_opacus_ghost,
         "plain": make_plain,
         "noise": make_noise,
+        "noise-torch": lambda n, x, y, s: make_noise(n, x, y, s, torch_normal=True),
     }
     for name in models:
         for b in batches:
@@ -226,7 +236,7 @@ def run(
                 for k, fn in fns.items():
                     times[k].append(time_steps(fn, steps, device))
             med = {k: statistics.median(v) for k, v in times.items()}
-            sps = {k: steps * b / med[k] for k in med if k != "noise"}
+            sps = {k: steps * b / med[k] for k in med if not k.startswith("noise")}
             row = {
                 "model": name,
                 "batch": b,
@@ -242,6 +252,7 @@ def run(
                 "bastion_ms_per_step": 1e3 * med["bastion"] / steps,
                 "noise_ms_per_step": 1e3 * med["noise"] / steps,
                 "noise_over_plain": med["noise"] / med["plain"],
+                "noise_torch_ms_per_step": 1e3 * med["noise-torch"] / steps,
                 "seconds": times,
             }
             rows.append(row)
@@ -269,7 +280,15 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--sigma", type=float, default=1.0)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: process CPU time (fairer on a shared, loaded machine; CPU runs only)",
+    )
     a = p.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if a.clock == "cpu" else time.perf_counter
     torch.set_num_threads(a.threads)
     # Opacus's hooks on a first layer whose input needs no gradient: harmless, and per step.
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -289,6 +308,7 @@ def main() -> None:
         "opacus": opacus.__version__,
         "threads": a.threads,
         "device": a.device,
+        "clock": a.clock,
         "cpu": platform.processor() or platform.machine(),
     }
     if a.out is not None:

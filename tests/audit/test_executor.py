@@ -110,3 +110,25 @@ def test_an_audit_on_a_process_pool_gives_the_in_process_report(audit_files, tmp
     # results were saved by the driver as they arrived: a rerun reuses every one of them
     again = _audit(audit_files, tmp_path / "pool", ProcessPoolExecutor(2))
     assert set(again.reused) == {"artifact", "data", "evasion", "membership"}
+
+
+def test_the_cli_refuses_a_bad_executor_and_says_what_to_install_for_ray(
+        audit_files, tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from bastion.cli.main import app
+
+    def run(*extra: str):
+        return CliRunner().invoke(app, ["audit", "--model", str(audit_files["model"]), "--test",
+                                        str(audit_files["test"]), "--out", str(tmp_path), "-q",
+                                        *extra])
+
+    bad = run("--executor", "threads")
+    assert bad.exit_code == 2 and "unknown executor 'threads'" in bad.output
+    assert "Traceback" not in bad.output
+    gpus = run("--executor", "processes:2", "--gpus-per-task", "1")
+    assert gpus.exit_code == 2 and "--gpus-per-task needs --executor ray" in gpus.output
+    monkeypatch.setitem(sys.modules, "ray", None)
+    no_ray = run("--executor", "ray")
+    assert no_ray.exit_code == 2 and "pip install 'bastion-ml[ray]'" in no_ray.output
+    assert not (tmp_path / "report.json").exists()

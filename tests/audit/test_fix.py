@@ -293,3 +293,13 @@ def test_smoothing_fits_an_l2_threat_and_reports_its_certificate(
         "smoothed_accuracy"] <= 1.0
     assert result.after["threat_model"]["norm"] == "l2"
     assert "certified accuracy" in (tmp_path / "s" / "report.md").read_text()
+
+
+def test_fast_adversarial_training_is_a_choice_and_the_report_names_it(
+    audit_dir: Path, tmp_path: Path
+) -> None:
+    result = harden_from_audit(audit_dir, out=tmp_path / "fast", address=["evasion"],
+                               evasion_method="fast", epochs=2, lr=1e-2)
+    (remedy,) = result.remedies
+    assert remedy.method.startswith("fast AT") and result.training["method"]["name"] == "fast"
+    assert "fast AT" in (tmp_path / "fast" / "report.md").read_text()

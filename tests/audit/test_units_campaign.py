@@ -11,7 +11,7 @@ import torch
 from bastion.artifacts.registry import Registry
 from bastion.audit.campaign import given_models, registry_due, run_campaign
 from bastion.audit.config import AuditConfig
-from bastion.audit.executor import InProcessExecutor, ProcessPoolExecutor
+from bastion.audit.executor import InProcessExecutor, RayExecutor
 from bastion.errors import ConfigurationError, InputError
 from bastion.models.zoo import small_mlp
 
@@ -41,14 +41,16 @@ def _metrics(path):
     return {c["name"]: c["metrics"] for c in doc["checks"]}
 
 
-def test_every_due_version_is_audited_on_workers_and_a_rerun_resumes(registry, tmp_path) -> None:
+def test_every_due_version_is_audited_on_ray_workers_and_a_rerun_resumes(
+    registry, tmp_path, ray_cluster
+) -> None:
     items = registry_due()
     assert [(i.source, i.folder) for i in items] == [
         ("registry://digits@1", "digits-v1"),
         ("registry://untrained@1", "untrained-v1"),
     ]
     out = tmp_path / "campaign"
-    first = run_campaign(registry, items, out=out, executor=ProcessPoolExecutor(workers=2))
+    first = run_campaign(registry, items, out=out, executor=RayExecutor())
     assert [r.status for r in first.rows] == ["audited", "audited"]
     assert all((out / i.folder / "report.json").exists() for i in items)
     summary = json.loads((out / "campaign.json").read_text())
@@ -103,11 +105,23 @@ def test_audit_registry_due_on_the_command_line(registry, tmp_path) -> None:
     from bastion.cli.main import app
 
     out = tmp_path / "cli-campaign"
-    args = ["audit", "--registry-due", "--test", str(registry.test), "--checks",
-            "artifact,evasion", "--out", str(out), "--format", "json", "-q"]
+    args = [
+        "audit",
+        "--registry-due",
+        "--test",
+        str(registry.test),
+        "--checks",
+        "artifact,evasion",
+        "--out",
+        str(out),
+        "--format",
+        "json",
+        "-q",
+    ]
     config = tmp_path / "audit.yaml"
-    config.write_text("checks:\n  evasion: {max_samples: 16, steps: 3, max_queries: 20, "
-                      "curve_points: 2}\n")
+    config.write_text(
+        "checks:\n  evasion: {max_samples: 16, steps: 3, max_queries: 20, curve_points: 2}\n"
+    )
     result = CliRunner().invoke(app, [*args, "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "Re-audit campaign" in result.output and "digits" in result.output

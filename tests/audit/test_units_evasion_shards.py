@@ -1,4 +1,4 @@
-"""Evasion sample shards: 7 shards on worker processes give the per-sample results of 1 shard."""
+"""Evasion sample shards: 7 shards on Ray workers give the per-sample results of 1 shard."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from bastion.attacks.evasion import APGD, Square
 from bastion.audit.evasion import evaluate_evasion
 from bastion.audit.evasion_shards import run_sharded, shard_blocks
-from bastion.audit.executor import InProcessExecutor, ProcessPoolExecutor
+from bastion.audit.executor import InProcessExecutor, ProcessPoolExecutor, RayExecutor
 from bastion.errors import ConfigurationError
 from bastion.models import TorchClassifier
 
@@ -29,12 +29,10 @@ def _attacks():
     ]
 
 
-def test_seven_shards_on_worker_processes_equal_one_shard_in_process(target) -> None:
+def test_seven_shards_on_ray_workers_equal_one_shard_in_process(target, ray_cluster) -> None:
     clf, x, y = target
     one = run_sharded(clf, x, y, _attacks(), block_size=8, shards=1, executor=InProcessExecutor())
-    seven = run_sharded(
-        clf, x, y, _attacks(), block_size=8, shards=7, executor=ProcessPoolExecutor(workers=2)
-    )
+    seven = run_sharded(clf, x, y, _attacks(), block_size=8, shards=7, executor=RayExecutor())
     assert (one.shards, seven.shards, seven.blocks) == (1, 7, 7)
     for name in ("apgd-ce", "square"):
         a, b = one.results[name], seven.results[name]

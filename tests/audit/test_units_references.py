@@ -7,7 +7,7 @@ import torch
 
 from bastion.attacks.inference import DefaultTrainer, LiRA, ShadowModelAttack
 from bastion.attacks.inference._common import REFERENCE_BLOCK, train_references
-from bastion.audit.executor import InProcessExecutor, ProcessPoolExecutor
+from bastion.audit.executor import InProcessExecutor, ProcessPoolExecutor, RayExecutor
 from bastion.data import load_digits
 from bastion.errors import ConfigurationError
 from bastion.models import TorchClassifier
@@ -38,10 +38,12 @@ def _lira(executor) -> LiRA:
     )
 
 
-def test_lira_references_trained_on_workers_give_the_in_process_scores(setting) -> None:
+def test_lira_references_trained_on_ray_workers_give_the_in_process_scores(
+    setting, ray_cluster
+) -> None:
     clf, (xp, yp), (xs, ys, truth) = setting
     scores = []
-    for executor in (InProcessExecutor(), ProcessPoolExecutor(workers=2)):
+    for executor in (InProcessExecutor(), RayExecutor()):
         attack = _lira(executor)
         attack.fit(clf, xp, yp)
         scores.append(attack.infer(clf, xs, ys, membership=truth).scores)

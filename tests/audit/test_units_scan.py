@@ -16,7 +16,7 @@ import torch
 
 from bastion.artifacts.scan import scan_paths, scan_targets
 from bastion.artifacts.scan._units import S3Location, S3Object
-from bastion.audit.executor import ProcessPoolExecutor
+from bastion.audit.executor import ProcessPoolExecutor, RayExecutor
 from bastion.errors import InputError
 
 
@@ -63,10 +63,10 @@ def _comparable(report, prefix: str) -> list:
     return json.loads(json.dumps([f.to_dict() for f in report.files]).replace(prefix, "ROOT"))
 
 
-def test_an_s3_prefix_scanned_on_workers_gives_the_local_verdicts(corpus) -> None:
+def test_an_s3_prefix_scanned_on_ray_workers_gives_the_local_verdicts(corpus, ray_cluster) -> None:
     root, url = corpus
     local = scan_paths([root])
-    remote = scan_targets([url], executor=ProcessPoolExecutor(workers=2))
+    remote = scan_targets([url], executor=RayExecutor())
     assert _comparable(remote, S3Location.parse(url).url()) == _comparable(local, str(root))
     verdicts = {Path(f.path).name: f.verdict.value for f in remote.files}
     assert verdicts == {

@@ -29,7 +29,7 @@ import multiprocessing
 import os
 import pickle
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -237,11 +237,14 @@ class RayExecutor:
     ``ray start``), ``"host:port"`` (a head's GCS address, from inside the cluster) or
     ``"ray://host:port"`` (Ray Client to a remote head). ``shared`` goes into
     the object store once; a task whose worker dies is retried ``max_retries`` times
-    (application exceptions are not retried). ``num_cpus`` sizes a local cluster started here.
+    (application exceptions are not retried). ``num_cpus`` sizes a local cluster started here;
+    each task asks for ``cpus_per_task`` CPUs and the custom ``resources`` (e.g.
+    ``{"audit-node": 1}`` to keep the work on the nodes started with that resource).
     Picklable: a check running on a worker may hand its own units to the same cluster."""
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
-                 max_retries: int = 2, cpus_per_task: float = 1.0) -> None:
+                 max_retries: int = 2, cpus_per_task: float = 1.0,
+                 resources: Mapping[str, float] | None = None) -> None:
         _ray()
         if address is not None and address != "auto" and not (
                 _RAY_URL.fullmatch(address) or _GCS.fullmatch(address)):
@@ -255,6 +258,7 @@ class RayExecutor:
         self.num_cpus = num_cpus
         self.max_retries = max_retries
         self.cpus_per_task = cpus_per_task
+        self.resources = dict(resources or {})
         self.name = address if address and address.startswith("ray://") else "ray"
 
     def _connect(self) -> Any:
@@ -289,7 +293,7 @@ class RayExecutor:
 
         task = ray.remote(_ray_call).options(
             num_cpus=self.cpus_per_task, num_gpus=gpus_per_task, max_retries=self.max_retries,
-            retry_exceptions=False)
+            retry_exceptions=False, resources=self.resources or None)
         ref = ray.put(shared) if shared is not None else None
         refs = {task.remote(fn, u, ref, shared is not None): i for i, u in enumerate(units)}
         results: dict[int, Any] = {}

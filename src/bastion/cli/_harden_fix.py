@@ -46,7 +46,8 @@ def fix_cmd(
     contract: Path | None = typer.Option(
         None, "--contract", help="Where the audit's data contract is now (same SHA-256)."),
     evasion_method: str = typer.Option(
-        "pgd", "--evasion-method", help="pgd (PGD-AT), trades, or smooth (Gaussian "
+        "pgd", "--evasion-method", help="pgd (PGD-AT), trades, fast (FGSM with a random "
+        "start and an overfitting guard), free (minibatch replay), or smooth (Gaussian "
         "augmentation for randomized smoothing; L2 threats)."),
     epochs: int = typer.Option(10, "--epochs", help="Epochs of hardening."),
     lr: float = typer.Option(1e-3, "--lr", help="Learning rate of adversarial training (Adam)."),

@@ -9,7 +9,8 @@ the hardened model, and compare the two.
 What each finding of the audit gets (:data:`NOT_ADDRESSED` gives the reason for the others):
 
 - ``evasion.*`` (and ``extraction.transferable-adversarial-examples``): adversarial training of
-  a copy of the model at the audit's eps and norm (PGD-AT; ``evasion_method="trades"``), or,
+  a copy of the model at the audit's eps and norm (PGD-AT; ``evasion_method`` ``"trades"``,
+  ``"fast"`` or ``"free"`` for the others of :mod:`bastion.defences.training.cheap`), or,
   for an L2 threat with ``evasion_method="smooth"``, Gaussian-augmentation training with
   ``sigma`` = eps for randomized smoothing (the rerun attacks the base model).
 - ``membership.*``: DP-SGD at ``target_epsilon`` (default :data:`DEFAULT_TARGET_EPSILON`) from
@@ -95,7 +96,7 @@ NOT_ADDRESSED = {
                  "label-only outputs reduce what it recovers; rerun the audit to measure",
 }
 _POLICIES = ("label-only", "topk", "rounding")
-_EVASION_METHODS = ("pgd", "trades", "smooth")
+_EVASION_METHODS = ("pgd", "trades", "fast", "free", "smooth")
 Action = Literal["evasion", "membership", "extraction"]
 
 
@@ -484,10 +485,14 @@ def _train(target: Action, clf: Any, x: torch.Tensor, y: torch.Tensor, *, opts: 
                     "batch_size": opts["batch_size"]}
         return net, "randomized-smoothing (Gaussian augmentation)", settings, {
             "initialisation": "the audited model's weights", "report": report.to_dict()}
-    from bastion.defences.training.adversarial import AdversarialTrainer
+    from bastion.defences.training.cheap import (
+        METHOD_TITLES,
+        describe_method,
+        make_adversarial_trainer,
+    )
 
-    at = AdversarialTrainer(
-        method=opts["evasion_method"], eps=eps, norm=norm, steps=opts["train_steps"],
+    at = make_adversarial_trainer(
+        opts["evasion_method"], eps=eps, norm=norm, steps=opts["train_steps"],
         epochs=opts["epochs"], lr=opts["lr"], batch_size=opts["batch_size"], bounds=bounds,
         device=device, seed=seed, progress=opts["progress"])
     n_val = min(500, max(1, len(x) // 10)) if len(x) >= 20 else 0
@@ -495,8 +500,8 @@ def _train(target: Action, clf: Any, x: torch.Tensor, y: torch.Tensor, *, opts: 
     report_at = at.fit(net, (x[n_val:], y[n_val:]), val=val)
     settings = {"eps": eps, "norm": norm, "steps": opts["train_steps"],
                 "epochs": opts["epochs"], "lr": opts["lr"], "batch_size": opts["batch_size"]}
-    method = "PGD-AT" if opts["evasion_method"] == "pgd" else "TRADES"
-    return net, method, settings, {"trainer": repr(at),
+    method = METHOD_TITLES[opts["evasion_method"]]
+    return net, method, settings, {"trainer": repr(at), "method": describe_method(at),
                                    "initialisation": "the audited model's weights",
                                    "n_val": n_val, "report": report_at.to_dict()}
 
@@ -633,8 +638,8 @@ def harden_from_audit(
     start = time.perf_counter()
     note = say or (lambda _msg: None)
     if evasion_method not in _EVASION_METHODS:
-        raise ConfigurationError(f"evasion method must be pgd, trades or smooth, got "
-                                 f"{evasion_method!r}")
+        raise ConfigurationError(f"evasion method must be one of {', '.join(_EVASION_METHODS)}, "
+                                 f"got {evasion_method!r}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size),
                         ("train_steps", train_steps), ("dp_batch_size", dp_batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

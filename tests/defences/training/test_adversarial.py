@@ -122,7 +122,7 @@ def test_defaults_deliver_on_a_small_unseen_setup() -> None:
     nothing tuned: a width-8 batch-norm CNN on 1,000 MNIST images downsampled to 14×14, eps
     0.2, 3 PGD steps, 3 epochs of batch 64 (48 optimiser steps). Measured over seeds 0–2: clean
     64–70%, robust 13.8–16.4% under PGD-20; the previous defaults (cosine to zero, no warm-up)
-    reached clean 37–40%, robust 4.0–4.8% and fail both bounds."""
+    reached clean 37–40%, robust 4.0–4.8% (seeds 0–1) and fail both bounds."""
     import torch.nn.functional as F
 
     from bastion.data import load_mnist

@@ -46,7 +46,7 @@ def _robust(module: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = EP
 def natural_robust(digits_split: Split) -> float:
     x, y, xt, yt = digits_split
     torch.set_num_threads(1)
-    model = train_classifier(_cnn((1, 8, 8)), x, y, epochs=8, batch_size=32, lr=2e-3)
+    model = train_classifier(_cnn((1, 8, 8)), x, y, epochs=5, batch_size=32, lr=2e-3)
     assert accuracy(model, xt, yt) > 0.9
     return _robust(model, xt, yt)
 
@@ -66,7 +66,7 @@ def test_fast_at_beats_natural_training_and_the_guard_stays_quiet(
     assert isinstance(report, AdversarialTrainingReport) and report.method == "fast"
     assert report.settings["alpha"] == pytest.approx(1.25 * EPS)
     assert report.guard is not None and not report.guard["fired"]
-    assert len(report.guard["checks"]) >= 8  # twice per epoch, and once at the start
+    assert len(report.guard["checks"]) == 5  # once per epoch, and once at the start
     assert report.settings["alpha_final"] == report.settings["alpha"]
     assert "did not fire" in report.summary()
 
@@ -93,7 +93,7 @@ def test_guard_fires_on_a_run_built_to_overfit_and_rolls_back() -> None:
     model = _cnn((1, 28, 28))
     trainer = FastAdversarialTrainer(
         eps=0.3, alpha=0.3, random_start=False, epochs=3, warmup_eps_epochs=1, batch_size=32,
-        lr=2e-3, schedule="constant", patience=None,
+        lr=2e-3, schedule="constant", patience=None, guard=OverfitGuard(every=8),
     )  # fmt: skip
     report = trainer.fit(model, (x, y))
     guard = report.guard

@@ -125,12 +125,16 @@ class GuardEvent:
 class OverfitGuard:
     """Settings of the catastrophic-overfitting guard of fast AT (see the module docstring).
 
-    every: outer steps between probes (``None``: twice per epoch).
+    every: outer steps between probes (``None``: once per epoch, as Wong et al. check).
     samples: training samples in the probe. steps: PGD steps of the probe's attack.
     gap: how far the training attack's accuracy must be above PGD accuracy for a collapse ...
     ratio: ... with PGD accuracy at most this share of the training attack's, or
     drop: ... PGD accuracy fallen this far below its best at the same eps.
     alpha_decay: ``alpha`` is multiplied by this at each firing (floored at ``0.5 · eps``).
+
+    A probe costs ``steps + 2`` forward/backward passes over ``samples`` examples, plus a copy of
+    the weights and optimiser state when it passes: once per epoch of 2,000 images at batch 64,
+    about 15% of a fast-AT epoch.
     """
 
     every: int | None = None
@@ -302,7 +306,7 @@ class FastAdversarialTrainer(_CheapTrainer):
             self._per_epoch = max(1, math.ceil(len(train[0]) / self.batch_size))
         if self.guard is None:
             return
-        self._every = self.guard.every or max(1, self._per_epoch // 2)
+        self._every = self.guard.every or self._per_epoch
         self._probe = _probe(train, self.guard.samples, self.seed)
 
     def _train_step(

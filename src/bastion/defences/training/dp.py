@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,6 +50,7 @@ __all__ = [
     "DPSGDTrainer",
     "PrivacyReport",
     "clip_and_sum",
+    "gaussian_fill",
     "per_sample_gradients",
     "poisson_batch",
     "private_gradient",
@@ -129,9 +131,9 @@ def private_gradient(
     ``engine``: ``"vmap"`` materialises per-sample gradients with ``torch.func`` (any module);
     ``"auto"`` (default) takes the faster Linear/Conv2d path of
     :mod:`bastion.defences.training._fast_path` when the module qualifies, else ``"vmap"``.
-    Both give the same clipped sum. The noise of all parameters is drawn by one ``normal_``
-    call into one flat buffer per dtype and device (the ``.grad`` tensors are views of it), and
-    the clipped sums are added into it in place.
+    Both give the same clipped sum. The noise of all parameters is drawn by one
+    :func:`gaussian_fill` call into one flat buffer per dtype and device (the ``.grad``
+    tensors are views of it), and the clipped sums are added into it in place.
     """
     if engine not in ("auto", "vmap"):
         raise ConfigurationError(f"engine must be 'auto' or 'vmap', got {engine!r}")
@@ -154,7 +156,8 @@ def _noise(
     params: Mapping[str, torch.Tensor], std: float, generator: torch.Generator | None
 ) -> dict[str, torch.Tensor]:
     """Gradient buffers holding ``N(0, std²)`` noise (zeros when ``std`` is 0): one flat tensor
-    per dtype and device, filled by one ``normal_`` call, split into parameter-shaped views.
+    per dtype and device, filled by one :func:`gaussian_fill` call, split into parameter-shaped
+    views.
     When the ``.grad`` tensors are still the views of the previous call's buffer, that buffer is
     refilled in place (as ``zero_grad(set_to_none=False)`` reuses gradients), which spares a
     fresh allocation and its page faults every step."""
@@ -170,12 +173,67 @@ def _noise(
                 params[k].grad = None  # free the old gradients before allocating new ones
             flat = torch.empty(sum(sizes), dtype=dtype, device=device)
         if std > 0:
-            flat.normal_(0.0, std, generator=generator)
+            gaussian_fill(flat, std, generator)
         else:
             flat.zero_()
         for k, view in zip(names, flat.split(sizes), strict=True):
             out[k] = view.view(params[k].shape)
     return out
+
+
+def gaussian_fill(
+    flat: torch.Tensor, std: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Fill the 1-d contiguous ``flat`` with independent ``N(0, std²)`` draws, in place.
+
+    On the CPU, for float32 and float64, this is the Box–Muller transform that torch's own CPU
+    ``normal_`` applies, on uniforms with the same resolution (24 bits for float32, 53 for
+    float64; ``u₁ ∈ (0, 1]``, ``u₂ ∈ [0, 1)``; ``z = std·√(−2 ln u₁)·(cos, sin)(2π u₂)``, the
+    two halves of the buffer taking the cosine and the sine of the same pairs), but with the
+    raw bits drawn in bulk by NumPy's SFC64 generator and the transform run by NumPy's
+    vectorised ``log``/``sqrt``/``cos``/``sin``: about 0.8× the time of ``normal_`` (whose
+    Mersenne Twister draws one word at a time) on the machine of the benchmarks. The SFC64
+    stream is seeded by one 62-bit draw from ``generator`` (torch's default generator when
+    ``None``), so runs stay reproducible under the caller's seed and successive calls get
+    fresh noise. Other dtypes and devices use ``normal_`` with ``generator``.
+    """
+    if flat.dim() != 1 or not flat.is_contiguous():
+        raise InputError("gaussian_fill needs a 1-d contiguous tensor")
+    n = flat.numel()
+    if flat.device.type != "cpu" or flat.dtype not in _BOX_MULLER or n < 2:
+        return flat.normal_(0.0, std, generator=generator)
+    real, uint, bits = _BOX_MULLER[flat.dtype]
+    seed = int(torch.randint(0, 1 << 62, (1,), generator=generator))
+    m = (n + 1) // 2  # pairs
+    # 2m uniform words: u₁ from the first m, u₂ from the next m (independent bits).
+    words = np.random.SFC64(seed).random_raw(m if uint is np.uint32 else 2 * m).view(uint)
+    np.right_shift(words, 8 * words.itemsize - bits, out=words)  # keep the top `bits` bits
+    u = words.view(real)
+    u[:] = words  # integer k < 2^bits, exactly representable; converted in place
+    r, theta = u[:m], u[m:]
+    # u₁ = 1 − k/2^bits ∈ (0, 1]; radius std·√(−2 ln u₁)
+    np.multiply(r, real(-(2.0**-bits)), out=r)
+    np.add(r, real(1.0), out=r)
+    np.log(r, out=r)
+    np.multiply(r, real(-2.0), out=r)
+    np.sqrt(r, out=r)
+    np.multiply(r, real(std), out=r)
+    np.multiply(theta, real(2.0 * math.pi * 2.0**-bits), out=theta)  # θ = 2π k/2^bits
+    out = flat.numpy()
+    k = n - m  # sines needed
+    np.cos(theta, out=out[:m])
+    np.sin(theta[:k], out=out[m:])
+    np.multiply(out[:m], r, out=out[:m])
+    np.multiply(out[m:], r[:k], out=out[m:])
+    return flat
+
+
+# dtype → (NumPy float of the same width, unsigned word of that width, uniform bits)
+_Words = tuple[type[np.floating[Any]], type[np.unsignedinteger[Any]], int]
+_BOX_MULLER: dict[torch.dtype, _Words] = {
+    torch.float32: (np.float32, np.uint32, 24),
+    torch.float64: (np.float64, np.uint64, 53),
+}
 
 
 def _previous_buffer(
