@@ -133,8 +133,11 @@ def test_confident_learning_finds_the_flipped_labels(leaky, clean) -> None:
     hits = len(flagged & set(flipped.tolist()))
     assert hits >= 0.6 * len(flipped), (hits, len(flipped))
     assert hits >= 0.4 * len(flagged), (hits, len(flagged))
+    assert poison["status"] == "failed"  # 10% flipped labels: a medium finding
     calm = _check(clean, "poisoning")
     assert len(calm["settings"]["flagged_indices"]) < 0.6 * len(flagged)
+    # the few doubtful labels of a clean table are worth a look, not a failed check
+    assert calm["status"] == "passed", [f["title"] for f in calm["findings"]]
 
 
 def test_trees_are_stolen_by_sampling_inside_the_contract(clean) -> None:

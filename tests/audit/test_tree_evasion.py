@@ -156,3 +156,27 @@ def test_tree_audit_reports_certified_accuracy(tmp_path: Path) -> None:
     assert "certified robust accuracy" in (out / "report.md").read_text()
     html = (out / "report.html").read_text()
     assert "Certified vs empirical robust accuracy" in html and "certified robust accuracy" in html
+
+
+def test_rows_the_contract_rejects_are_left_out_not_an_error() -> None:
+    """Test rows no real input could be (here an hour past 23 and a category the contract does
+    not know) are no sample of robustness: the check leaves them out and says how many; a test
+    set with no acceptable row is a clear configuration error."""
+    from dataclasses import replace
+
+    from bastion.errors import ConfigurationError
+
+    ctx = _context(robust=True)
+    x = ctx.test.x.clone()
+    cols = list(fraud_table(1, margin=0.0)[0].columns)
+    x[0, cols.index("hour")] = 99.0
+    x[3, cols.index("merchant_category")] = 2.5
+    ctx = replace(ctx, test=Dataset(x, ctx.test.y, 2, bounds=ctx.schema.bounds))
+    result = EvasionCheck().run(ctx)
+    assert result.settings["rows_outside_contract"] == 2
+    assert result.metrics["robust_accuracy"].n == 40  # 40 of the remaining rows
+    assert "2 test row(s) the data contract rejects were left out" in result.summary
+    x[:, cols.index("hour")] = 99.0
+    ctx = replace(ctx, test=Dataset(x, ctx.test.y, 2, bounds=ctx.schema.bounds))
+    with pytest.raises(ConfigurationError, match="all 150 test rows break"):
+        EvasionCheck().run(ctx)

@@ -64,6 +64,21 @@ def _unit_schema(ctx: AuditContext) -> Any:
     return dataclasses.replace(schema, cost=np.ones(schema.n_features))
 
 
+def _rows_inside_contract(x: torch.Tensor, y: torch.Tensor, schema: Any
+                          ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The test rows the contract accepts, and how many were left out: a row no real input
+    could be is no sample of the model's robustness (the data check reports it)."""
+    if schema is None or x.dim() != 2:
+        return x, y, 0
+    ok = torch.from_numpy(schema.check(x.detach().cpu().double().numpy()) == 0)
+    outside = int((~ok).sum())
+    if outside == len(y):
+        raise ConfigurationError(
+            f"all {outside} test rows break the data contract's rules, so no row can be "
+            "attacked within them; fix the contract or the test data (see the data check)")
+    return (x[ok], y[ok], outside) if outside else (x, y, 0)
+
+
 def default_attacks(access: str) -> tuple[str, ...]:
     """The attacks the check runs for an access level (see the module docstring)."""
     if access == "white-box":
@@ -158,7 +173,7 @@ class EvasionCheck(Check):
         from bastion.audit.evasion import evaluate_evasion
 
         s = dict(ctx.check_settings(self.name))
-        x, y = ctx.test.x, ctx.test.y
+        x, y, outside = _rows_inside_contract(ctx.test.x, ctx.test.y, _unit_schema(ctx))
         n = min(int(s["max_samples"]), len(y))
         if s["subset"] not in ("random", "first"):
             raise ConfigurationError(f"evasion subset must be random or first, got {s['subset']!r}")
@@ -278,6 +293,8 @@ class EvasionCheck(Check):
                 f"{', '.join(a.name for a in attacks)} ({access} access, "
                 f"{ev.norm.value} eps {ev.eps:g})"
                 + certified_note
+                + (f"; {outside} test row(s) the data contract rejects were left out (the "
+                   "data check reports them)" if outside else "")
                 + (f"; {len(ev.warnings)} reliability warning(s)" if ev.warnings else "")
                 + "."
             ),
@@ -286,6 +303,7 @@ class EvasionCheck(Check):
                 "attacks": [a.name for a in attacks],
                 "access": access,
                 "warnings": list(ev.warnings),
+                "rows_outside_contract": outside,
             },
         )
 
