@@ -180,3 +180,19 @@ def test_rows_the_contract_rejects_are_left_out_not_an_error() -> None:
     ctx = replace(ctx, test=Dataset(x, ctx.test.y, 2, bounds=ctx.schema.bounds))
     with pytest.raises(ConfigurationError, match="all 150 test rows break"):
         EvasionCheck().run(ctx)
+
+
+def test_tree_attack_over_several_blocks_keeps_every_samples_distance() -> None:
+    """Samples are attacked in blocks (the units a Ray or process executor spreads): the tree
+    attack's per-sample distances of all blocks are joined in order, so the certificates and
+    the curve see every sample, the same as in one block."""
+    from dataclasses import replace
+
+    ctx = _context(robust=False)
+    one = EvasionCheck().run(ctx)
+    settings = {"evasion": {**ctx.settings["evasion"], "block": 16}}
+    many = EvasionCheck().run(replace(ctx, settings=settings))
+    assert many.status == one.status == "failed"
+    for name in ("robust_accuracy", "certified_robust_accuracy"):
+        assert many.metrics[name].value == one.metrics[name].value
+        assert many.metrics[name].n == 40

@@ -185,7 +185,8 @@ def _merge(parts: list[EvasionResult], attack: EvasionAttack) -> EvasionResult:
 
 def _merge_extra(extras: list[Any], weights: list[int]) -> Any:
     """Blocks' attack-specific figures combined: counts summed, fractions averaged by block
-    size, lists joined without repeats, mappings merged key by key."""
+    size, per-sample lists (one value per sample of each block) joined in order, other lists
+    joined without repeats, mappings merged key by key."""
     first = extras[0]
     if isinstance(first, bool):
         return first
@@ -194,6 +195,11 @@ def _merge_extra(extras: list[Any], weights: list[int]) -> Any:
     if isinstance(first, float):
         total = sum(weights) or 1
         return sum(e * w for e, w in zip(extras, weights, strict=True)) / total
+    if (isinstance(first, list) and len(extras) > 1
+            and all(isinstance(e, list) and len(e) == w for e, w in zip(extras, weights,
+                                                                        strict=True))
+            and not all(isinstance(v, str) for e in extras for v in e)):
+        return [v for e in extras for v in e]  # per-sample figures (tree distances): in order
     if isinstance(first, list) and all(isinstance(v, str | int) for e in extras for v in e):
         return list(dict.fromkeys(v for e in extras for v in e))
     if isinstance(first, dict):
