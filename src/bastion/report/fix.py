@@ -57,7 +57,9 @@ def render_fix_html(doc: Mapping[str, Any]) -> str:
     s = doc["diff"]["summary"]
     acc = doc["accuracy"]
     tm = doc["threat_model"]
-    threat = f"{tm.get('access')}, {tm.get('norm')} eps {tm.get('eps')}"
+    eps = tm.get("eps")
+    threat = (f"{tm.get('access')}, {tm.get('norm')} eps "
+              f"{format(eps, '.4g') if isinstance(eps, int | float) else eps}")
     cards = [(str(s["fixed"]), "findings fixed"), (str(s["new"]), "new findings"),
              (str(s["unchanged"]), "unchanged"),
              (str(len(doc["regressions"])), "regressions"),
