@@ -50,8 +50,8 @@ def align_columns(
     first_role, first = next(iter(named.items()))
     order = tuple(model_names) if model_names else first
     out: dict[str, Named] = {}
-    for role, (x, y, names) in raw.items():
-        assert names is not None
+    for role, names in named.items():  # every role is named here (checked above)
+        x, y, _ = raw[role]
         index = {n: i for i, n in enumerate(names)}
         missing = [n for n in order if n not in index]
         if missing:

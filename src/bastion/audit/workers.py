@@ -64,7 +64,9 @@ class CheckPayload:
             return self._ctx
         ctx = _REALIZED.get(self.token)
         if ctx is None:
-            assert self._state is not None
+            if self._state is None:
+                raise RuntimeError("a check unit's payload holds neither a context nor its "
+                                   "shipped state; build it with a context")
             ctx = _realize(self._state)
             _REALIZED.clear()  # one audit's context at a time per worker
             _REALIZED[self.token] = ctx
@@ -73,7 +75,9 @@ class CheckPayload:
     def __getstate__(self) -> dict[str, Any]:
         if self._state is not None:
             return {"token": self.token, "deadline": self.deadline, "state": self._state}
-        assert self._ctx is not None
+        if self._ctx is None:
+            raise RuntimeError("a check unit's payload holds neither a context nor its "
+                               "shipped state; build it with a context")
         return {"token": self.token, "deadline": self.deadline,
                 "state": _portable(self._ctx, self._load_options)}
 
